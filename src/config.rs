@@ -1,0 +1,316 @@
+//! Configuration: defaults, `config.json`, then environment overrides.
+//!
+//! Owns every tunable of the server and how it is read. The file uses snake_case keys; the Go
+//! version's keys (`Address`, `ReadTimeout`, `WriteTimeout`, `Static`) are accepted as
+//! aliases so an old deployment keeps starting, and `RedisURL` is accepted and ignored with a
+//! warning. Anything else stops start-up: an unknown key, a value of the wrong kind or an
+//! unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits with
+//! code 2. Nothing falls back silently (the Go version tried `../config.json`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use serde_json::{Map, Value};
+
+/// Everything the server needs to start. Built by [`Config::load`] in `main`, or by hand
+/// (starting from [`Config::default`]) in tests.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the REST API and the web page listen (`address`).
+    pub address: String,
+    /// Where the WebSocket listener listens (`ws_address`), a port of its own.
+    pub ws_address: String,
+    /// How long a connection may take to send a request or a frame part (`read_timeout_s`).
+    pub read_timeout: Duration,
+    /// How long a write to a stalled client may block before it is given up (`write_timeout_s`).
+    pub write_timeout: Duration,
+    /// Optional folder of extra files served under `/static/` (`static_dir`).
+    pub static_dir: Option<PathBuf>,
+    /// The token signing secret (`secret_key`); `None` means generate one at start.
+    pub secret_key: Option<String>,
+    /// How long a token lives (`token_ttl_minutes`, fractions allowed).
+    pub token_ttl: Duration,
+    /// The largest WebSocket message accepted; larger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    /// The largest HTTP request body accepted; larger is answered 413.
+    pub max_body_bytes: usize,
+    /// Log file next to the console (`log_file`); `None` logs to the console only.
+    pub log_file: Option<PathBuf>,
+    /// The most detailed log level written (`log_level`).
+    pub log_level: LevelFilter,
+    /// bcrypt work factor for room passwords (`bcrypt_cost`); tests use the minimum, 4.
+    pub bcrypt_cost: u32,
+    /// Events a socket may have waiting before it counts as a slow reader (`send_queue_len`).
+    pub send_queue_len: usize,
+    /// How often an idle socket is pinged (`ping_interval_s`).
+    pub ping_interval: Duration,
+    /// How long a socket may stay silent before it counts as dead (`pong_timeout_s`).
+    pub pong_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: "127.0.0.1:8080".into(),
+            ws_address: "127.0.0.1:8081".into(),
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            static_dir: None,
+            secret_key: None,
+            token_ttl: Duration::from_secs(60 * 60),
+            max_message_bytes: 4096,
+            max_body_bytes: 64 * 1024,
+            log_file: Some(PathBuf::from("chitchat.log")),
+            log_level: LevelFilter::Info,
+            bcrypt_cost: 10,
+            send_queue_len: 256,
+            ping_interval: Duration::from_secs(54),
+            pong_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Its message names the file and, where there
+/// is one, the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, the problem was found in.
+    pub source: String,
+    /// The key at fault, if the problem is about one key.
+    pub key: Option<String>,
+    /// What is wrong, in a few words.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{}`: {}", self.source, key, self.problem),
+            None => write!(f, "{}: {}", self.source, self.problem),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path` over the defaults, then applies the environment through `env` (a
+    /// function so tests need not touch the process environment). Returns the config and
+    /// the warnings to log once logging is up.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let source = path.display().to_string();
+        let fail = |key: Option<&str>, problem: String| ConfigError {
+            source: source.clone(),
+            key: key.map(str::to_owned),
+            problem,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
+        let map: Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
+        let mut config = Config::default();
+        let mut warnings = Vec::new();
+        for (key, value) in &map {
+            if key == "RedisURL" {
+                warnings.push(format!(
+                    "{source}: `RedisURL` is ignored: rooms live in memory"
+                ));
+                continue;
+            }
+            config
+                .set(key, value)
+                .map_err(|problem| fail(Some(key), problem))?;
+        }
+        config.apply_env(env)?;
+        Ok((config, warnings))
+    }
+
+    /// Sets one key from the file; the error is what is wrong with it.
+    fn set(&mut self, key: &str, value: &Value) -> Result<(), String> {
+        match key {
+            "address" | "Address" => self.address = string(value)?,
+            "ws_address" => self.ws_address = string(value)?,
+            "read_timeout_s" | "ReadTimeout" => self.read_timeout = seconds(value)?,
+            "write_timeout_s" | "WriteTimeout" => self.write_timeout = seconds(value)?,
+            "static_dir" | "Static" => {
+                self.static_dir = optional(value, string)?.map(PathBuf::from)
+            }
+            "secret_key" => self.secret_key = optional(value, string)?.filter(|s| !s.is_empty()),
+            "token_ttl_minutes" => {
+                self.token_ttl = Duration::from_secs_f64(positive(value)? * 60.0)
+            }
+            "max_message_bytes" => self.max_message_bytes = count(value)?,
+            "max_body_bytes" => self.max_body_bytes = count(value)?,
+            "log_file" => self.log_file = optional(value, string)?.map(PathBuf::from),
+            "log_level" => self.log_level = level(value)?,
+            "bcrypt_cost" => self.bcrypt_cost = bcrypt_cost(value)?,
+            "send_queue_len" => self.send_queue_len = count(value)?,
+            "ping_interval_s" => self.ping_interval = seconds(value)?,
+            "pong_timeout_s" => self.pong_timeout = seconds(value)?,
+            _ => return Err("unknown key".into()),
+        }
+        Ok(())
+    }
+
+    /// `PORT` and `WS_PORT` listen on every interface (PaaS style); `SECRET_KEY` wins over
+    /// the file so a secret need not be written to disk.
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let port = |name: &str| -> Result<Option<u16>, ConfigError> {
+            env(name)
+                .map(|v| {
+                    v.trim().parse::<u16>().map_err(|_| ConfigError {
+                        source: "environment".into(),
+                        key: Some(name.into()),
+                        problem: format!("expected a port number, got {v:?}"),
+                    })
+                })
+                .transpose()
+        };
+        if let Some(p) = port("PORT")? {
+            self.address = format!("0.0.0.0:{p}");
+        }
+        if let Some(p) = port("WS_PORT")? {
+            self.ws_address = format!("0.0.0.0:{p}");
+        }
+        if let Some(secret) = env("SECRET_KEY").filter(|s| !s.is_empty()) {
+            self.secret_key = Some(secret);
+        }
+        Ok(())
+    }
+}
+
+fn string(value: &Value) -> Result<String, String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "expected a string".into())
+}
+
+fn optional<T>(value: &Value, read: fn(&Value) -> Result<T, String>) -> Result<Option<T>, String> {
+    if value.is_null() {
+        Ok(None)
+    } else {
+        read(value).map(Some)
+    }
+}
+
+fn positive(value: &Value) -> Result<f64, String> {
+    match value.as_f64() {
+        Some(n) if n > 0.0 && n.is_finite() && n < 1e9 => Ok(n),
+        _ => Err("expected a positive number".into()),
+    }
+}
+
+fn seconds(value: &Value) -> Result<Duration, String> {
+    positive(value).map(Duration::from_secs_f64)
+}
+
+fn count(value: &Value) -> Result<usize, String> {
+    value
+        .as_u64()
+        .filter(|n| *n > 0)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| "expected a whole number above zero".into())
+}
+
+fn level(value: &Value) -> Result<LevelFilter, String> {
+    string(value)?
+        .parse()
+        .map_err(|_| "expected one of off, error, warn, info, debug, trace".into())
+}
+
+fn bcrypt_cost(value: &Value) -> Result<u32, String> {
+    value
+        .as_u64()
+        .filter(|n| (4..=31).contains(n))
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| "expected a whole number from 4 to 31".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(json: &str, env: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut file = tempfile_in_target();
+        file.1.write_all(json.as_bytes()).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&file.0, |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn tempfile_in_target() -> (PathBuf, std::fs::File) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!(
+            "chitchat-config-{}-{}.json",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn go_keys_are_aliases_and_redis_url_only_warns() {
+        let (config, warnings) = load(
+            r#"{"Address":"0.0.0.0:9000","ReadTimeout":5,"WriteTimeout":7,"Static":"public","RedisURL":"redis://x"}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.address, "0.0.0.0:9000");
+        assert_eq!(config.read_timeout, Duration::from_secs(5));
+        assert_eq!(config.write_timeout, Duration::from_secs(7));
+        assert_eq!(config.static_dir, Some(PathBuf::from("public")));
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(r#"{"adress":"x"}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("adress"));
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = load(r#"{"read_timeout_s":"ten"}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("read_timeout_s"));
+        let err = load(r#"{"bcrypt_cost":99}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("bcrypt_cost"));
+        let err = load(r#"{"log_level":"loud"}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("log_level"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let (config, _) = load(
+            r#"{"address":"127.0.0.1:1","secret_key":"file"}"#,
+            &[("PORT", "9090"), ("WS_PORT", "9091"), ("SECRET_KEY", "env")],
+        )
+        .unwrap();
+        assert_eq!(config.address, "0.0.0.0:9090");
+        assert_eq!(config.ws_address, "0.0.0.0:9091");
+        assert_eq!(config.secret_key.as_deref(), Some("env"));
+        let err = load("{}", &[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("PORT"));
+    }
+
+    #[test]
+    fn null_log_file_means_console_only() {
+        let (config, _) = load(r#"{"log_file":null,"token_ttl_minutes":0.5}"#, &[]).unwrap();
+        assert_eq!(config.log_file, None);
+        assert_eq!(config.token_ttl, Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,224 @@
+//! `ApiError`: every error a client can be told about, with the code, message and HTTP status
+//! of the Go version's wire API (SPEC, "Errors").
+//!
+//! One `match` maps a variant to its code, message and status, so the three never drift
+//! apart. The same error renders as an HTTP body ([`ApiError::to_json`]) or as a WebSocket
+//! error event ([`ApiError::to_event`]). Variants carry the `field` at fault where there is
+//! one. Nothing here knows about sockets or HTTP libraries.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// An error reported to a client. `field` names the request field at fault, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// Which of the spec's errors this is.
+    pub kind: ErrorKind,
+    /// The field at fault (`title`, `secret`, `name`, ...), if one is.
+    pub field: Option<&'static str>,
+}
+
+/// The spec's error codes, one variant each, plus the two routing errors (404 and 405) that
+/// reuse code 101 and 303 semantics on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 101: no room with that id or title.
+    RoomNotFound,
+    /// 102: another room already has that title (case-insensitively).
+    DuplicateRoom,
+    /// 103: a room request body that is not the JSON we expect.
+    RoomInvalidJson,
+    /// 104: a room operation without the right to do it.
+    RoomUnauthorized,
+    /// 105: a room field that breaks a validation rule.
+    RoomInvalidContent,
+    /// 201: a chat action that needs a joined name, from a socket that has none.
+    UserNotFound,
+    /// 202: the name is taken in this room (case-insensitively).
+    DuplicateUsername,
+    /// 203: a client frame that is not the JSON we expect.
+    ClientInvalidJson,
+    /// 204: a name other than the token's in a private room.
+    ClientUnauthorized,
+    /// 301: the WebSocket session could not be set up.
+    SessionFailed,
+    /// 303: a body or frame that is not valid JSON, or lacks a required field.
+    InvalidJson,
+    /// 304: wrong or missing room password.
+    Unauthorized,
+    /// 305: a request the WebSocket listener cannot upgrade.
+    UnsupportedClient,
+    /// 401: the token's signature does not match.
+    InvalidSignature,
+    /// 402: the token is signed with another algorithm than HS256.
+    UnauthorizedSigningMethod,
+    /// 403: no token, or an expired or malformed one.
+    InvalidToken,
+    /// No route for this path (HTTP 404).
+    NotFound,
+    /// The path exists but not for this method (HTTP 405).
+    MethodNotAllowed,
+    /// The request body is larger than `max_body_bytes` (HTTP 413).
+    BodyTooLarge,
+    /// A bug on our side, caught before it took the server down (HTTP 500).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The error's code, message and HTTP status, in one place.
+    pub fn describe(self) -> (u16, &'static str, u16) {
+        use ErrorKind::*;
+        match self {
+            RoomNotFound => (101, "Room error: Room not found", 404),
+            DuplicateRoom => (102, "Room error: Duplicate room", 400),
+            RoomInvalidJson => (103, "Room error: Invalid JSON", 400),
+            RoomUnauthorized => (104, "Room error: Unauthorized operation", 401),
+            RoomInvalidContent => (105, "Room error: Invalid content", 400),
+            UserNotFound => (201, "Client error: User not found", 404),
+            DuplicateUsername => (202, "Client error: Duplicate username", 400),
+            ClientInvalidJson => (203, "Client error: Invalid JSON", 400),
+            ClientUnauthorized => (204, "Client error: Unauthorized operation", 401),
+            SessionFailed => (301, "Could not establish session", 400),
+            InvalidJson => (303, "Invalid JSON", 400),
+            Unauthorized => (304, "Unauthorized operation", 401),
+            UnsupportedClient => (305, "Unsupported client device", 400),
+            InvalidSignature => (401, "Token error: Invalid signature", 401),
+            UnauthorizedSigningMethod => (402, "Token error: Unauthorized signing method", 401),
+            InvalidToken => (403, "Token error: Invalid token", 403),
+            NotFound => (404, "Not found", 404),
+            MethodNotAllowed => (405, "Method not allowed", 405),
+            BodyTooLarge => (413, "Request body too large", 413),
+            Internal => (500, "Internal server error", 500),
+        }
+    }
+}
+
+impl ApiError {
+    /// An error with no field at fault.
+    pub fn new(kind: ErrorKind) -> Self {
+        ApiError { kind, field: None }
+    }
+
+    /// An error blaming one request field.
+    pub fn field(kind: ErrorKind, field: &'static str) -> Self {
+        ApiError {
+            kind,
+            field: Some(field),
+        }
+    }
+
+    /// The spec's error code (101, 102, ...).
+    pub fn code(&self) -> u16 {
+        self.kind.describe().0
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        self.kind.describe().2
+    }
+
+    /// The `error` object shared by HTTP bodies and WebSocket events.
+    fn detail(&self) -> ErrorDetail {
+        let (code, message, _) = self.kind.describe();
+        ErrorDetail {
+            code,
+            error: message,
+            field: self.field,
+        }
+    }
+
+    /// The HTTP response body: `{"status":false,"error":{...}}`.
+    pub fn to_json(&self) -> String {
+        self.render(None)
+    }
+
+    /// The WebSocket error event, sent to the offending socket only.
+    pub fn to_event(&self) -> String {
+        self.render(Some("error"))
+    }
+
+    fn render(&self, event_type: Option<&'static str>) -> String {
+        let body = ErrorBody {
+            event_type,
+            status: false,
+            error: self.detail(),
+        };
+        serde_json::to_string(&body).expect("an error body has only strings and numbers")
+    }
+}
+
+/// The wire shape of an error, in the Go version's field order.
+#[derive(Serialize)]
+struct ErrorBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'static str>,
+    status: bool,
+    error: ErrorDetail,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail {
+    code: u16,
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+impl From<ErrorKind> for ApiError {
+    fn from(kind: ErrorKind) -> Self {
+        ApiError::new(kind)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (code, message, _) = self.kind.describe();
+        match self.field {
+            Some(field) => write!(f, "{code} {message} (field {field})"),
+            None => write!(f, "{code} {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parsed(text: String) -> Value {
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn body_has_code_message_and_field() {
+        let err = ApiError::field(ErrorKind::DuplicateRoom, "title");
+        assert_eq!(err.status(), 400);
+        assert_eq!(
+            err.to_json(),
+            r#"{"status":false,"error":{"code":102,"error":"Room error: Duplicate room","field":"title"}}"#
+        );
+    }
+
+    #[test]
+    fn field_is_left_out_when_there_is_none() {
+        let err = ApiError::new(ErrorKind::InvalidToken);
+        assert_eq!(err.status(), 403);
+        assert_eq!(
+            parsed(err.to_event()),
+            json!({"event_type":"error","status":false,"error":{"code":403,"error":"Token error: Invalid token"}})
+        );
+    }
+
+    #[test]
+    fn token_errors_have_their_statuses() {
+        assert_eq!(ApiError::new(ErrorKind::InvalidSignature).status(), 401);
+        assert_eq!(
+            ApiError::new(ErrorKind::UnauthorizedSigningMethod).status(),
+            401
+        );
+        assert_eq!(ApiError::new(ErrorKind::Unauthorized).status(), 401);
+    }
+}

@@ -1,0 +1,407 @@
+//! The REST API and the web page over tiny_http: one route `match`, one short function per
+//! endpoint, and one place where an error becomes a response.
+//!
+//! A request travels: worker thread -> [`route`] (method and path segments to a [`Route`],
+//! or 404 / 405 with `Allow`) -> the endpoint function, which parses (bodies are read
+//! through a byte cap, never trusting Content-Length), calls into `rooms` and `token`, and
+//! returns `Result<Reply, ApiError>` -> [`respond`]. Handlers never write to sockets
+//! themselves, and never reach the WebSocket side: a DELETE reaches live sockets through
+//! the room's members.
+
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Component, Path};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::rooms::{percent_decode, RoomInput, RoomKey, RoomMap, RoomRef};
+use crate::token;
+use crate::State;
+
+/// What a request asks for, once its method and path are understood.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Page,
+    Health,
+    ListRooms,
+    CreateRoom,
+    GetRoom(RoomRef),
+    UpdateRoom(RoomRef),
+    DeleteRoom(RoomRef),
+    IssueToken(RoomRef),
+    RenewToken(RoomRef),
+    StaticFile(String),
+}
+
+/// Why no route matched.
+#[derive(Debug, PartialEq, Eq)]
+enum Miss {
+    NotFound,
+    /// The path exists for these methods only (the `Allow` header).
+    MethodNotAllowed(&'static str),
+}
+
+/// Maps a method and a raw path (query string included) to a route.
+fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
+    let path = raw_path.split(['?', '#']).next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let get = matches!(method, Method::Get | Method::Head);
+    // A room segment that does not percent-decode names no room.
+    let room = |segment: &str| RoomRef::from_segment(segment).ok_or(Miss::NotFound);
+    use Method::{Delete, Post, Put};
+    match (segments.as_slice(), method) {
+        ([""], _) if get => Ok(Route::Page),
+        ([""], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["healthz"], _) if get => Ok(Route::Health),
+        (["healthz"], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["chats"] | ["chats", ""], _) if get => Ok(Route::ListRooms),
+        (["chats"] | ["chats", ""], Post) => Ok(Route::CreateRoom),
+        (["chats"] | ["chats", ""], _) => Err(Miss::MethodNotAllowed("GET, POST")),
+        (["chats", r], _) if get => Ok(Route::GetRoom(room(r)?)),
+        (["chats", r], Put) => Ok(Route::UpdateRoom(room(r)?)),
+        (["chats", r], Delete) => Ok(Route::DeleteRoom(room(r)?)),
+        (["chats", _], _) => Err(Miss::MethodNotAllowed("GET, PUT, DELETE")),
+        (["chats", r, "token"], Post) => Ok(Route::IssueToken(room(r)?)),
+        (["chats", _, "token"], _) => Err(Miss::MethodNotAllowed("POST")),
+        (["chats", r, "token", "renew"], _) if get => Ok(Route::RenewToken(room(r)?)),
+        (["chats", _, "token", "renew"], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["static", rest @ ..], _) if get && !rest.is_empty() => {
+            let decoded: Option<Vec<String>> = rest.iter().map(|s| percent_decode(s)).collect();
+            Ok(Route::StaticFile(decoded.ok_or(Miss::NotFound)?.join("/")))
+        }
+        _ => Err(Miss::NotFound),
+    }
+}
+
+/// A response, before it is written.
+pub struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// A JSON response.
+    fn json(status: u16, body: &impl Serialize) -> Reply {
+        let body = serde_json::to_vec(body).expect("our response types always serialise");
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(error: ApiError) -> Reply {
+        Reply {
+            status: error.status(),
+            content_type: "application/json",
+            body: error.to_json().into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Serves requests from `server` until it is unblocked. Run by each HTTP worker thread.
+pub fn serve(server: &Server, state: &Arc<State>) {
+    while let Ok(mut request) = server.recv() {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request
+            .url()
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let reply = match catch_unwind(AssertUnwindSafe(|| handle(state, &mut request))) {
+            Ok(Ok(reply) | Err(reply)) => reply,
+            Err(_) => {
+                log::error!("{method} {path}: handler panicked");
+                Reply::from(ApiError::new(ErrorKind::Internal))
+            }
+        };
+        let status = reply.status;
+        respond(request, reply);
+        log::debug!(
+            "{method} {path} {status} {}ms",
+            started.elapsed().as_millis()
+        );
+    }
+}
+
+/// Runs the endpoint for one request. Any `Err` becomes a JSON error reply here.
+fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
+    let route = route(request.method(), request.url()).map_err(|miss| match miss {
+        Miss::NotFound => Reply::from(ApiError::new(ErrorKind::NotFound)),
+        Miss::MethodNotAllowed(allow) => Reply::from(ApiError::new(ErrorKind::MethodNotAllowed))
+            .with_header("Allow", allow.into()),
+    })?;
+    let result = match route {
+        Route::Page => Ok(page(state)),
+        Route::Health => Ok(Reply::json(200, &json!({"status": true}))),
+        Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
+        Route::CreateRoom => create_room(state, request),
+        Route::GetRoom(room) => get_room(state, request, &room),
+        Route::UpdateRoom(room) => update_room(state, request, &room),
+        Route::DeleteRoom(room) => delete_room(state, request, &room),
+        Route::IssueToken(room) => issue_token(state, request, &room),
+        Route::RenewToken(room) => renew_token(state, request, &room),
+        Route::StaticFile(name) => static_file(state, &name),
+    };
+    result.map_err(Reply::from)
+}
+
+fn page(state: &State) -> Reply {
+    Reply {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: state.page.clone().into_bytes(),
+        headers: Vec::new(),
+    }
+}
+
+fn create_room(state: &State, request: &mut Request) -> Result<Reply, ApiError> {
+    let input: RoomInput = read_json(
+        request,
+        state.config.max_body_bytes,
+        ErrorKind::RoomInvalidJson,
+    )?;
+    let room = state.rooms.create(input)?;
+    log::info!("room {} created ({:?})", room.id, room.visibility);
+    let location = format!("/chats/{}", room.id);
+    Ok(Reply::json(201, &room).with_header("Location", location))
+}
+
+/// Users of a private room are shown only to a valid token holder; a token that is
+/// presented must be valid, even where none is needed.
+fn get_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
+    let key = state.rooms.key(room)?;
+    let with_users = match bearer(request) {
+        Some(token) if key.visibility.needs_token() => {
+            token::verify(&state.secret, &key, token).map(|_| true)?
+        }
+        _ => !key.visibility.needs_token(),
+    };
+    Ok(Reply::json(200, &state.rooms.view(key.id, with_users)?))
+}
+
+fn update_room(state: &State, request: &mut Request, room: &RoomRef) -> Result<Reply, ApiError> {
+    let key = state.rooms.key(room)?;
+    require_token(state, request, &key)?;
+    let input: RoomInput = read_json(
+        request,
+        state.config.max_body_bytes,
+        ErrorKind::RoomInvalidJson,
+    )?;
+    let room = state.rooms.update(key.id, input)?;
+    log::info!("room {} updated", room.id);
+    Ok(Reply::json(200, &room))
+}
+
+fn delete_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
+    let key = state.rooms.key(room)?;
+    require_token(state, request, &key)?;
+    state.rooms.delete(key.id)?;
+    log::info!("room {} deleted", key.id);
+    Ok(Reply::json(200, &json!({"status": true})))
+}
+
+/// The body of `POST /chats/<room>/token`.
+#[derive(Deserialize)]
+struct TokenRequest {
+    name: Option<String>,
+    secret: Option<String>,
+}
+
+fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<Reply, ApiError> {
+    let body: TokenRequest =
+        read_json(request, state.config.max_body_bytes, ErrorKind::InvalidJson)?;
+    let key = state.rooms.key(room)?;
+    if !key.visibility.needs_token() {
+        return Ok(Reply::json(200, &json!({"status": true})));
+    }
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
+    let secret = body.secret.unwrap_or_default();
+    // bcrypt runs here, on this worker thread, with no lock held.
+    if !RoomMap::password_matches(&key, &secret) {
+        log::info!("room {}: wrong password for a token", key.id);
+        return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
+    }
+    token_reply(state, &key, name)
+}
+
+fn renew_token(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
+    let key = state.rooms.key(room)?;
+    if !key.visibility.needs_token() {
+        return Ok(Reply::json(200, &json!({"status": true})));
+    }
+    let claims =
+        require_token(state, request, &key)?.expect("a room that needs a token was given one");
+    token_reply(state, &key, &claims.username)
+}
+
+/// The answer to a token request, in the Go version's field order.
+#[derive(Serialize)]
+struct TokenReply<'a> {
+    status: bool,
+    name: &'a str,
+    room_id: u64,
+    token: String,
+}
+
+fn token_reply(state: &State, key: &RoomKey, name: &str) -> Result<Reply, ApiError> {
+    let token = token::issue(&state.secret, key, name, state.config.token_ttl)
+        .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
+    Ok(Reply::json(
+        201,
+        &TokenReply {
+            status: true,
+            name,
+            room_id: key.id,
+            token,
+        },
+    ))
+}
+
+/// For a private or hidden room, the bearer token's claims (403 without one); `None` for a
+/// public room, which needs none.
+fn require_token(
+    state: &State,
+    request: &Request,
+    key: &RoomKey,
+) -> Result<Option<token::Claims>, ApiError> {
+    if !key.visibility.needs_token() {
+        return Ok(None);
+    }
+    let token = bearer(request).ok_or_else(|| ApiError::field(ErrorKind::InvalidToken, "token"))?;
+    token::verify(&state.secret, key, token).map(Some)
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| token::from_bearer(h.value.as_str()))
+}
+
+/// Reads and parses a JSON body of at most `limit` bytes. A declared or actual length over
+/// the limit is 413; a body that does not parse is `invalid` (103 or 303).
+fn read_json<T: DeserializeOwned>(
+    request: &mut Request,
+    limit: usize,
+    invalid: ErrorKind,
+) -> Result<T, ApiError> {
+    if request
+        .body_length()
+        .is_some_and(|declared| declared > limit)
+    {
+        return Err(ApiError::new(ErrorKind::BodyTooLarge));
+    }
+    let mut body = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    request
+        .as_reader()
+        .take(cap)
+        .read_to_end(&mut body)
+        .map_err(|_| ApiError::new(invalid))?;
+    if body.len() > limit {
+        return Err(ApiError::new(ErrorKind::BodyTooLarge));
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::new(invalid))?;
+    if !value.is_object() {
+        return Err(ApiError::new(invalid));
+    }
+    serde_json::from_value(value).map_err(|_| ApiError::new(invalid))
+}
+
+/// Serves a file from `static_dir`, refusing any path that could leave it.
+fn static_file(state: &State, name: &str) -> Result<Reply, ApiError> {
+    let not_found = || ApiError::new(ErrorKind::NotFound);
+    let dir = state.config.static_dir.as_deref().ok_or_else(not_found)?;
+    let relative = Path::new(name);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(not_found());
+    }
+    let body = std::fs::read(dir.join(relative)).map_err(|_| not_found())?;
+    let content_type = match relative.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("svg") => "image/svg+xml",
+        Some("ico") => "image/x-icon",
+        _ => "application/octet-stream",
+    };
+    Ok(Reply {
+        status: 200,
+        content_type,
+        body,
+        headers: Vec::new(),
+    })
+}
+
+/// Writes `reply`. A client that went away is not an error worth more than a debug line.
+fn respond(request: Request, reply: Reply) {
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    let headers =
+        std::iter::once(("Content-Type", reply.content_type.to_owned())).chain(reply.headers);
+    for (name, value) in headers {
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("writing a response failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_method_and_segments() {
+        assert_eq!(
+            route(&Method::Get, "/chats/1"),
+            Ok(Route::GetRoom(RoomRef::Id(1)))
+        );
+        assert_eq!(
+            route(&Method::Get, "/chats/My%20chat%20room?x=1"),
+            Ok(Route::GetRoom(RoomRef::Title("My chat room".into())))
+        );
+        assert_eq!(
+            route(&Method::Post, "/chats/2/token"),
+            Ok(Route::IssueToken(RoomRef::Id(2)))
+        );
+        assert_eq!(
+            route(&Method::Patch, "/chats/2"),
+            Err(Miss::MethodNotAllowed("GET, PUT, DELETE"))
+        );
+        assert_eq!(route(&Method::Get, "/nope"), Err(Miss::NotFound));
+        assert_eq!(route(&Method::Get, "/chats/%zz"), Err(Miss::NotFound));
+    }
+}

@@ -1,0 +1,183 @@
+//! ChitChat: a small, fast chat server. People create rooms over a JSON REST API, get a
+//! token for password-protected rooms, and chat in real time over WebSockets.
+//!
+//! # Why blocking threads and no async runtime
+//! ChitChat runs on small hosts and is read in classrooms. A thread per connection, with
+//! plain blocking I/O, keeps every request and every socket a straight line of code that a
+//! reader can follow, and keeps the dependency tree small (no tokio, no futures executor).
+//! The costs (a parked thread per idle socket) are measured in BENCHMARKS.md and kept small
+//! on purpose: small thread stacks, a queue that allocates only when used, and a writer
+//! thread per socket that exists only while it has something to write.
+//!
+//! # Layout, in reading order
+//! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
+//! - [`error`]: every error a client can see: code, message, HTTP status, JSON.
+//! - [`rooms`]: the room map, the one piece of shared state: ids, titles, validation,
+//!   members, and the fan-out of events to them under one lock.
+//! - [`token`]: JWTs (HS256 only), signed with a key derived per room.
+//! - [`http`]: the REST API and the page, on tiny_http worker threads.
+//! - [`ws`]: the WebSocket listener, a thread per socket, and each socket's outbox.
+//! - [`event`]: chat events on the wire; [`clock`]: RFC 3339 times; [`web`]: the page.
+//!
+//! [`start`] builds one [`State`], hands it to both listeners, and returns a [`Running`]
+//! server; `main` only parses arguments, sets up logging and waits for a signal.
+
+#![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)]
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod rooms;
+pub mod token;
+pub mod web;
+pub mod ws;
+
+use std::fmt;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use config::{Config, ConfigError};
+
+use rooms::RoomMap;
+use ws::WsServer;
+
+/// HTTP worker threads. bcrypt (tens of milliseconds) runs on them, so there are enough
+/// that a burst of token requests does not hold up cheap requests behind it.
+const HTTP_WORKERS: usize = 16;
+/// An HTTP worker's stack: JSON bodies are capped and bcrypt needs little.
+const HTTP_WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// Everything the request handlers and sockets share, built once in [`start`].
+pub struct State {
+    /// The configuration the server was started with.
+    pub config: Config,
+    /// The token signing secret: configured, or generated at start.
+    pub secret: String,
+    /// Every room and its members.
+    pub rooms: RoomMap,
+    /// The web page, with the WebSocket port filled in.
+    pub page: String,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not bind its address.
+    Bind { address: String, reason: String },
+    /// No random secret could be generated.
+    Secret(std::io::Error),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { address, reason } => {
+                write!(f, "cannot listen on {address}: {reason}")
+            }
+            StartError::Secret(e) => write!(f, "cannot generate a token secret: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A started server. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    http_addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    http_workers: Vec<JoinHandle<()>>,
+    ws: Arc<WsServer>,
+    ws_accept: JoinHandle<()>,
+}
+
+/// Binds both listeners and starts serving.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let secret = match &config.secret_key {
+        Some(secret) => secret.clone(),
+        None => {
+            log::warn!("no secret_key or SECRET_KEY configured: using a random one; tokens will not survive a restart");
+            random_secret().map_err(StartError::Secret)?
+        }
+    };
+    let bind_error = |address: &str, reason: String| StartError::Bind {
+        address: address.to_owned(),
+        reason,
+    };
+    let http = tiny_http::Server::http(&config.address)
+        .map_err(|e| bind_error(&config.address, e.to_string()))?;
+    let http_addr = http
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| bind_error(&config.address, "not an IP address".into()))?;
+    let ws_listener = TcpListener::bind(&config.ws_address)
+        .map_err(|e| bind_error(&config.ws_address, e.to_string()))?;
+    let ws_port = ws_listener
+        .local_addr()
+        .map_err(|e| bind_error(&config.ws_address, e.to_string()))?
+        .port();
+
+    let state = Arc::new(State {
+        rooms: RoomMap::new(config.bcrypt_cost),
+        page: web::page(ws_port),
+        secret,
+        config,
+    });
+    let http = Arc::new(http);
+    let http_workers = (0..HTTP_WORKERS)
+        .map(|_| {
+            let (http, state) = (Arc::clone(&http), Arc::clone(&state));
+            std::thread::Builder::new()
+                .name("http-worker".into())
+                .stack_size(HTTP_WORKER_STACK_BYTES)
+                .spawn(move || http::serve(&http, &state))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Thread)?;
+    let (ws, ws_accept) = WsServer::start(state, ws_listener).map_err(StartError::Thread)?;
+    Ok(Running {
+        http_addr,
+        http,
+        http_workers,
+        ws,
+        ws_accept,
+    })
+}
+
+impl Running {
+    /// Where the REST API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the WebSocket listener listens.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws.addr()
+    }
+
+    /// Stops accepting, closes every WebSocket with 1001, and waits for the HTTP workers.
+    pub fn shutdown(self) {
+        for _ in &self.http_workers {
+            self.http.unblock();
+        }
+        self.ws.shutdown();
+        for worker in self.http_workers {
+            let _ = worker.join();
+        }
+        let _ = self.ws_accept.join();
+    }
+}
+
+/// 32 random bytes from the OS, hex-encoded.
+fn random_secret() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,673 @@
+//! The room map: every room, its members, and the fan-out of chat events to them.
+//!
+//! [`RoomMap`] is the one piece of shared state. It owns ids (assigned 1, 2, 3... by a
+//! counter that only grows, so a deleted room's id is never handed out again: SPEC, Rooms),
+//! the case-insensitive title index, validation, password hashing, and each room's members.
+//!
+//! It is a std `Mutex` around plain maps because nothing slow happens while it is held:
+//! bcrypt runs before the lock is taken, and a member is never written to under the lock,
+//! only handed an already-serialised event through [`Subscriber::deliver`], which must not
+//! block. One lock for the whole map is also what gives every member of a room the same
+//! order of events: an event is delivered to all members before the next one is built.
+//!
+//! This module knows channels (through [`Subscriber`]), never sockets or HTTP. Stored and
+//! wire types differ: [`Room`] holds the bcrypt hash and has no `Serialize`; [`RoomView`]
+//! is what clients see, so the hash cannot leak by construction.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_rfc3339;
+use crate::error::{ApiError, ErrorKind};
+use crate::event::{join_message, leave_message, EventType, ServerEvent};
+
+/// Title length bounds, in characters after trimming (SPEC, Rooms).
+const TITLE_CHARS: std::ops::RangeInclusive<usize> = 2..=70;
+/// The longest description, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 70;
+/// The shortest password of a private or hidden room, in characters.
+const MIN_PASSWORD_CHARS: usize = 8;
+/// bcrypt reads at most 72 bytes; longer passwords are refused rather than cut silently.
+const MAX_PASSWORD_BYTES: usize = 72;
+
+/// Who may see and enter a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Listed; anyone may enter.
+    Public,
+    /// Listed; a token (from the room's password) is needed to enter.
+    Private,
+    /// Like private, but never listed: reached by exact title or id.
+    Hidden,
+}
+
+impl Visibility {
+    /// Parses `public`, `private` or `hidden`, in any case.
+    pub fn parse(text: &str) -> Option<Visibility> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "public" => Some(Visibility::Public),
+            "private" => Some(Visibility::Private),
+            "hidden" => Some(Visibility::Hidden),
+            _ => None,
+        }
+    }
+
+    /// Whether entering or changing the room needs a token.
+    pub fn needs_token(self) -> bool {
+        self != Visibility::Public
+    }
+}
+
+/// Something that receives a room's events: in practice one WebSocket's outgoing queue.
+pub trait Subscriber: Send + Sync {
+    /// Queues `text` for the member. Must not block: it is called under the room lock.
+    /// Returns `false` when the member's queue is full (a slow reader).
+    fn deliver(&self, text: &Arc<str>) -> bool;
+    /// Tells the member it has been removed from the room, and why.
+    fn close(&self, reason: CloseReason);
+}
+
+/// Why the room removed a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue overflowed: it stopped reading (WebSocket close 1008).
+    SlowReader,
+    /// The room was deleted (a 101 error event, then close 1001).
+    RoomDeleted,
+}
+
+/// A socket that has joined a room under a name.
+struct Member {
+    /// Which socket this is; a socket has at most one name per room.
+    session: u64,
+    username: String,
+    color: String,
+    last_activity: String,
+    subscriber: Arc<dyn Subscriber>,
+}
+
+/// A stored room. Never serialised: see [`RoomView`].
+struct Room {
+    id: u64,
+    title: String,
+    description: String,
+    visibility: Visibility,
+    /// bcrypt hash of the password; `Some` exactly when the room is private or hidden.
+    password_hash: Option<String>,
+    created_at: String,
+    updated_at: String,
+    /// Joined sockets, in join order.
+    members: Vec<Member>,
+}
+
+/// A room as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomView {
+    pub id: u64,
+    pub title: String,
+    pub description: String,
+    pub visibility: Visibility,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+    /// The people joined right now; left out of private rooms for callers without a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserView>>,
+}
+
+/// A joined person as clients see them.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub username: String,
+    pub color: String,
+    pub last_activity: String,
+}
+
+/// What checking access to a room needs, copied out so tokens and passwords can be
+/// verified without holding the lock.
+#[derive(Debug, Clone)]
+pub struct RoomKey {
+    pub id: u64,
+    pub visibility: Visibility,
+    /// The bcrypt hash, part of the room's token signing key.
+    pub password_hash: Option<String>,
+}
+
+/// How a path names a room: digits are an id, anything else a title.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRef {
+    Id(u64),
+    /// A title, matched case-insensitively.
+    Title(String),
+}
+
+impl RoomRef {
+    /// Reads a raw path segment (`7`, `My%20chat%20room`). Titles are never all digits, so
+    /// an all-digit segment is always an id. `None` if the escapes are malformed.
+    pub fn from_segment(raw: &str) -> Option<RoomRef> {
+        let segment = percent_decode(raw)?;
+        Some(match segment.parse::<u64>() {
+            Ok(id) if segment.bytes().all(|b| b.is_ascii_digit()) => RoomRef::Id(id),
+            _ => RoomRef::Title(segment),
+        })
+    }
+}
+
+/// Decodes `%XX` escapes in one URL component; `None` if they are malformed or the result
+/// is not UTF-8.
+pub fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(byte);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The body of `POST /chats` and `PUT /chats/<room>`; every field optional so that a
+/// missing one is reported by name. Unknown fields are ignored, as the Go version did, so
+/// a client may send back a room it fetched.
+#[derive(Debug, Default, Deserialize)]
+pub struct RoomInput {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub visibility: Option<String>,
+    pub password: Option<String>,
+}
+
+/// The room map. See the module docs for the locking rules.
+pub struct RoomMap {
+    inner: Mutex<Rooms>,
+    /// bcrypt work factor for new passwords.
+    bcrypt_cost: u32,
+}
+
+struct Rooms {
+    by_id: BTreeMap<u64, Room>,
+    /// Lower-cased title -> id; kept in step with `by_id` by the only three functions
+    /// that add, rename or remove a room.
+    by_title: HashMap<String, u64>,
+    /// The next id to hand out. Only ever grows, so ids are never reused.
+    next_id: u64,
+}
+
+impl RoomMap {
+    /// A map holding the default room: id 1, "Public Chat", public.
+    pub fn new(bcrypt_cost: u32) -> RoomMap {
+        let mut rooms = Rooms {
+            by_id: BTreeMap::new(),
+            by_title: HashMap::new(),
+            next_id: 1,
+        };
+        let now = now_rfc3339();
+        rooms.insert(Room {
+            id: 0,
+            title: "Public Chat".into(),
+            description: "Everyone is welcome here.".into(),
+            visibility: Visibility::Public,
+            password_hash: None,
+            created_at: now.clone(),
+            updated_at: now,
+            members: Vec::new(),
+        });
+        RoomMap {
+            inner: Mutex::new(rooms),
+            bcrypt_cost,
+        }
+    }
+
+    /// Takes the lock. A panic elsewhere while it was held cannot leave the maps half
+    /// updated (every update is done in one step), so a poisoned lock is safe to reuse.
+    fn lock(&self) -> MutexGuard<'_, Rooms> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every room except hidden ones, by id. Users are shown for public rooms only: a
+    /// listing has no token for each private room.
+    pub fn list(&self) -> Vec<RoomView> {
+        let rooms = self.lock();
+        rooms
+            .by_id
+            .values()
+            .filter(|room| room.visibility != Visibility::Hidden)
+            .map(|room| room.view(room.visibility == Visibility::Public))
+            .collect()
+    }
+
+    /// The access data of the room `room_ref` names, or 101.
+    pub fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError> {
+        let rooms = self.lock();
+        let room = rooms.find(room_ref)?;
+        Ok(RoomKey {
+            id: room.id,
+            visibility: room.visibility,
+            password_hash: room.password_hash.clone(),
+        })
+    }
+
+    /// The room with `id` as clients see it, with or without its users.
+    pub fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError> {
+        let rooms = self.lock();
+        rooms
+            .by_id
+            .get(&id)
+            .map(|room| room.view(with_users))
+            .ok_or_else(not_found)
+    }
+
+    /// Validates `input`, hashes its password (before taking the lock), and adds the room.
+    pub fn create(&self, input: RoomInput) -> Result<RoomView, ApiError> {
+        let title = validate_title(input.title.as_deref())?;
+        let description = validate_description(input.description.as_deref())?;
+        let visibility = validate_visibility(input.visibility.as_deref())?;
+        let password_hash = self.hash_for(visibility, input.password.as_deref(), None)?;
+        let now = now_rfc3339();
+        let mut rooms = self.lock();
+        rooms.check_title_free(&title, None)?;
+        let id = rooms.insert(Room {
+            id: 0,
+            title,
+            description,
+            visibility,
+            password_hash,
+            created_at: now.clone(),
+            updated_at: now,
+            members: Vec::new(),
+        });
+        Ok(rooms.by_id[&id].view(true))
+    }
+
+    /// Applies the fields present in `input` to room `id`. A new password is hashed before
+    /// the lock is taken; changing it (or the visibility) changes the room's token key, so
+    /// tokens issued before stop working.
+    pub fn update(&self, id: u64, input: RoomInput) -> Result<RoomView, ApiError> {
+        let title = input
+            .title
+            .as_deref()
+            .map(|t| validate_title(Some(t)))
+            .transpose()?;
+        let description = input
+            .description
+            .as_deref()
+            .map(|d| validate_description(Some(d)))
+            .transpose()?;
+        let visibility = input
+            .visibility
+            .as_deref()
+            .map(|v| validate_visibility(Some(v)))
+            .transpose()?;
+        let current = {
+            let rooms = self.lock();
+            let room = rooms.by_id.get(&id).ok_or_else(not_found)?;
+            (room.visibility, room.password_hash.clone())
+        };
+        let new_visibility = visibility.unwrap_or(current.0);
+        let password_hash = self.hash_for(new_visibility, input.password.as_deref(), current.1)?;
+
+        let mut rooms = self.lock();
+        if let Some(title) = &title {
+            rooms.check_title_free(title, Some(id))?;
+        }
+        let old_title = rooms
+            .by_id
+            .get(&id)
+            .ok_or_else(not_found)?
+            .title
+            .to_lowercase();
+        if let Some(title) = &title {
+            rooms.by_title.remove(&old_title);
+            rooms.by_title.insert(title.to_lowercase(), id);
+        }
+        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        if let Some(title) = title {
+            room.title = title;
+        }
+        if let Some(description) = description {
+            room.description = description;
+        }
+        room.visibility = new_visibility;
+        room.password_hash = password_hash;
+        room.updated_at = now_rfc3339();
+        Ok(room.view(true))
+    }
+
+    /// Removes room `id`. Its members are told ([`CloseReason::RoomDeleted`]); its id is
+    /// never reused, and tokens for it die with it (their key included its id and hash).
+    pub fn delete(&self, id: u64) -> Result<(), ApiError> {
+        let room = {
+            let mut rooms = self.lock();
+            let room = rooms.by_id.remove(&id).ok_or_else(not_found)?;
+            rooms.by_title.remove(&room.title.to_lowercase());
+            room
+        };
+        for member in &room.members {
+            member.subscriber.close(CloseReason::RoomDeleted);
+        }
+        Ok(())
+    }
+
+    /// Checks `password` against the room's hash, without holding the lock.
+    pub fn password_matches(key: &RoomKey, password: &str) -> bool {
+        match &key.password_hash {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Adds `session` to room `id` as `name` and broadcasts its join. Names are unique in a
+    /// room case-insensitively (else 202).
+    pub fn join(
+        &self,
+        id: u64,
+        session: u64,
+        name: &str,
+        color: &str,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<(), ApiError> {
+        let mut rooms = self.lock();
+        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        let taken = room
+            .members
+            .iter()
+            .any(|m| m.username.to_lowercase() == name.to_lowercase());
+        if taken || room.members.iter().any(|m| m.session == session) {
+            return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
+        }
+        let now = now_rfc3339();
+        room.members.push(Member {
+            session,
+            username: name.to_owned(),
+            color: color.to_owned(),
+            last_activity: now.clone(),
+            subscriber,
+        });
+        room.broadcast(EventType::Join, name, color, &join_message(name), &now);
+        Ok(())
+    }
+
+    /// Broadcasts `msg` from `session` under the name it joined with (201 if it has none).
+    pub fn send(&self, id: u64, session: u64, msg: &str) -> Result<(), ApiError> {
+        let mut rooms = self.lock();
+        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        let now = now_rfc3339();
+        let member = room
+            .members
+            .iter_mut()
+            .find(|m| m.session == session)
+            .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
+        member.last_activity = now.clone();
+        let (name, color) = (member.username.clone(), member.color.clone());
+        room.broadcast(EventType::Send, &name, &color, msg, &now);
+        Ok(())
+    }
+
+    /// Removes `session` from room `id` and broadcasts its leave. Returns `false` if it was
+    /// not a member (never joined, already left, or dropped as a slow reader).
+    pub fn leave(&self, id: u64, session: u64) -> bool {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.by_id.get_mut(&id) else {
+            return false;
+        };
+        let Some(index) = room.members.iter().position(|m| m.session == session) else {
+            return false;
+        };
+        let member = room.members.remove(index);
+        room.broadcast(
+            EventType::Leave,
+            &member.username,
+            &member.color,
+            &leave_message(&member.username),
+            &now_rfc3339(),
+        );
+        true
+    }
+
+    /// The bcrypt hash a room with `visibility` should hold: `None` for public rooms (which
+    /// must not be given a password), a fresh hash of `password`, or `current` kept.
+    fn hash_for(
+        &self,
+        visibility: Visibility,
+        password: Option<&str>,
+        current: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        match (visibility, password) {
+            (Visibility::Public, Some(_)) => Err(invalid("visibility")),
+            (Visibility::Public, None) => Ok(None),
+            (_, Some(password)) => {
+                if password.chars().count() < MIN_PASSWORD_CHARS
+                    || password.len() > MAX_PASSWORD_BYTES
+                {
+                    return Err(invalid("password"));
+                }
+                bcrypt::hash(password, self.bcrypt_cost)
+                    .map(Some)
+                    .map_err(|_| invalid("password"))
+            }
+            (_, None) => current.map(Some).ok_or_else(|| invalid("password")),
+        }
+    }
+}
+
+impl Rooms {
+    /// Adds `room` under the next id and returns that id.
+    fn insert(&mut self, mut room: Room) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        room.id = id;
+        self.by_title.insert(room.title.to_lowercase(), id);
+        self.by_id.insert(id, room);
+        id
+    }
+
+    fn find(&self, room_ref: &RoomRef) -> Result<&Room, ApiError> {
+        let id = match room_ref {
+            RoomRef::Id(id) => Some(*id),
+            RoomRef::Title(title) => self.by_title.get(&title.trim().to_lowercase()).copied(),
+        };
+        id.and_then(|id| self.by_id.get(&id)).ok_or_else(not_found)
+    }
+
+    /// 102 unless no room but `except` has `title` (case-insensitively).
+    fn check_title_free(&self, title: &str, except: Option<u64>) -> Result<(), ApiError> {
+        match self.by_title.get(&title.to_lowercase()) {
+            Some(id) if Some(*id) != except => {
+                Err(ApiError::field(ErrorKind::DuplicateRoom, "title"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Room {
+    fn view(&self, with_users: bool) -> RoomView {
+        RoomView {
+            id: self.id,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            visibility: self.visibility,
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            users: with_users.then(|| {
+                self.members
+                    .iter()
+                    .map(|m| UserView {
+                        username: m.username.clone(),
+                        color: m.color.clone(),
+                        last_activity: m.last_activity.clone(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// Serialises the event once and hands it to every member, in member order. A member
+    /// whose queue is full is removed, told why, and its leave is broadcast in turn (after
+    /// this event, so every member still sees one order).
+    fn broadcast(&mut self, event_type: EventType, name: &str, color: &str, msg: &str, time: &str) {
+        let first = ServerEvent {
+            event_type,
+            name,
+            color,
+            msg,
+            room_id: self.id,
+            time,
+        }
+        .to_text();
+        let mut pending = VecDeque::from([Arc::<str>::from(first)]);
+        while let Some(text) = pending.pop_front() {
+            let mut index = 0;
+            while index < self.members.len() {
+                if self.members[index].subscriber.deliver(&text) {
+                    index += 1;
+                    continue;
+                }
+                let dropped = self.members.remove(index);
+                log::warn!(
+                    "room {}: {} stopped reading; closing it",
+                    self.id,
+                    dropped.username
+                );
+                dropped.subscriber.close(CloseReason::SlowReader);
+                let leave = ServerEvent {
+                    event_type: EventType::Leave,
+                    name: &dropped.username,
+                    color: &dropped.color,
+                    msg: &leave_message(&dropped.username),
+                    room_id: self.id,
+                    time,
+                };
+                pending.push_back(leave.to_text().into());
+            }
+        }
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::RoomNotFound)
+}
+
+fn invalid(field: &'static str) -> ApiError {
+    ApiError::field(ErrorKind::RoomInvalidContent, field)
+}
+
+fn validate_title(title: Option<&str>) -> Result<String, ApiError> {
+    let title = title.map(str::trim).unwrap_or_default();
+    let all_digits = !title.is_empty() && title.chars().all(|c| c.is_ascii_digit());
+    if !TITLE_CHARS.contains(&title.chars().count()) || all_digits {
+        return Err(invalid("title"));
+    }
+    Ok(title.to_owned())
+}
+
+fn validate_description(description: Option<&str>) -> Result<String, ApiError> {
+    let description = description.map(str::trim).unwrap_or_default();
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(invalid("description"));
+    }
+    Ok(description.to_owned())
+}
+
+fn validate_visibility(visibility: Option<&str>) -> Result<Visibility, ApiError> {
+    visibility
+        .and_then(Visibility::parse)
+        .ok_or_else(|| invalid("visibility"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(title: &str, visibility: &str, password: Option<&str>) -> RoomInput {
+        RoomInput {
+            title: Some(title.into()),
+            description: None,
+            visibility: Some(visibility.into()),
+            password: password.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn titles_are_checked() {
+        assert_eq!(validate_title(Some("  ab  ")).unwrap(), "ab");
+        for bad in [None, Some("a"), Some("12345"), Some(&*"x".repeat(71))] {
+            assert_eq!(validate_title(bad).unwrap_err().field, Some("title"));
+        }
+    }
+
+    #[test]
+    fn ids_only_grow() {
+        let rooms = RoomMap::new(4);
+        let a = rooms.create(input("first", "public", None)).unwrap();
+        rooms.delete(a.id).unwrap();
+        let b = rooms.create(input("first", "public", None)).unwrap();
+        assert_eq!((a.id, b.id), (2, 3));
+    }
+
+    #[test]
+    fn passwords_follow_visibility() {
+        let rooms = RoomMap::new(4);
+        assert_eq!(
+            rooms
+                .create(input("pub", "public", Some("password1")))
+                .unwrap_err()
+                .field,
+            Some("visibility")
+        );
+        assert_eq!(
+            rooms
+                .create(input("priv", "private", None))
+                .unwrap_err()
+                .field,
+            Some("password")
+        );
+        assert_eq!(
+            rooms
+                .create(input("priv", "private", Some("short")))
+                .unwrap_err()
+                .field,
+            Some("password")
+        );
+        let room = rooms
+            .create(input("priv", "PRIVATE", Some("password1")))
+            .unwrap();
+        assert_eq!(room.visibility, Visibility::Private);
+        let key = rooms.key(&RoomRef::Title("PRIV".into())).unwrap();
+        assert!(RoomMap::password_matches(&key, "password1"));
+        assert!(!RoomMap::password_matches(&key, "password2"));
+    }
+
+    #[test]
+    fn room_refs_read_digits_as_ids() {
+        assert_eq!(RoomRef::from_segment("12"), Some(RoomRef::Id(12)));
+        assert_eq!(
+            RoomRef::from_segment("My%20chat"),
+            Some(RoomRef::Title("My chat".into()))
+        );
+        assert_eq!(
+            RoomRef::from_segment("+12"),
+            Some(RoomRef::Title("+12".into()))
+        );
+        assert_eq!(RoomRef::from_segment("%zz"), None);
+    }
+
+    #[test]
+    fn percent_decoding_handles_utf8_and_rejects_junk() {
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! The WebSocket listener: accept, one thread per socket, and shutdown with close 1001.
+//!
+//! Layout of `ws/`, in reading order:
+//! - this file: the accept loop and the registry of live sockets (for shutdown);
+//! - `handshake`: which room and token a connection asks for, refusals as JSON;
+//! - `session`: one socket's life on its own thread (join / send / leave, heartbeats);
+//! - `outbox`: the socket's queue and writer, and why reads and writes are split.
+//!
+//! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
+
+mod handshake;
+mod outbox;
+mod session;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::State;
+use outbox::Outbox;
+
+/// A session thread's stack. It parses at most `max_message_bytes` of JSON (serde_json
+/// stops nesting at depth 128), so a small stack suffices; only touched pages cost memory.
+const SESSION_STACK_BYTES: usize = 128 * 1024;
+/// How long shutdown waits for sockets to finish their close handshakes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A pause after a failed `accept` (out of descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The running WebSocket side.
+pub struct WsServer {
+    addr: SocketAddr,
+    stopping: AtomicBool,
+    /// Live sockets by id, so shutdown can close each with 1001.
+    sockets: Mutex<HashMap<u64, Outbox>>,
+    /// Signalled whenever a socket leaves `sockets`.
+    socket_ended: Condvar,
+    next_id: AtomicU64,
+    launcher: Sender<Outbox>,
+}
+
+impl WsServer {
+    /// Starts accepting on `listener`: returns the server and its accept thread.
+    pub fn start(
+        state: Arc<State>,
+        listener: TcpListener,
+    ) -> io::Result<(Arc<WsServer>, JoinHandle<()>)> {
+        let (launcher, outboxes) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("ws-launcher".into())
+            .spawn(move || outbox::run_launcher(outboxes))?;
+        let server = Arc::new(WsServer {
+            addr: listener.local_addr()?,
+            stopping: AtomicBool::new(false),
+            sockets: Mutex::new(HashMap::new()),
+            socket_ended: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            launcher,
+        });
+        let accepting = Arc::clone(&server);
+        let handle = std::thread::Builder::new()
+            .name("ws-accept".into())
+            .spawn(move || accepting.accept_loop(&listener, &state))?;
+        Ok((server, handle))
+    }
+
+    /// The address the listener is bound to (with the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn accept_loop(self: &Arc<Self>, listener: &TcpListener, state: &Arc<State>) {
+        for stream in listener.incoming() {
+            if self.stopping.load(SeqCst) {
+                return;
+            }
+            match stream {
+                Ok(stream) => self.spawn_session(stream, state),
+                Err(e) => {
+                    log::error!("accepting a WebSocket connection failed: {e}");
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn spawn_session(self: &Arc<Self>, stream: TcpStream, state: &Arc<State>) {
+        let id = self.next_id.fetch_add(1, SeqCst);
+        let config = &state.config;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(config.write_timeout));
+        let writer = match stream.try_clone() {
+            Ok(writer) => writer,
+            Err(e) => return log::error!("socket {id}: cannot clone the stream: {e}"),
+        };
+        let outbox = Outbox::new(writer, config.send_queue_len, self.launcher.clone());
+        self.lock_sockets().insert(id, outbox.clone());
+        let (server, state) = (Arc::clone(self), Arc::clone(state));
+        let spawned = std::thread::Builder::new()
+            .name("ws-session".into())
+            .stack_size(SESSION_STACK_BYTES)
+            .spawn(move || {
+                // A bug in one session must not take the server down; its socket is
+                // dropped and the panic logged.
+                let run = std::panic::AssertUnwindSafe(|| session::run(state, id, stream, outbox));
+                if std::panic::catch_unwind(run).is_err() {
+                    log::error!("socket {id}: session panicked");
+                }
+                server.forget(id);
+            });
+        if let Err(e) = spawned {
+            log::error!("socket {id}: cannot start its thread: {e}");
+            self.forget(id);
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock_sockets().remove(&id);
+        self.socket_ended.notify_all();
+    }
+
+    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, Outbox>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops accepting, closes every socket with 1001, and waits (a bounded time) for them
+    /// to finish.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, SeqCst);
+        // Wake the accept loop, blocked in `accept`, with a connection of our own.
+        let wake_addr = match self.addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], a.port()))
+            }
+            addr => addr,
+        };
+        let _ = TcpStream::connect_timeout(&wake_addr, Duration::from_secs(1));
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut sockets = self.lock_sockets();
+        for outbox in sockets.values() {
+            outbox.close(CloseCode::Away);
+        }
+        while !sockets.is_empty() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            sockets = match self.socket_ended.wait_timeout(sockets, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}

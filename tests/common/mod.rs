@@ -1,0 +1,490 @@
+//! Test support: a real ChitChat server on port 0, and small HTTP and WebSocket clients.
+//!
+//! Every test starts its own [`TestServer`] (both listeners on 127.0.0.1:0, a fresh secret,
+//! the cheapest bcrypt cost) and talks to it over real sockets, the way `curl` and
+//! `websocat` would. Every read has a timeout; a helper that gives up panics naming what it
+//! was waiting for, so a broken server fails a test instead of hanging it.
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use chitchat::Config;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::Request;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single wait in a test may take before it counts as a hang.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server, stopped when dropped.
+pub struct TestServer {
+    /// The REST listener's address.
+    pub http_addr: SocketAddr,
+    /// The WebSocket listener's address.
+    pub ws_addr: SocketAddr,
+    /// The secret tokens are signed with.
+    pub secret: String,
+    running: Option<chitchat::Running>,
+}
+
+/// The configuration every test starts from: port 0 for both listeners, console-free
+/// logging, bcrypt at its minimum cost and a secret of its own.
+pub fn test_config() -> Config {
+    Config {
+        address: "127.0.0.1:0".into(),
+        ws_address: "127.0.0.1:0".into(),
+        secret_key: Some(format!("test-secret-{}", std::process::id())),
+        log_file: None,
+        bcrypt_cost: 4,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// Starts a server with [`test_config`].
+    pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// Starts a server with [`test_config`] adjusted by `adjust`.
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        adjust(&mut config);
+        let secret = config.secret_key.clone().unwrap_or_default();
+        let running = chitchat::start(config).expect("the test server starts");
+        TestServer {
+            http_addr: running.http_addr(),
+            ws_addr: running.ws_addr(),
+            secret,
+            running: Some(running),
+        }
+    }
+
+    /// Stops the server now, the way SIGTERM would (sockets get close code 1001).
+    pub fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+        }
+    }
+
+    /// Sends one HTTP/1.1 request with `Connection: close` and reads the whole response.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
+        let mut stream = TcpStream::connect(self.http_addr).expect("connect to the HTTP listener");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.http_addr
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        if let Some(body) = body {
+            // The server may answer (413) and close before it has read everything.
+            let _ = stream.write_all(body);
+        }
+        read_response(stream)
+    }
+
+    /// `method path` with an optional bearer token and an optional JSON body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![];
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth.as_str()));
+        }
+        let body = body.map(|b| b.to_string().into_bytes());
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.request(method, path, &headers, body.as_deref())
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.send("GET", path, None, None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        self.send("POST", path, None, Some(body))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Response {
+        self.send("PUT", path, None, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Response {
+        self.send("DELETE", path, None, None)
+    }
+
+    /// Creates a room and returns its JSON; panics unless the answer is 201.
+    pub fn create_room(&self, title: &str, visibility: &str, password: Option<&str>) -> Value {
+        let mut body = json!({"title": title, "description": "", "visibility": visibility});
+        if let Some(password) = password {
+            body["password"] = json!(password);
+        }
+        let response = self.post("/chats", &body);
+        assert_eq!(response.status, 201, "create {title}: {}", response.body);
+        response.json()
+    }
+
+    /// Gets a token for `name` in `room` (an id or a title) and returns it; panics unless 201.
+    pub fn token(&self, room: &str, name: &str, secret: &str) -> String {
+        let response = self.post(
+            &format!("/chats/{room}/token"),
+            &json!({"name": name, "secret": secret}),
+        );
+        assert_eq!(
+            response.status, 201,
+            "token for {name} in {room}: {}",
+            response.body
+        );
+        response.json()["token"]
+            .as_str()
+            .expect("a token string")
+            .to_owned()
+    }
+
+    /// Opens a WebSocket to `path` (e.g. `/chats/1/ws`); panics if the handshake fails.
+    pub fn ws(&self, path: &str) -> Client {
+        self.ws_request(self.ws_url(path).into_client_request().unwrap())
+            .unwrap_or_else(|e| panic!("WebSocket handshake to {path} failed: {e}"))
+    }
+
+    /// The `ws://` URL of `path` on this server.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws_addr, path)
+    }
+
+    /// Opens a WebSocket with a prepared request (extra headers, subprotocols).
+    pub fn ws_request(&self, request: Request<()>) -> Result<Client, tungstenite::Error> {
+        let stream = TcpStream::connect(self.ws_addr).expect("connect to the WebSocket listener");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (socket, response) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
+            .map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(e) => e,
+                tungstenite::HandshakeError::Interrupted(_) => panic!("handshake interrupted"),
+            })?;
+        let protocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Ok(Client { socket, protocol })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// The body parsed as JSON; panics (showing the body) if it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// A header's value, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a whole `Connection: close` response: status line, headers, then the body (by
+/// Content-Length when given, else to the end).
+pub fn read_response(stream: TcpStream) -> Response {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read the status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = vec![];
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("read a header line");
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':').expect("a header line has a colon");
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let mut body = vec![];
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).expect("read the body");
+        }
+        None => {
+            reader.read_to_end(&mut body).expect("read the body");
+        }
+    }
+    Response {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("a UTF-8 body"),
+    }
+}
+
+/// A WebSocket client with helpers that never wait forever.
+pub struct Client {
+    pub socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    /// The `Sec-WebSocket-Protocol` the server echoed, if any.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    /// Sends one JSON text frame.
+    pub fn send_json(&mut self, event: &Value) {
+        self.socket
+            .send(Message::text(event.to_string()))
+            .expect("send a frame");
+    }
+
+    /// Joins the room as `name` and returns the join broadcast this socket receives.
+    pub fn join(&mut self, name: &str) -> Value {
+        self.send_json(&json!({"event_type": "join", "name": name, "color": "#123456"}));
+        self.next_event_where(&format!("{name}'s own join"), |e| {
+            e["event_type"] == "join" && e["name"] == name
+        })
+    }
+
+    /// Sends a chat message (the `name` the frame claims is ignored by the server).
+    pub fn say(&mut self, msg: &str) {
+        self.send_json(&json!({"event_type": "send", "msg": msg}));
+    }
+
+    /// The next message of any kind, or `None` on timeout.
+    pub fn next_message(&mut self, within: Duration) -> Option<Message> {
+        set_read_timeout(&self.socket, within);
+        match self.socket.read() {
+            Ok(message) => Some(message),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading a frame failed: {e}"),
+        }
+    }
+
+    /// The next JSON text event; panics on timeout, on a close, or on a non-JSON frame.
+    pub fn next_event(&mut self) -> Value {
+        self.next_event_where("any event", |_| true)
+    }
+
+    /// Skips events until one satisfies `wanted`; panics naming `what` on timeout.
+    pub fn next_event_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_message(left.max(Duration::from_millis(1))) {
+                Some(Message::Text(text)) => {
+                    let event: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("event is not JSON ({e}): {text}"));
+                    if wanted(&event) {
+                        return event;
+                    }
+                }
+                Some(Message::Close(frame)) => {
+                    panic!("socket closed ({frame:?}) while awaiting {what}")
+                }
+                Some(_) => {}
+                None => panic!("timed out awaiting {what}"),
+            }
+            assert!(Instant::now() < deadline, "timed out awaiting {what}");
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code; panics on timeout.
+    pub fn expect_close(&mut self) -> u16 {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            set_read_timeout(
+                &self.socket,
+                deadline.saturating_duration_since(Instant::now()),
+            );
+            match self.socket.read() {
+                Ok(Message::Close(Some(frame))) => return frame.code.into(),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+        panic!("timed out awaiting a close frame");
+    }
+}
+
+fn set_read_timeout(socket: &WebSocket<MaybeTlsStream<TcpStream>>, within: Duration) {
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream
+            .set_read_timeout(Some(within.max(Duration::from_millis(1))))
+            .unwrap();
+    }
+}
+
+// Helpers for the REST, token and command-line tests (issue 3).
+
+/// The message SPEC's error table gives `code`, plus the routing errors the server adds
+/// (404 unknown path, 405 wrong method, 413 body too large). Panics on any other code.
+pub fn error_message(code: u16) -> &'static str {
+    match code {
+        101 => "Room error: Room not found",
+        102 => "Room error: Duplicate room",
+        103 => "Room error: Invalid JSON",
+        104 => "Room error: Unauthorized operation",
+        105 => "Room error: Invalid content",
+        201 => "Client error: User not found",
+        202 => "Client error: Duplicate username",
+        203 => "Client error: Invalid JSON",
+        204 => "Client error: Unauthorized operation",
+        301 => "Could not establish session",
+        303 => "Invalid JSON",
+        304 => "Unauthorized operation",
+        305 => "Unsupported client device",
+        401 => "Token error: Invalid signature",
+        402 => "Token error: Unauthorized signing method",
+        403 => "Token error: Invalid token",
+        404 => "Not found",
+        405 => "Method not allowed",
+        413 => "Request body too large",
+        _ => panic!("no error code {code} in SPEC"),
+    }
+}
+
+/// The whole HTTP error body SPEC prescribes for `code`, blaming `field` when given:
+/// `{"status":false,"error":{"code":C,"error":"<message>","field":"<field>"}}`.
+pub fn error_body(code: u16, field: Option<&str>) -> Value {
+    let mut detail = json!({"code": code, "error": error_message(code)});
+    if let Some(field) = field {
+        detail["field"] = json!(field);
+    }
+    json!({"status": false, "error": detail})
+}
+
+/// True if `text` is an RFC 3339 date-time such as `2026-11-28T15:19:28.123Z` (the fraction
+/// is optional; the zone is `Z` or `+hh:mm` / `-hh:mm`).
+pub fn is_rfc3339(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|b| !b.is_empty() && b.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, allowed: &[u8]| bytes.get(i).is_some_and(|b| allowed.contains(b));
+    let date_time = digits(0..4)
+        && at(4, b"-")
+        && digits(5..7)
+        && at(7, b"-")
+        && digits(8..10)
+        && at(10, b"Tt")
+        && digits(11..13)
+        && at(13, b":")
+        && digits(14..16)
+        && at(16, b":")
+        && digits(17..19);
+    if !date_time {
+        return false;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let width = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if width == 0 {
+            return false;
+        }
+        rest = &fraction[width..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// A room's JSON without `createdAt` and `updatedAt`, after checking both are RFC 3339
+/// strings, so the rest can be compared whole with `json!`.
+pub fn room_without_times(room: &Value) -> Value {
+    let mut copy = room.clone();
+    let object = copy
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("a room is a JSON object: {room}"));
+    for key in ["createdAt", "updatedAt"] {
+        let time = object
+            .remove(key)
+            .unwrap_or_else(|| panic!("the room has no {key}"));
+        let time = time
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is not a string: {time}"));
+        assert!(is_rfc3339(time), "{key} is not RFC 3339: {time:?}");
+    }
+    copy
+}
+
+/// Sends one HTTP/1.1 request to `addr` and reads the whole response: [`TestServer::request`]
+/// for servers the test did not start in-process (the binary, or from other threads).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    if let Some(body) = body {
+        // The server may answer (413) and close before it has read everything.
+        let _ = stream.write_all(body);
+    }
+    read_response(stream)
+}
