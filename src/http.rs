@@ -292,7 +292,7 @@ fn require_token(
     if !key.visibility.needs_token() {
         return Ok(None);
     }
-    let token = bearer(request).ok_or_else(|| ApiError::field(ErrorKind::InvalidToken, "token"))?;
+    let token = bearer(request).ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
     token::verify(&state.secret, key, token).map(Some)
 }
 

@@ -111,12 +111,19 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         address: address.to_owned(),
         reason,
     };
-    let http = tiny_http::Server::http(&config.address)
+    let http_listener = TcpListener::bind(&config.address)
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
-    let http_addr = http
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| bind_error(&config.address, "not an IP address".into()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| bind_error(&config.address, e.to_string()))?;
+    let (read_timeout, write_timeout) = (Some(config.read_timeout), Some(config.write_timeout));
+    let http = tiny_http::Server::from_listener_with_timeouts(
+        http_listener,
+        None,
+        read_timeout,
+        write_timeout,
+    )
+    .map_err(|e| bind_error(&config.address, e.to_string()))?;
     let ws_listener = TcpListener::bind(&config.ws_address)
         .map_err(|e| bind_error(&config.ws_address, e.to_string()))?;
     let ws_port = ws_listener

@@ -3,6 +3,7 @@
 //! Exit codes: 0 after SIGINT or SIGTERM, 2 when the configuration cannot be used, 1 when
 //! the server cannot start (an address in use, say).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -99,7 +100,12 @@ fn init_logging(config: &Config) -> Result<(), String> {
         config.log_level,
         log_config.clone(),
         TerminalMode::Stderr,
-        ColorChoice::Auto,
+        // Colours for a person at a terminal; plain text for pipes and service managers.
+        if std::io::stderr().is_terminal() {
+            ColorChoice::Auto
+        } else {
+            ColorChoice::Never
+        },
     )];
     if let Some(path) = &config.log_file {
         let file = std::fs::OpenOptions::new()

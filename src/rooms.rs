@@ -1,8 +1,10 @@
-//! The room map: every room, its members, and the fan-out of chat events to them.
+//! The room map: every room, the sockets in it, and the fan-out of chat events to them.
 //!
 //! [`RoomMap`] is the one piece of shared state. It owns ids (assigned 1, 2, 3... by a
 //! counter that only grows, so a deleted room's id is never handed out again: SPEC, Rooms),
-//! the case-insensitive title index, validation, password hashing, and each room's members.
+//! the case-insensitive title index, validation, password hashing, and each room's sockets:
+//! every WebSocket connected to the room is attached to it, and those that have joined
+//! under a name are its members, the ones chat events are broadcast to.
 //!
 //! It is a std `Mutex` around plain maps because nothing slow happens while it is held:
 //! bcrypt runs before the lock is taken, and a member is never written to under the lock,
@@ -79,14 +81,20 @@ pub enum CloseReason {
     RoomDeleted,
 }
 
-/// A socket that has joined a room under a name.
-struct Member {
-    /// Which socket this is; a socket has at most one name per room.
+/// A WebSocket connected to a room, joined or not: a deleted room closes them all.
+struct Socket {
+    /// Which socket this is.
     session: u64,
+    subscriber: Arc<dyn Subscriber>,
+    /// Set while the socket has joined under a name; a socket has at most one.
+    member: Option<Member>,
+}
+
+/// The name a socket joined with.
+struct Member {
     username: String,
     color: String,
     last_activity: String,
-    subscriber: Arc<dyn Subscriber>,
 }
 
 /// A stored room. Never serialised: see [`RoomView`].
@@ -99,8 +107,8 @@ struct Room {
     password_hash: Option<String>,
     created_at: String,
     updated_at: String,
-    /// Joined sockets, in join order.
-    members: Vec<Member>,
+    /// Connected sockets, in connection order.
+    sockets: Vec<Socket>,
 }
 
 /// A room as clients see it.
@@ -220,7 +228,7 @@ impl RoomMap {
             password_hash: None,
             created_at: now.clone(),
             updated_at: now,
-            members: Vec::new(),
+            sockets: Vec::new(),
         });
         RoomMap {
             inner: Mutex::new(rooms),
@@ -286,9 +294,10 @@ impl RoomMap {
             password_hash,
             created_at: now.clone(),
             updated_at: now,
-            members: Vec::new(),
+            sockets: Vec::new(),
         });
-        Ok(rooms.by_id[&id].view(true))
+        // The creator holds no token yet: a private room's users are not shown (there are none).
+        Ok(rooms.by_id[&id].view(visibility == Visibility::Public))
     }
 
     /// Applies the fields present in `input` to room `id`. A new password is hashed before
@@ -345,7 +354,7 @@ impl RoomMap {
         Ok(room.view(true))
     }
 
-    /// Removes room `id`. Its members are told ([`CloseReason::RoomDeleted`]); its id is
+    /// Removes room `id`. Its sockets are told ([`CloseReason::RoomDeleted`]); its id is
     /// never reused, and tokens for it die with it (their key included its id and hash).
     pub fn delete(&self, id: u64) -> Result<(), ApiError> {
         let room = {
@@ -354,8 +363,8 @@ impl RoomMap {
             rooms.by_title.remove(&room.title.to_lowercase());
             room
         };
-        for member in &room.members {
-            member.subscriber.close(CloseReason::RoomDeleted);
+        for socket in &room.sockets {
+            socket.subscriber.close(CloseReason::RoomDeleted);
         }
         Ok(())
     }
@@ -368,32 +377,56 @@ impl RoomMap {
         }
     }
 
-    /// Adds `session` to room `id` as `name` and broadcasts its join. Names are unique in a
-    /// room case-insensitively (else 202).
-    pub fn join(
+    /// Connects socket `session` to room `id` (101 if the room is gone), so that it hears
+    /// of the room's deletion even before it joins.
+    pub fn attach(
         &self,
         id: u64,
         session: u64,
-        name: &str,
-        color: &str,
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<(), ApiError> {
         let mut rooms = self.lock();
         let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        room.sockets.push(Socket {
+            session,
+            subscriber,
+            member: None,
+        });
+        Ok(())
+    }
+
+    /// Disconnects socket `session`, broadcasting its leave if it had joined.
+    pub fn detach(&self, id: u64, session: u64) {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        if let Some(index) = room.sockets.iter().position(|s| s.session == session) {
+            let socket = room.sockets.remove(index);
+            if let Some(member) = socket.member {
+                room.broadcast_leave(&member, &now_rfc3339());
+            }
+        }
+    }
+
+    /// Gives socket `session` the name `name` in room `id` and broadcasts its join. Names
+    /// are unique in a room case-insensitively, and a socket holds one at a time (else 202).
+    pub fn join(&self, id: u64, session: u64, name: &str, color: &str) -> Result<(), ApiError> {
+        let mut rooms = self.lock();
+        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        let lower = name.to_lowercase();
         let taken = room
-            .members
-            .iter()
-            .any(|m| m.username.to_lowercase() == name.to_lowercase());
-        if taken || room.members.iter().any(|m| m.session == session) {
+            .members()
+            .any(|(s, m)| s.session == session || m.username.to_lowercase() == lower);
+        if taken {
             return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
         }
+        let socket = room.socket_mut(session)?;
         let now = now_rfc3339();
-        room.members.push(Member {
-            session,
+        socket.member = Some(Member {
             username: name.to_owned(),
             color: color.to_owned(),
             last_activity: now.clone(),
-            subscriber,
         });
         room.broadcast(EventType::Join, name, color, &join_message(name), &now);
         Ok(())
@@ -405,9 +438,9 @@ impl RoomMap {
         let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
         let now = now_rfc3339();
         let member = room
-            .members
-            .iter_mut()
-            .find(|m| m.session == session)
+            .socket_mut(session)?
+            .member
+            .as_mut()
             .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
         member.last_activity = now.clone();
         let (name, color) = (member.username.clone(), member.color.clone());
@@ -415,25 +448,18 @@ impl RoomMap {
         Ok(())
     }
 
-    /// Removes `session` from room `id` and broadcasts its leave. Returns `false` if it was
-    /// not a member (never joined, already left, or dropped as a slow reader).
-    pub fn leave(&self, id: u64, session: u64) -> bool {
+    /// Takes socket `session`'s name away in room `id` and broadcasts its leave (201 if it
+    /// had none: never joined, already left, or dropped as a slow reader).
+    pub fn leave(&self, id: u64, session: u64) -> Result<(), ApiError> {
         let mut rooms = self.lock();
-        let Some(room) = rooms.by_id.get_mut(&id) else {
-            return false;
-        };
-        let Some(index) = room.members.iter().position(|m| m.session == session) else {
-            return false;
-        };
-        let member = room.members.remove(index);
-        room.broadcast(
-            EventType::Leave,
-            &member.username,
-            &member.color,
-            &leave_message(&member.username),
-            &now_rfc3339(),
-        );
-        true
+        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        let member = room
+            .socket_mut(session)?
+            .member
+            .take()
+            .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
+        room.broadcast_leave(&member, &now_rfc3339());
+        Ok(())
     }
 
     /// The bcrypt hash a room with `visibility` should hold: `None` for public rooms (which
@@ -502,9 +528,8 @@ impl Room {
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
             users: with_users.then(|| {
-                self.members
-                    .iter()
-                    .map(|m| UserView {
+                self.members()
+                    .map(|(_, m)| UserView {
                         username: m.username.clone(),
                         color: m.color.clone(),
                         last_activity: m.last_activity.clone(),
@@ -514,8 +539,33 @@ impl Room {
         }
     }
 
-    /// Serialises the event once and hands it to every member, in member order. A member
-    /// whose queue is full is removed, told why, and its leave is broadcast in turn (after
+    /// The joined sockets, with their names.
+    fn members(&self) -> impl Iterator<Item = (&Socket, &Member)> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.member.as_ref().map(|m| (s, m)))
+    }
+
+    /// The attached socket `session`; a socket that is not attached (dropped as a slow
+    /// reader, say) is told it has no name here.
+    fn socket_mut(&mut self, session: u64) -> Result<&mut Socket, ApiError> {
+        let socket = self.sockets.iter_mut().find(|s| s.session == session);
+        socket.ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))
+    }
+
+    fn broadcast_leave(&mut self, member: &Member, time: &str) {
+        let msg = leave_message(&member.username);
+        self.broadcast(
+            EventType::Leave,
+            &member.username,
+            &member.color,
+            &msg,
+            time,
+        );
+    }
+
+    /// Serialises the event once and hands it to every member, in socket order. A member
+    /// whose queue is full is detached, told why, and its leave is broadcast in turn (after
     /// this event, so every member still sees one order).
     fn broadcast(&mut self, event_type: EventType, name: &str, color: &str, msg: &str, time: &str) {
         let first = ServerEvent {
@@ -530,27 +580,30 @@ impl Room {
         let mut pending = VecDeque::from([Arc::<str>::from(first)]);
         while let Some(text) = pending.pop_front() {
             let mut index = 0;
-            while index < self.members.len() {
-                if self.members[index].subscriber.deliver(&text) {
+            while let Some(socket) = self.sockets.get(index) {
+                if socket.member.is_none() || socket.subscriber.deliver(&text) {
                     index += 1;
                     continue;
                 }
-                let dropped = self.members.remove(index);
-                log::warn!(
-                    "room {}: {} stopped reading; closing it",
-                    self.id,
-                    dropped.username
-                );
+                let dropped = self.sockets.remove(index);
                 dropped.subscriber.close(CloseReason::SlowReader);
-                let leave = ServerEvent {
-                    event_type: EventType::Leave,
-                    name: &dropped.username,
-                    color: &dropped.color,
-                    msg: &leave_message(&dropped.username),
-                    room_id: self.id,
-                    time,
-                };
-                pending.push_back(leave.to_text().into());
+                if let Some(member) = dropped.member {
+                    log::warn!(
+                        "room {}: {} stopped reading; closing it",
+                        self.id,
+                        member.username
+                    );
+                    let msg = leave_message(&member.username);
+                    let leave = ServerEvent {
+                        event_type: EventType::Leave,
+                        name: &member.username,
+                        color: &member.color,
+                        msg: &msg,
+                        room_id: self.id,
+                        time,
+                    };
+                    pending.push_back(leave.to_text().into());
+                }
             }
         }
     }

@@ -52,12 +52,9 @@ pub fn issue(secret: &str, room: &RoomKey, username: &str, ttl: Duration) -> Opt
 /// Checks `token` for `room`: 402 for any algorithm but HS256, 401 for a bad signature
 /// (including another room's token), 403 for an expired or malformed one.
 pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiError> {
-    let invalid = || ApiError::field(ErrorKind::InvalidToken, "token");
+    let invalid = || ApiError::new(ErrorKind::InvalidToken);
     if header_algorithm(token).ok_or_else(invalid)? != "HS256" {
-        return Err(ApiError::field(
-            ErrorKind::UnauthorizedSigningMethod,
-            "token",
-        ));
+        return Err(ApiError::new(ErrorKind::UnauthorizedSigningMethod));
     }
     let key = room_secret(secret, room).ok_or_else(invalid)?;
     let mut validation = Validation::new(Algorithm::HS256);
@@ -65,14 +62,12 @@ pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiEr
     validation.set_required_spec_claims(&["exp"]);
     let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key), &validation)
         .map_err(|e| match e.kind() {
-            JwtErrorKind::InvalidSignature => ApiError::field(ErrorKind::InvalidSignature, "token"),
-            JwtErrorKind::InvalidAlgorithm => {
-                ApiError::field(ErrorKind::UnauthorizedSigningMethod, "token")
-            }
+            JwtErrorKind::InvalidSignature => ApiError::new(ErrorKind::InvalidSignature),
+            JwtErrorKind::InvalidAlgorithm => ApiError::new(ErrorKind::UnauthorizedSigningMethod),
             _ => invalid(),
         })?;
     if data.claims.room_id != room.id {
-        return Err(ApiError::field(ErrorKind::InvalidSignature, "token"));
+        return Err(ApiError::new(ErrorKind::InvalidSignature));
     }
     Ok(data.claims)
 }

@@ -40,7 +40,7 @@ pub fn admit(
             .and_then(|p| p.to_str().ok().map(str::to_owned))
             .or_else(|| bearer(request))
             .or_else(|| request.uri().query().and_then(token_in_query))
-            .ok_or_else(|| ApiError::field(ErrorKind::InvalidToken, "token"))?;
+            .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
         Some(token::verify(&state.secret, &key, &token)?.username)
     } else {
         None

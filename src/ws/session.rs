@@ -84,7 +84,6 @@ struct Session {
     /// Identifies this socket in its room's member list.
     id: u64,
     admission: Admission,
-    joined: bool,
     outbox: Outbox,
 }
 
@@ -106,14 +105,19 @@ pub fn run(state: Arc<State>, id: u64, read: TcpStream, outbox: Outbox) {
         return linger(&socket);
     };
     log::info!("socket {id} opened in room {}", admission.room_id);
-    let mut session = Session {
+    let session = Session {
         state,
         id,
         admission,
-        joined: false,
         outbox,
     };
-    let ending = session.chat(&mut ws, &socket);
+    let ending = match session.attach() {
+        Ok(()) => session.chat(&mut ws, &socket),
+        Err(error) => {
+            session.reply_error(error);
+            Ending::Gone
+        }
+    };
     let code = match ending {
         Ending::ClientClosed(code) => code,
         Ending::TooBig => CloseCode::Size,
@@ -122,7 +126,7 @@ pub fn run(state: Arc<State>, id: u64, read: TcpStream, outbox: Outbox) {
         Ending::Silent | Ending::Gone => CloseCode::Away,
     };
     session.outbox.close(code);
-    session.leave_if_joined();
+    session.state.rooms.detach(session.admission.room_id, id);
     log::info!("socket {id} closed ({ending:?}, code {})", u16::from(code));
     linger(&socket);
 }
@@ -172,8 +176,16 @@ fn handshake(
 }
 
 impl Session {
+    /// Connects the socket to its room (which may have been deleted since the handshake).
+    fn attach(&self) -> Result<(), ApiError> {
+        let subscriber = Arc::new(self.outbox.clone());
+        self.state
+            .rooms
+            .attach(self.admission.room_id, self.id, subscriber)
+    }
+
     /// Reads frames until the socket ends, answering pings on time and pinging in turn.
-    fn chat(&mut self, ws: &mut WebSocket<Duplex>, socket: &TcpStream) -> Ending {
+    fn chat(&self, ws: &mut WebSocket<Duplex>, socket: &TcpStream) -> Ending {
         let (ping_interval, pong_timeout) = (
             self.state.config.ping_interval,
             self.state.config.pong_timeout,
@@ -223,7 +235,7 @@ impl Session {
     }
 
     /// Handles one text frame; a mistake is reported to this socket only.
-    fn answer(&mut self, text: &str) {
+    fn answer(&self, text: &str) {
         if let Err(error) = self.handle(text) {
             log::info!("socket {}: {error}", self.id);
             self.reply_error(error);
@@ -234,7 +246,7 @@ impl Session {
         self.outbox.send_private(error.to_event());
     }
 
-    fn handle(&mut self, text: &str) -> Result<(), ApiError> {
+    fn handle(&self, text: &str) -> Result<(), ApiError> {
         let room_id = self.admission.room_id;
         let rooms = &self.state.rooms;
         match ClientEvent::parse(text)? {
@@ -248,34 +260,17 @@ impl Session {
                 {
                     return Err(ApiError::field(ErrorKind::ClientUnauthorized, "name"));
                 }
-                rooms.join(
-                    room_id,
-                    self.id,
-                    &name,
-                    &color,
-                    Arc::new(self.outbox.clone()),
-                )?;
-                self.joined = true;
+                rooms.join(room_id, self.id, &name, &color)?;
                 log::info!("socket {} joined room {room_id} as {name}", self.id);
             }
             // The room uses the name this socket joined with, never one from the frame.
             ClientEvent::Send { msg } => rooms.send(room_id, self.id, &msg)?,
             ClientEvent::Leave => {
-                if !rooms.leave(room_id, self.id) {
-                    return Err(ApiError::new(ErrorKind::UserNotFound));
-                }
-                self.joined = false;
+                rooms.leave(room_id, self.id)?;
                 log::info!("socket {} left room {room_id}", self.id);
             }
         }
         Ok(())
-    }
-
-    fn leave_if_joined(&mut self) {
-        if self.joined {
-            self.state.rooms.leave(self.admission.room_id, self.id);
-            self.joined = false;
-        }
     }
 }
 
