@@ -1,0 +1,321 @@
+// End-to-end test of the web client (web/index.html) in a real headless Chromium, against
+// the real server binary: SPEC, "The web client".
+//
+// What it shows, one test each:
+//   1. two people create a private room, enter it, chat, see each other in the people list,
+//      and one leaves; user text (titles, messages) is shown literally, nothing in it runs;
+//      screenshots of the chat view are saved under target/ for people to look at;
+//   2. a dropped socket (server stopped and started again) is reported and rejoined;
+//   3. the token is renewed with GET /chats/<id>/token/renew before it expires.
+//
+// Run with `tests/browser/run.sh` (installs Chromium and playwright-core when missing) or
+// `node --test tests/browser/e2e.mjs`. The binary is $CHITCHAT_BIN, else target/debug/chitchat.
+// Debian's /usr/bin/chromium is used; playwright-core never downloads a browser.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const BIN = path.resolve(ROOT, process.env.CHITCHAT_BIN || "target/debug/chitchat");
+const SHOTS = path.join(ROOT, "target");
+const XSS = "<img src=x onerror=alert(1)>";
+const READY_LINE = /^ChitChat (\S+) started at http:\/\/(\S+):(\d+) \(ws:\/\/(\S+):(\d+)\)$/;
+const STEP_MS = 10_000; // the longest any single wait in the browser may take
+
+// ---------------------------------------------------------------------------------------
+// The server: a child process with a temporary config, stopped at the end even on failure
+// ---------------------------------------------------------------------------------------
+
+const running = new Set(); // servers still alive, killed on exit whatever happens
+
+process.on("exit", () => { for (const s of running) s.child.kill("SIGKILL"); });
+
+/** Starts the binary on `address`/`wsAddress` (port 0: any free port) and resolves once its
+ *  ready line tells the real ports. */
+async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
+  const config = path.join(dir, "config.json");
+  writeFileSync(config, JSON.stringify({
+    address, ws_address: wsAddress, log_file: null, bcrypt_cost: 4, secret_key: "e2e",
+  }));
+  const child = spawn(BIN, ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
+  const server = { child, dir, output: "" };
+  running.add(server);
+  child.stderr.on("data", (d) => { server.output += d; });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  server.stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+    running.delete(server);
+    rmSync(dir, { recursive: true, force: true });
+  };
+
+  const ready = new Promise((resolve, reject) => {
+    const fail = (why) => reject(new Error(`${BIN} ${why}\n--- its output ---\n${server.output}`));
+    const timer = setTimeout(() => fail("printed no ready line in 15 s"), 15_000);
+    child.once("error", (e) => { clearTimeout(timer); fail(`could not start: ${e.message}`); });
+    child.once("exit", (code) => { clearTimeout(timer); fail(`exited with ${code} before ready`); });
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      server.output += line + "\n";
+      const m = READY_LINE.exec(line.trim());
+      if (!m) return;
+      clearTimeout(timer);
+      resolve({ version: m[1], host: m[2], httpPort: Number(m[3]), wsPort: Number(m[5]) });
+    });
+  });
+  try {
+    Object.assign(server, await ready);
+  } catch (e) {
+    await server.stop();
+    throw e;
+  }
+  server.url = `http://${server.host}:${server.httpPort}/`;
+  return server;
+}
+
+// ---------------------------------------------------------------------------------------
+// The browser: one Chromium; every person is an isolated context (own storage, own socket)
+// ---------------------------------------------------------------------------------------
+
+let browser;
+
+before(async () => {
+  // launch() gives Chromium a fresh temporary user-data dir of its own and removes it after.
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => { await browser?.close(); });
+
+/** A new person on the page: dialogs (an alert would mean script ran) and uncaught
+ *  exceptions are recorded, and checked by `assertClean`. */
+async function openPerson(server, viewport = { width: 1000, height: 700 }, beforeLoad) {
+  const context = await browser.newContext({ viewport });
+  context.setDefaultTimeout(STEP_MS);
+  const page = await context.newPage();
+  page.dialogs = [];
+  page.errors = [];
+  page.on("dialog", (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+  page.on("pageerror", (e) => { page.errors.push(String(e)); });
+  if (beforeLoad) await beforeLoad(page);
+  await page.goto(server.url);
+  return page;
+}
+
+function assertClean(page) {
+  assert.deepEqual(page.dialogs, [], "no alert or other dialog may open");
+  assert.deepEqual(page.errors, [], "the page throws no uncaught error");
+  return page.evaluate(() => document.querySelectorAll("img").length)
+    .then((n) => assert.equal(n, 0, "no <img> made from user text"));
+}
+
+/** Fills the enter form and presses Enter in the password field (keyboard only). */
+async function enter(page, { room, name, color, password = "" }) {
+  if (room !== undefined) await page.fill("#enter-room", room);
+  await page.fill("#enter-name", name);
+  if (color) await page.fill("#enter-color", color);
+  await page.fill("#enter-password", password);
+  await page.press("#enter-password", "Enter");
+}
+
+async function waitConnected(page, name) {
+  await page.locator("#conn", { hasText: `Connected as ${name}.` }).waitFor();
+}
+
+/** Types a message and sends it with Enter. */
+async function say(page, text) {
+  await page.fill("#msg", text);
+  await page.press("#msg", "Enter");
+}
+
+/** The message lines of the log as {name, text, time}. */
+function messages(page) {
+  return page.$$eval("#log li.message", (lis) => lis.map((li) => ({
+    name: li.querySelector(".who").textContent,
+    text: li.querySelector(".text").textContent,
+    time: li.querySelector("time").dateTime,
+  })));
+}
+
+function people(page) {
+  return page.$$eval("#people li", (lis) => lis.map((li) => li.textContent));
+}
+
+/** Waits until `read(page)` deep-equals `expected`, then asserts it (a clear diff on failure). */
+async function eventually(page, read, expected, what) {
+  const until = Date.now() + STEP_MS;
+  let last;
+  while (Date.now() < until) {
+    last = await read(page);
+    if (JSON.stringify(last) === JSON.stringify(expected)) return;
+    await page.waitForTimeout(100);
+  }
+  assert.deepEqual(last, expected, what);
+}
+
+const lastMessage = async (page) => (await messages(page)).at(-1);
+
+// ---------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------
+
+test("two people create a private room, chat, see each other, and one leaves", { timeout: 90_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const title = `Book club ${XSS}`;
+  const password = "turn-the-page";
+
+  const alice = await openPerson(server);
+  const bob = await openPerson(server, { width: 390, height: 740 }); // a phone-sized screen
+  await alice.locator("#rooms .room-title", { hasText: "Public Chat" }).waitFor();
+
+  // A title the server refuses: its error shows next to the title field.
+  await alice.fill("#create-title", "x");
+  await alice.selectOption("#create-visibility", "private");
+  await alice.fill("#create-password", password);
+  await alice.press("#create-password", "Enter");
+  await alice.locator("#create-title-err", { hasText: "Invalid content" }).waitFor();
+  assert.equal(await alice.getAttribute("#create-title", "aria-invalid"), "true");
+
+  // Now a good one; its title and description are shown as text.
+  await alice.fill("#create-title", title);
+  await alice.fill("#create-description", "<b>chapter 3</b>");
+  await alice.press("#create-title", "Enter");
+  await alice.locator("#create-ok", { hasText: title }).waitFor();
+  assert.equal(await alice.textContent("#create-title-err"), "");
+
+  // Bob's list picks the new room up by itself (it is refreshed every few seconds).
+  const bobsRoom = bob.locator("#rooms button", { hasText: title });
+  await bobsRoom.waitFor();
+  assert.equal(await bobsRoom.locator(".room-title").textContent(), title);
+
+  // Alice enters: the create form already put the title and password in the enter form.
+  assert.equal(await alice.inputValue("#enter-room"), title);
+  await enter(alice, { name: "Alice", color: "#b3261e", password });
+  await waitConnected(alice, "Alice");
+  assert.equal(await alice.textContent("#chat-title"), title);
+
+  // Every control has a label (keyboard and screen-reader users need them).
+  const unlabelled = await bob.$$eval("input, select", (els) =>
+    els.filter((el) => el.labels.length === 0).map((el) => el.id));
+  assert.deepEqual(unlabelled, []);
+
+  // Bob picks the room from the list by keyboard: focus goes on to the name field.
+  // A wrong password is shown next to the password field.
+  await bobsRoom.focus();
+  await bob.evaluate(() => loadRooms()); // the periodic refresh must not steal the focus
+  assert.equal(await bob.evaluate(() => document.activeElement.textContent), await bobsRoom.textContent());
+  await bob.keyboard.press("Enter");
+  assert.equal(await bob.evaluate(() => document.activeElement.id), "enter-name");
+  await enter(bob, { name: "Bob", color: "#1b7f3b", password: "not-the-password" });
+  await bob.locator("#enter-password-err", { hasText: "Unauthorized" }).waitFor();
+  await enter(bob, { name: "Bob", color: "#1b7f3b", password });
+  await waitConnected(bob, "Bob");
+
+  // Both see both in the people list; Alice sees Bob come in.
+  await eventually(alice, people, ["Alice (you)", "Bob"], "Alice's people list");
+  await eventually(bob, people, ["Alice", "Bob (you)"], "Bob's people list");
+  await alice.locator("#log li.notice", { hasText: "Bob entered the room." }).waitFor();
+
+  // A third person taking a name already in the room gets the 202 error by the name field.
+  const carol = await openPerson(server);
+  await enter(carol, { room: title, name: "", password });
+  await carol.locator("#enter-name-err", { hasText: "Invalid JSON" }).waitFor(); // 303, field name
+  await enter(carol, { room: title, name: "alice", password });
+  await carol.locator("#enter-name-err", { hasText: "Duplicate username" }).waitFor();
+  assert.equal(await carol.isVisible("#lobby"), true);
+  mkdirSync(SHOTS, { recursive: true });
+  await carol.screenshot({ path: path.join(SHOTS, "lobby-screenshot.png"), fullPage: true });
+
+  // They chat; Enter sends; every message carries the server's time.
+  await say(alice, "Hello Bob!");
+  await eventually(bob, async (p) => (await lastMessage(p))?.text, "Hello Bob!", "Bob gets it");
+  const hello = await lastMessage(bob);
+  assert.equal(hello.name, "Alice");
+  assert.ok(Math.abs(Date.parse(hello.time) - Date.now()) < 60_000, `server time ${hello.time}`);
+
+  await say(bob, XSS);
+  await eventually(alice, async (p) => (await lastMessage(p))?.text, XSS, "the XSS line as text");
+  assert.equal((await lastMessage(alice)).name, "Bob");
+  await say(alice, "Ha, nice try. That stays text.");
+  await eventually(bob, async (p) => (await lastMessage(p))?.text,
+                   "Ha, nice try. That stays text.", "Bob gets the reply");
+
+  // Pictures of the chat view for people to look at.
+  await alice.screenshot({ path: path.join(SHOTS, "chat-screenshot.png") });
+  await bob.screenshot({ path: path.join(SHOTS, "chat-screenshot-phone.png") });
+
+  // Bob leaves: he is back in the lobby; Alice sees the notice and a shorter list.
+  await bob.focus("#leave");
+  await bob.keyboard.press("Enter");
+  assert.equal(await bob.isVisible("#lobby"), true);
+  await alice.locator("#log li.notice", { hasText: "Bob has left the room." }).waitFor();
+  await eventually(alice, people, ["Alice (you)"], "Alice alone");
+
+  for (const page of [alice, bob, carol]) await assertClean(page);
+});
+
+test("a dropped connection is reported, then rejoined when the server is back", { timeout: 90_000 }, async (t) => {
+  let server = await startServer();
+  t.after(() => server.stop());
+  const dana = await openPerson(server);
+  await dana.click("#rooms button:has-text('Public Chat')");
+  await enter(dana, { name: "Dana" });
+  await waitConnected(dana, "Dana");
+
+  await server.stop();
+  await dana.locator("#conn.down", { hasText: "Disconnected" }).waitFor();
+  assert.equal(await dana.isDisabled("#send-form button"), true);
+
+  // Same ports again: the page keeps its origin and WebSocket port.
+  server = await startServer({ address: `127.0.0.1:${server.httpPort}`,
+                               wsAddress: `127.0.0.1:${server.wsPort}` });
+  await dana.locator("#conn", { hasText: "Connected as Dana." }).waitFor({ timeout: 20_000 });
+  await eventually(dana, people, ["Dana (you)"], "Dana is back in the list");
+  await say(dana, "back again");
+  await eventually(dana, async (p) => (await lastMessage(p))?.text, "back again", "sends again");
+  await assertClean(dana);
+});
+
+test("the token is renewed shortly before it expires", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const created = await fetch(server.url + "chats", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ title: "Night shift", visibility: "hidden", password: "owl-owl-owl" }),
+  });
+  assert.equal(created.status, 201);
+
+  // A fake clock lets an hour pass in a moment; the server checks the real time.
+  const erin = await openPerson(server, undefined, (page) => page.clock.install());
+  await enter(erin, { room: "night shift", name: "Erin", password: "owl-owl-owl" }); // any case
+  await waitConnected(erin, "Erin");
+  const first = await erin.evaluate(() => session.token);
+
+  const renewal = erin.waitForResponse((r) => r.url().endsWith("/token/renew"));
+  await erin.clock.fastForward("59:30"); // the token lives 60 minutes
+  const response = await renewal;
+  assert.equal(response.request().headers()["authorization"], `Bearer ${first}`);
+  assert.equal(response.status(), 201);
+  const body = await response.json();
+  await eventually(erin, (p) => p.evaluate(() => session.token), body.token, "new token kept");
+
+  await say(erin, "still here");
+  await eventually(erin, async (p) => (await lastMessage(p))?.text, "still here", "chat goes on");
+  await assertClean(erin);
+});
