@@ -90,11 +90,18 @@ pub struct Reply {
 impl Reply {
     /// A JSON response.
     fn json(status: u16, body: &impl Serialize) -> Reply {
-        let body = serde_json::to_vec(body).expect("our response types always serialise");
+        let text = serde_json::to_string(body).expect("our response types always serialise");
+        Reply::json_text(status, text)
+    }
+
+    /// A JSON response from already serialised text. A newline ends the body, as the Go
+    /// version's encoder did, so `curl` output ends its line.
+    fn json_text(status: u16, mut text: String) -> Reply {
+        text.push('\n');
         Reply {
             status,
             content_type: "application/json",
-            body,
+            body: text.into_bytes(),
             headers: Vec::new(),
         }
     }
@@ -107,12 +114,7 @@ impl Reply {
 
 impl From<ApiError> for Reply {
     fn from(error: ApiError) -> Reply {
-        Reply {
-            status: error.status(),
-            content_type: "application/json",
-            body: error.to_json().into_bytes(),
-            headers: Vec::new(),
-        }
+        Reply::json_text(error.status(), error.to_json())
     }
 }
 

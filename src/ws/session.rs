@@ -193,19 +193,9 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut last_ping = Instant::now();
         loop {
-            let now = Instant::now();
-            if now >= last_heard + pong_timeout {
-                return Ending::Silent;
-            }
-            if now >= last_ping + ping_interval {
-                last_ping = now;
-                if self.outbox.write_raw(&ping_frame()).is_err() {
-                    return Ending::Gone;
-                }
-            }
             let wake_at = (last_ping + ping_interval).min(last_heard + pong_timeout);
             let wait = wake_at
-                .saturating_duration_since(now)
+                .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             let _ = socket.set_read_timeout(Some(wait));
             let message = match ws.read() {
@@ -216,6 +206,18 @@ impl Session {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
+                    // Only a read that found nothing proves the client silent: a thread
+                    // that was slow to run must not drop a client whose pong is waiting.
+                    let now = Instant::now();
+                    if now >= last_heard + pong_timeout {
+                        return Ending::Silent;
+                    }
+                    if now >= last_ping + ping_interval {
+                        last_ping = now;
+                        if self.outbox.write_raw(&ping_frame()).is_err() {
+                            return Ending::Gone;
+                        }
+                    }
                     continue;
                 }
                 Err(e) => return ending_for(e),
