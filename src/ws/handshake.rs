@@ -89,7 +89,8 @@ fn token_in_query(query: &str) -> Option<String> {
 
 /// The HTTP answer refusing a handshake: the error's status and JSON body.
 pub fn refusal(error: &ApiError) -> ErrorResponse {
-    let body = error.to_json();
+    // A newline ends the body, as on the REST side.
+    let body = error.to_json() + "\n";
     let mut response = ErrorResponse::new(Some(body.clone()));
     *response.status_mut() =
         StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -107,7 +108,7 @@ pub fn refusal(error: &ApiError) -> ErrorResponse {
 /// or `curl` pointed at the WebSocket port): 400 with code 305.
 pub fn not_a_websocket_response() -> Vec<u8> {
     let error = ApiError::new(ErrorKind::UnsupportedClient);
-    let body = error.to_json();
+    let body = error.to_json() + "\n";
     format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
