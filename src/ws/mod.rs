@@ -4,7 +4,7 @@
 //! - this file: the accept loop and the registry of live sockets (for shutdown);
 //! - `handshake`: which room and token a connection asks for, refusals as JSON;
 //! - `session`: one socket's life on its own thread (join / send / leave, heartbeats);
-//! - `outbox`: the socket's queue and writer, and why reads and writes are split.
+//! - `outbox`: the socket's bounded queue and the doorbell that wakes its thread.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
 
@@ -20,7 +20,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::State;
@@ -43,7 +42,6 @@ pub struct WsServer {
     /// Signalled whenever a socket leaves `sockets`.
     socket_ended: Condvar,
     next_id: AtomicU64,
-    launcher: Sender<Outbox>,
 }
 
 impl WsServer {
@@ -52,17 +50,12 @@ impl WsServer {
         state: Arc<State>,
         listener: TcpListener,
     ) -> io::Result<(Arc<WsServer>, JoinHandle<()>)> {
-        let (launcher, outboxes) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("ws-launcher".into())
-            .spawn(move || outbox::run_launcher(outboxes))?;
         let server = Arc::new(WsServer {
             addr: listener.local_addr()?,
             stopping: AtomicBool::new(false),
             sockets: Mutex::new(HashMap::new()),
             socket_ended: Condvar::new(),
             next_id: AtomicU64::new(1),
-            launcher,
         });
         let accepting = Arc::clone(&server);
         let handle = std::thread::Builder::new()
@@ -93,14 +86,12 @@ impl WsServer {
 
     fn spawn_session(self: &Arc<Self>, stream: TcpStream, state: &Arc<State>) {
         let id = self.next_id.fetch_add(1, SeqCst);
-        let config = &state.config;
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(config.write_timeout));
-        let writer = match stream.try_clone() {
-            Ok(writer) => writer,
-            Err(e) => return log::error!("socket {id}: cannot clone the stream: {e}"),
+        let _ = stream.set_write_timeout(Some(state.config.write_timeout));
+        let outbox = match Outbox::new(state.config.send_queue_len) {
+            Ok(outbox) => outbox,
+            Err(e) => return log::error!("socket {id}: cannot make its doorbell: {e}"),
         };
-        let outbox = Outbox::new(writer, config.send_queue_len, self.launcher.clone());
         self.lock_sockets().insert(id, outbox.clone());
         let (server, state) = (Arc::clone(self), Arc::clone(state));
         let spawned = std::thread::Builder::new()
