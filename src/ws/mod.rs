@@ -25,9 +25,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::State;
 use outbox::Outbox;
 
+/// A handshake thread's stack: parsing the upgrade request needs the most (tungstenite
+/// keeps a 124-header array on the stack).
+const HANDSHAKE_STACK_BYTES: usize = 128 * 1024;
 /// A session thread's stack. It parses at most `max_message_bytes` of JSON (serde_json
-/// stops nesting at depth 128), so a small stack suffices; only touched pages cost memory.
-const SESSION_STACK_BYTES: usize = 128 * 1024;
+/// stops nesting at depth 128). Only touched pages cost memory, and the session starts on
+/// a fresh thread after the handshake so that the handshake's pages are not among them.
+const SESSION_STACK_BYTES: usize = 96 * 1024;
 /// How long shutdown waits for sockets to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// A pause after a failed `accept` (out of descriptors, say), so the loop does not spin.
@@ -94,20 +98,41 @@ impl WsServer {
         };
         self.lock_sockets().insert(id, outbox.clone());
         let (server, state) = (Arc::clone(self), Arc::clone(state));
+        // The handshake runs on a short-lived thread and the chat on a fresh one, so the
+        // handshake's deep stack is not kept by every idle socket.
+        let handshake = move || match session::open(state, id, stream, outbox) {
+            Some(session) => {
+                let ended = Arc::clone(&server);
+                server.spawn(id, "ws-session", SESSION_STACK_BYTES, move || {
+                    session.run();
+                    ended.forget(id);
+                });
+            }
+            None => server.forget(id),
+        };
+        self.spawn(id, "ws-handshake", HANDSHAKE_STACK_BYTES, handshake);
+    }
+
+    /// Starts `work` for socket `id` on a thread of its own. A socket whose thread cannot
+    /// start, or panics, is dropped and forgotten.
+    fn spawn(
+        self: &Arc<Self>,
+        id: u64,
+        name: &str,
+        stack: usize,
+        work: impl FnOnce() + Send + 'static,
+    ) {
+        let server = Arc::clone(self);
         let spawned = std::thread::Builder::new()
-            .name("ws-session".into())
-            .stack_size(SESSION_STACK_BYTES)
+            .name(name.into())
+            .stack_size(stack)
             .spawn(move || {
-                // A bug in one session must not take the server down; its socket is
-                // dropped and the panic logged.
-                let run = std::panic::AssertUnwindSafe(|| session::run(state, id, stream, outbox));
-                if std::panic::catch_unwind(run).is_err() {
-                    log::error!("socket {id}: session panicked");
+                if guarded(id, work).is_none() {
+                    server.forget(id);
                 }
-                server.forget(id);
             });
         if let Err(e) = spawned {
-            log::error!("socket {id}: cannot start its thread: {e}");
+            log::error!("socket {id}: cannot start a thread: {e}");
             self.forget(id);
         }
     }
@@ -153,4 +178,14 @@ impl WsServer {
             };
         }
     }
+}
+
+/// Runs `work`, turning a panic into `None` and an error line: a bug in one socket must
+/// not take the server down.
+fn guarded<T>(id: u64, work: impl FnOnce() -> T) -> Option<T> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    if result.is_err() {
+        log::error!("socket {id}: its thread panicked; the socket is dropped");
+    }
+    result.ok()
 }

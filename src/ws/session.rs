@@ -165,7 +165,7 @@ impl Ending {
 }
 
 /// One connected socket after its handshake.
-struct Session {
+pub struct Session {
     state: Arc<State>,
     /// Identifies this socket in its room.
     id: u64,
@@ -174,36 +174,24 @@ struct Session {
     ws: WebSocket<Duplex>,
 }
 
-/// Runs one socket from handshake to close.
-pub fn run(state: Arc<State>, id: u64, socket: TcpStream, outbox: Outbox) {
+/// Runs the handshake of a new socket; `Some` if it was accepted and the chat may begin.
+/// Runs on a short-lived thread of its own: see the `ws` module doc.
+pub fn open(state: Arc<State>, id: u64, socket: TcpStream, outbox: Outbox) -> Option<Session> {
     let duplex = Duplex {
         socket,
         unsent: Vec::new(),
         direct: true,
         closed: false,
     };
-    let Some((ws, admission)) = handshake(&state, duplex) else {
-        return;
-    };
+    let (ws, admission) = handshake(&state, duplex)?;
     log::info!("socket {id} opened in room {}", admission.room_id);
-    let mut session = Session {
+    Some(Session {
         state,
         id,
         admission,
         outbox,
         ws,
-    };
-    let ending = match session.attach() {
-        Ok(()) => session.chat(),
-        Err(error) => {
-            session.reply_error(error);
-            Ending::ServerClosed(CloseCode::Away)
-        }
-    };
-    // The leave is broadcast before the goodbye, which may take a while.
-    session.state.rooms.detach(session.admission.room_id, id);
-    log::info!("socket {id} closed: {ending:?}");
-    session.finish(&ending);
+    })
 }
 
 /// Runs the handshake on a blocking socket. `None` if it was refused or failed, after
@@ -254,6 +242,21 @@ fn handshake(state: &State, duplex: Duplex) -> Option<(WebSocket<Duplex>, Admiss
 }
 
 impl Session {
+    /// Runs the socket from its first frame to its close.
+    pub fn run(mut self) {
+        let ending = match self.attach() {
+            Ok(()) => self.chat(),
+            Err(error) => {
+                self.reply_error(error);
+                Ending::ServerClosed(CloseCode::Away)
+            }
+        };
+        // The leave is broadcast before the goodbye, which may take a while.
+        self.state.rooms.detach(self.admission.room_id, self.id);
+        log::info!("socket {} closed: {ending:?}", self.id);
+        self.finish(&ending);
+    }
+
     /// Connects the socket to its room (which may have been deleted since the handshake).
     fn attach(&self) -> Result<(), ApiError> {
         let subscriber = Arc::new(self.outbox.clone());
@@ -434,6 +437,9 @@ impl Session {
     /// Says goodbye: the close frame after whatever is unsent (within [`CLOSE_GRACE`]),
     /// then a half-close and a linger, so the client reads the close instead of a reset.
     fn finish(mut self, ending: &Ending) {
+        // Events queued before the close (a room's last words: its 101 on deletion) go
+        // out first; `move_queued_events` stops at the close itself.
+        self.move_queued_events();
         let duplex = self.ws.get_mut();
         let Some(code) = ending.close_code() else {
             let _ = duplex.socket.shutdown(Shutdown::Both);
