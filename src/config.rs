@@ -6,6 +6,9 @@
 //! warning. Anything else stops start-up: an unknown key, a value of the wrong kind or an
 //! unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits with
 //! code 2. Nothing falls back silently (the Go version tried `../config.json`).
+//!
+//! Relative paths (`db_path`, `log_file`, `static_dir`) are relative to the working
+//! directory the server is started in.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,12 @@ pub struct Config {
     pub ping_interval: Duration,
     /// How long a socket may stay silent before it counts as dead (`pong_timeout_s`).
     pub pong_timeout: Duration,
+    /// The SQLite file rooms and history are kept in (`db_path`); `None` keeps everything
+    /// in memory only, for tests and teaching.
+    pub db_path: Option<PathBuf>,
+    /// How many `send` events each room keeps for sockets that join later (`history_len`);
+    /// 0 keeps none. Below `send_queue_len`, since a joining socket gets them all at once.
+    pub history_len: usize,
 }
 
 impl Default for Config {
@@ -68,6 +77,8 @@ impl Default for Config {
             send_queue_len: 256,
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
+            db_path: Some(PathBuf::from("chitchat.db")),
+            history_len: 50,
         }
     }
 }
@@ -118,7 +129,7 @@ impl Config {
         for (key, value) in &map {
             if key == "RedisURL" {
                 warnings.push(format!(
-                    "{source}: `RedisURL` is ignored: rooms live in memory"
+                    "{source}: `RedisURL` is ignored: rooms are kept in `db_path`"
                 ));
                 continue;
             }
@@ -127,6 +138,15 @@ impl Config {
                 .map_err(|problem| fail(Some(key), problem))?;
         }
         config.apply_env(env)?;
+        if config.history_len >= config.send_queue_len {
+            return Err(fail(
+                Some("history_len"),
+                format!(
+                    "must be below send_queue_len ({}): a joining socket gets the whole history in its queue at once",
+                    config.send_queue_len
+                ),
+            ));
+        }
         Ok((config, warnings))
     }
 
@@ -152,6 +172,8 @@ impl Config {
             "send_queue_len" => self.send_queue_len = count(value)?,
             "ping_interval_s" => self.ping_interval = seconds(value)?,
             "pong_timeout_s" => self.pong_timeout = seconds(value)?,
+            "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
+            "history_len" => self.history_len = whole(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -216,6 +238,14 @@ fn count(value: &Value) -> Result<usize, String> {
         .filter(|n| *n > 0)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| "expected a whole number above zero".into())
+}
+
+/// Like [`count`], but zero is allowed.
+fn whole(value: &Value) -> Result<usize, String> {
+    value
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| "expected a whole number".into())
 }
 
 fn level(value: &Value) -> Result<LevelFilter, String> {
@@ -305,6 +335,33 @@ mod tests {
         assert_eq!(config.secret_key.as_deref(), Some("env"));
         let err = load("{}", &[("PORT", "eighty")]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("PORT"));
+    }
+
+    #[test]
+    fn db_path_and_history_len_have_defaults_and_can_be_set() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert_eq!(config.db_path, Some(PathBuf::from("chitchat.db")));
+        assert_eq!(config.history_len, 50);
+        let (config, _) = load(r#"{"db_path":"data/chat.db","history_len":0}"#, &[]).unwrap();
+        assert_eq!(config.db_path, Some(PathBuf::from("data/chat.db")));
+        assert_eq!(config.history_len, 0);
+        let (config, _) = load(r#"{"db_path":null}"#, &[]).unwrap();
+        assert_eq!(config.db_path, None);
+    }
+
+    #[test]
+    fn bad_db_path_or_history_len_is_named() {
+        for (json, key) in [
+            (r#"{"db_path":7}"#, "db_path"),
+            (r#"{"history_len":-1}"#, "history_len"),
+            (r#"{"history_len":"many"}"#, "history_len"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+        let err = load(r#"{"history_len":300,"send_queue_len":300}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("history_len"));
+        assert!(err.to_string().contains("send_queue_len (300)"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
 //! - [`error`]: every error a client can see: code, message, HTTP status, JSON.
 //! - [`rooms`]: the room map, the one piece of shared state: ids, titles, validation,
-//!   members, and the fan-out of events to them under one lock.
+//!   members, each room's recent history, and the fan-out of events to them under one lock.
+//! - [`store`]: the SQLite file behind the room map, so rooms and history survive a restart.
 //! - [`token`]: JWTs (HS256 only), signed with a key derived per room.
 //! - [`http`]: the REST API and the page, on tiny_http worker threads.
 //! - [`ws`]: the WebSocket listener, a thread per socket, and each socket's outbox.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod rooms;
+pub mod store;
 pub mod token;
 pub mod web;
 pub mod ws;
@@ -44,6 +46,7 @@ use std::thread::JoinHandle;
 pub use config::{Config, ConfigError};
 
 use rooms::RoomMap;
+use store::{Store, StoreError};
 use ws::WsServer;
 
 /// HTTP worker threads. bcrypt (tens of milliseconds) runs on them, so there are enough
@@ -73,6 +76,9 @@ pub enum StartError {
     Secret(std::io::Error),
     /// A thread could not be started.
     Thread(std::io::Error),
+    /// The database cannot be used: unreadable, not a database, damaged, locked, or of an
+    /// unknown schema. Never answered by starting afresh: `main` exits with code 2.
+    Store(StoreError),
 }
 
 impl fmt::Display for StartError {
@@ -83,6 +89,7 @@ impl fmt::Display for StartError {
             }
             StartError::Secret(e) => write!(f, "cannot generate a token secret: {e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            StartError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -96,10 +103,16 @@ pub struct Running {
     http_workers: Vec<JoinHandle<()>>,
     ws: Arc<WsServer>,
     ws_accept: JoinHandle<()>,
+    state: Arc<State>,
 }
 
-/// Binds both listeners and starts serving.
+/// Opens the database, binds both listeners and starts serving.
 pub fn start(config: Config) -> Result<Running, StartError> {
+    // First, so that a database problem stops start-up before anything listens.
+    let (store, saved) =
+        Store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
+    let rooms = RoomMap::restore(store, saved, config.bcrypt_cost, config.history_len)
+        .map_err(StartError::Store)?;
     let secret = match &config.secret_key {
         Some(secret) => secret.clone(),
         None => {
@@ -132,7 +145,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .port();
 
     let state = Arc::new(State {
-        rooms: RoomMap::new(config.bcrypt_cost),
+        rooms,
         page: web::page(ws_port),
         secret,
         config,
@@ -148,13 +161,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Thread)?;
-    let (ws, ws_accept) = WsServer::start(state, ws_listener).map_err(StartError::Thread)?;
+    let (ws, ws_accept) =
+        WsServer::start(Arc::clone(&state), ws_listener).map_err(StartError::Thread)?;
     Ok(Running {
         http_addr,
         http,
         http_workers,
         ws,
         ws_accept,
+        state,
     })
 }
 
@@ -169,7 +184,8 @@ impl Running {
         self.ws.addr()
     }
 
-    /// Stops accepting, closes every WebSocket with 1001, and waits for the HTTP workers.
+    /// Stops accepting, closes every WebSocket with 1001, waits for the HTTP workers, and
+    /// writes out the history still queued for the database.
     pub fn shutdown(self) {
         for _ in &self.http_workers {
             self.http.unblock();
@@ -179,6 +195,7 @@ impl Running {
             let _ = worker.join();
         }
         let _ = self.ws_accept.join();
+        self.state.rooms.close();
     }
 }
 

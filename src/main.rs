@@ -1,13 +1,13 @@
 //! The `chitchat` binary: read the configuration, set up logging, start, wait for a signal.
 //!
-//! Exit codes: 0 after SIGINT or SIGTERM, 2 when the configuration cannot be used, 1 when
-//! the server cannot start (an address in use, say).
+//! Exit codes: 0 after SIGINT or SIGTERM, 2 when the configuration or the database cannot
+//! be used, 1 when the server cannot start for another reason (an address in use, say).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chitchat::Config;
+use chitchat::{Config, StartError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
@@ -55,7 +55,11 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             eprintln!("chitchat: {e}");
-            return ExitCode::FAILURE;
+            return match e {
+                // Like a bad configuration: the operator must look at the file.
+                StartError::Store(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     println!(

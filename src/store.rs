@@ -1,0 +1,686 @@
+//! The database: rooms, the room id counter and each room's recent messages, in one SQLite
+//! file (`db_path`), so that a restart keeps them.
+//!
+//! [`crate::rooms`] keeps the working set in memory and is this module's only caller; this
+//! is the only module that knows SQL. It offers:
+//! - [`Store::open`]: open or create the file, check it, bring its schema up to date, and
+//!   load everything ([`Saved`]) for the room map to start from;
+//! - [`Store::save_room`] and [`Store::delete_room`]: synchronous, one small transaction
+//!   each, committed before the caller answers, so a `201 Created` means the room is on disk;
+//! - [`Store::append_message`]: queues a broadcast `send` event for the message writer thread
+//!   and returns at once, without touching the disk;
+//! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
+//!   back into the main file.
+//!
+//! # Why it is built this way
+//! - WAL journal: a reader (`sqlite3 chitchat.db .backup ...`) does not block the server's
+//!   writes, and a commit appends to one file instead of rewriting pages twice.
+//! - `synchronous = FULL`: every commit is flushed to the disk, so a room answered 201
+//!   survives a power cut as well as a `kill -9`. Room writes are rare; messages are
+//!   batched, so their flush is paid once per batch, not once per message.
+//! - One connection behind a mutex, shared by room writes and the writer thread: SQLite
+//!   lets one writer in at a time anyway, and a mutex hands the turn over at once, where
+//!   SQLite's busy handler would sleep and retry.
+//! - Messages reach the writer thread through a bounded channel. It takes whatever queued
+//!   up while it was writing and commits it in one transaction: no timer, so a quiet room
+//!   is written at once and a busy one in larger batches. The fan-out never waits for the
+//!   disk; if the disk falls so far behind that the queue fills, messages are left out of
+//!   the saved history (with a warning) rather than slowing anyone's delivery.
+//! - The schema version is `PRAGMA user_version`. [`MIGRATIONS`] brings an older file
+//!   forward, all steps in one transaction; a file from a newer ChitChat is refused.
+//! - Nothing is reset silently: a file that cannot be opened, is not a database, fails
+//!   SQLite's quick check, has an unknown schema or is locked by another process is a
+//!   [`StoreError`], and the server does not start (`main` exits with code 2).
+//!
+//! `db_path: null` gives a store without a file: every call succeeds and does nothing, and
+//! history lives in the room map's memory only.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// The schema, one step per version: `MIGRATIONS[n]` takes a file from version `n` to
+/// `n + 1`. Steps are only ever appended, never edited once released, so every file, however
+/// old, takes the same path to the current schema.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: rooms, the id counter, and each room's recent `send` events as broadcast (JSON).
+    // A room's messages go with it (`ON DELETE CASCADE`).
+    "CREATE TABLE rooms (
+         id            INTEGER PRIMARY KEY,
+         title         TEXT NOT NULL,
+         description   TEXT NOT NULL,
+         visibility    TEXT NOT NULL,
+         password_hash TEXT,
+         created_at    TEXT NOT NULL,
+         updated_at    TEXT NOT NULL
+     );
+     CREATE TABLE counters (
+         name  TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     );
+     CREATE TABLE messages (
+         seq     INTEGER PRIMARY KEY,
+         room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+         event   TEXT NOT NULL
+     );
+     CREATE INDEX messages_by_room ON messages (room_id, seq);",
+];
+
+/// How long a statement waits for another process's lock (a `sqlite3` shell in the middle
+/// of a write) before it fails. Short, because a room write waits under the room lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Messages that may wait for the writer before new ones are left out of the history.
+const MESSAGE_QUEUE_LEN: usize = 65_536;
+/// The most messages written in one transaction.
+const MAX_BATCH: usize = 1024;
+/// The writer thread's stack: it only binds parameters and calls SQLite.
+const WRITER_STACK_BYTES: usize = 256 * 1024;
+
+/// An upsert, not `INSERT OR REPLACE`: REPLACE deletes the old row first, and the cascade
+/// would take the room's history with it.
+const SAVE_ROOM: &str = "INSERT INTO rooms
+         (id, title, description, visibility, password_hash, created_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (id) DO UPDATE SET
+         title = excluded.title, description = excluded.description,
+         visibility = excluded.visibility, password_hash = excluded.password_hash,
+         created_at = excluded.created_at, updated_at = excluded.updated_at";
+/// `max` so the counter can never go back, whatever order writes arrive in: ids are never
+/// reused (SPEC, Rooms).
+const SAVE_NEXT_ID: &str = "INSERT INTO counters (name, value) VALUES ('next_room_id', ?1)
+     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)";
+/// A message queued before its room was deleted arrives after the delete: it is skipped.
+const INSERT_MESSAGE: &str = "INSERT INTO messages (room_id, event)
+     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = ?1)";
+/// Deletes all but the room's newest `?2` messages.
+const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND seq <= (
+         SELECT seq FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)";
+
+/// A room as stored. The room map converts it to and from its own `Room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: u64,
+    pub title: String,
+    pub description: String,
+    /// `public`, `private` or `hidden`.
+    pub visibility: String,
+    /// The bcrypt hash: kept, so tokens issued before a restart stay valid.
+    pub password_hash: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Everything read back at start.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The next room id to hand out; `None` for a new, empty database.
+    pub next_id: Option<u64>,
+    /// Every room, by id.
+    pub rooms: Vec<RoomRecord>,
+    /// Each room's last `history_len` `send` events, oldest first.
+    pub history: HashMap<u64, Vec<Arc<str>>>,
+}
+
+/// Why the database could not be used. The message names the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What went wrong, in a few words.
+    pub problem: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database {}: {}", self.path.display(), self.problem)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The database, or nothing when `db_path` is null. See the module docs.
+pub struct Store {
+    disk: Option<Disk>,
+}
+
+struct Disk {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+    queue: Sender<Command>,
+    /// Set while the queue is full, so the warning is logged once per episode, not per message.
+    falling_behind: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer thread is asked to do.
+enum Command {
+    /// Save a room's `send` event.
+    Append(u64, Arc<str>),
+    /// Write what came before, then stop.
+    Stop,
+}
+
+impl Store {
+    /// A store that keeps nothing: `db_path: null`.
+    pub fn in_memory() -> Store {
+        Store { disk: None }
+    }
+
+    /// Opens `path` (creating it if needed), checks and migrates it, trims each room's
+    /// history to `history_len`, loads everything, and starts the message writer.
+    pub fn open(path: Option<&Path>, history_len: usize) -> Result<(Store, Saved), StoreError> {
+        let Some(path) = path else {
+            return Ok((Store::in_memory(), Saved::default()));
+        };
+        let fail = |problem: String| StoreError {
+            path: path.to_owned(),
+            problem,
+        };
+        let mut connection =
+            Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        prepare(&mut connection, MIGRATIONS, history_len).map_err(fail)?;
+        let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let connection = Arc::new(Mutex::new(connection));
+        let (queue, pending) = crossbeam_channel::bounded(MESSAGE_QUEUE_LEN);
+        let writer = {
+            let (connection, path) = (Arc::clone(&connection), path.to_owned());
+            std::thread::Builder::new()
+                .name("history-writer".into())
+                .stack_size(WRITER_STACK_BYTES)
+                .spawn(move || run_writer(&connection, &pending, history_len, &path))
+                .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
+        };
+        let disk = Disk {
+            path: path.to_owned(),
+            connection,
+            queue,
+            falling_behind: AtomicBool::new(false),
+            writer: Mutex::new(Some(writer)),
+        };
+        Ok((Store { disk: Some(disk) }, saved))
+    }
+
+    /// An error about this store's file, for a problem its caller finds in what was loaded.
+    pub fn error(&self, problem: String) -> StoreError {
+        let path = self
+            .disk
+            .as_ref()
+            .map(|d| d.path.clone())
+            .unwrap_or_default();
+        StoreError { path, problem }
+    }
+
+    /// Saves `room` (new or changed) and the id counter, in one transaction.
+    pub fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let mut connection = disk.lock();
+        let saved = (|| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(SAVE_ROOM)?.execute(params![
+                room.id,
+                room.title,
+                room.description,
+                room.visibility,
+                room.password_hash,
+                room.created_at,
+                room.updated_at
+            ])?;
+            tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
+            tx.commit()
+        })();
+        saved.map_err(|e| disk.error(format!("cannot save room {}: {e}", room.id)))
+    }
+
+    /// Deletes room `id` and, through the cascade, its history.
+    pub fn delete_room(&self, id: u64) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let connection = disk.lock();
+        let deleted = connection
+            .prepare_cached("DELETE FROM rooms WHERE id = ?1")
+            .and_then(|mut statement| statement.execute([id]));
+        deleted
+            .map(drop)
+            .map_err(|e| disk.error(format!("cannot delete room {id}: {e}")))
+    }
+
+    /// Queues `event` (a broadcast `send`) for room `room_id`'s saved history. Never blocks:
+    /// it is called under the room lock, on the fan-out path.
+    pub fn append_message(&self, room_id: u64, event: &Arc<str>) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        match disk
+            .queue
+            .try_send(Command::Append(room_id, Arc::clone(event)))
+        {
+            Ok(()) => {
+                if disk.falling_behind.load(Relaxed) {
+                    disk.falling_behind.store(false, Relaxed);
+                    log::info!("database {}: history writer caught up", disk.path.display());
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                if !disk.falling_behind.swap(true, Relaxed) {
+                    log::warn!(
+                        "database {}: the disk is falling behind; messages are left out of the saved history until it catches up",
+                        disk.path.display()
+                    );
+                }
+            }
+            // The writer has stopped: the server is shutting down.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Writes out the messages still queued and stops the writer thread. Later messages
+    /// are not saved. Called once, at shutdown.
+    pub fn close(&self) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let writer = disk
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            // A blocking send: the writer is draining the queue, and no lock is held here.
+            if disk.queue.send(Command::Stop).is_ok() && writer.join().is_err() {
+                log::error!(
+                    "database {}: the history writer panicked",
+                    disk.path.display()
+                );
+            }
+        }
+        // Moves everything from the WAL into the main file and empties the WAL, so that
+        // after a clean stop the one file is the whole database.
+        let checkpoint = disk
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        if let Err(e) = checkpoint {
+            log::warn!(
+                "database {}: cannot checkpoint the WAL: {e}",
+                disk.path.display()
+            );
+        }
+    }
+}
+
+impl Disk {
+    /// Takes the connection. A panic while it was held cannot leave a transaction open
+    /// (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.connection)
+    }
+
+    fn error(&self, problem: String) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    connection
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Settings, checks and migrations on a freshly opened file; the error is the problem.
+fn prepare(
+    connection: &mut Connection,
+    migrations: &[&str],
+    history_len: usize,
+) -> Result<(), String> {
+    let failed = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(failed("cannot set the busy timeout"))?;
+    // Opening is lazy: this first read is where a file that is not a database, or one
+    // locked by another process, shows itself.
+    connection
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(failed("cannot read"))?;
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(failed("cannot switch to WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("database: the file system does not allow WAL; using journal mode {mode}");
+    }
+    connection
+        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(failed("cannot configure"))?;
+    let check: String = connection
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(failed("cannot check"))?;
+    if check != "ok" {
+        return Err(format!("damaged ({check}); restore a backup"));
+    }
+    // IMMEDIATE takes the write lock now: a file another process holds locked fails here,
+    // at start, after BUSY_TIMEOUT, rather than at the first room write.
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed("cannot take the write lock"))?;
+    migrate(&tx, migrations)?;
+    let rooms: Vec<u64> = tx
+        .prepare("SELECT DISTINCT room_id FROM messages")
+        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+        .map_err(failed("cannot read the history"))?;
+    for room_id in rooms {
+        trim(&tx, room_id, history_len).map_err(failed("cannot trim the history"))?;
+    }
+    tx.commit().map_err(failed("cannot commit"))
+}
+
+/// Runs the steps of `migrations` the file has not had yet. Refuses a file whose version is
+/// newer than `migrations` knows: it was written by a newer ChitChat, and guessing could
+/// lose data.
+fn migrate(connection: &Connection, migrations: &[&str]) -> Result<(), String> {
+    let failed = |e: rusqlite::Error| format!("cannot migrate the schema: {e}");
+    let version: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(failed)?;
+    let known = migrations.len();
+    let version = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= known)
+        .ok_or_else(|| {
+            format!("schema version {version} is not one this ChitChat knows (0 to {known}); use the ChitChat that wrote it")
+        })?;
+    for (done, step) in migrations.iter().enumerate().skip(version) {
+        connection.execute_batch(step).map_err(failed)?;
+        connection
+            .pragma_update(None, "user_version", done + 1)
+            .map_err(failed)?;
+        log::info!("database schema migrated to version {}", done + 1);
+    }
+    Ok(())
+}
+
+/// Everything the room map starts from.
+fn load(connection: &Connection) -> rusqlite::Result<Saved> {
+    let next_id = connection
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'next_room_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let rooms = connection
+        .prepare(
+            "SELECT id, title, description, visibility, password_hash, created_at, updated_at
+             FROM rooms ORDER BY id",
+        )?
+        .query_map([], |row| {
+            Ok(RoomRecord {
+                id: row.get(0)?,
+                title: row.get(1)?,
+                description: row.get(2)?,
+                visibility: row.get(3)?,
+                password_hash: row.get(4)?,
+                created_at: row.get(5)?,
+                updated_at: row.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut history: HashMap<u64, Vec<Arc<str>>> = HashMap::new();
+    let mut statement = connection.prepare("SELECT room_id, event FROM messages ORDER BY seq")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let event: String = row.get(1)?;
+        history.entry(row.get(0)?).or_default().push(event.into());
+    }
+    Ok(Saved {
+        next_id,
+        rooms,
+        history,
+    })
+}
+
+/// Deletes all but room `room_id`'s newest `history_len` messages.
+fn trim(connection: &Connection, room_id: u64, history_len: usize) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(TRIM_HISTORY)?
+        .execute(params![room_id, history_len])
+        .map(drop)
+}
+
+/// The message writer thread: takes what has queued up (at most [`MAX_BATCH`]), writes it in
+/// one transaction, and trims the rooms it touched. Stops at [`Command::Stop`] or when the
+/// store is dropped.
+fn run_writer(
+    connection: &Mutex<Connection>,
+    queue: &Receiver<Command>,
+    history_len: usize,
+    path: &Path,
+) {
+    let mut batch = Vec::new();
+    let mut stop = false;
+    while !stop {
+        match queue.recv() {
+            Ok(Command::Append(room_id, event)) => batch.push((room_id, event)),
+            Ok(Command::Stop) | Err(_) => stop = true,
+        }
+        while !stop && batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(Command::Append(room_id, event)) => batch.push((room_id, event)),
+                Ok(Command::Stop) => stop = true,
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = write_messages(&mut lock(connection), &batch, history_len) {
+            log::error!(
+                "database {}: {} messages not saved to the history: {e}",
+                path.display(),
+                batch.len()
+            );
+        }
+        batch.clear();
+    }
+}
+
+fn write_messages(
+    connection: &mut Connection,
+    batch: &[(u64, Arc<str>)],
+    history_len: usize,
+) -> rusqlite::Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+        for (room_id, event) in batch {
+            insert.execute(params![room_id, &**event])?;
+        }
+    }
+    let rooms: BTreeSet<u64> = batch.iter().map(|(room_id, _)| *room_id).collect();
+    for room_id in rooms {
+        trim(&tx, room_id, history_len)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh path in the system temp directory, removed (with its WAL files) on drop.
+    struct TempDb(PathBuf);
+
+    impl TempDb {
+        fn new(name: &str) -> TempDb {
+            let path = std::env::temp_dir()
+                .join(format!("chitchat-store-{}-{name}.db", std::process::id()));
+            let db = TempDb(path);
+            db.remove();
+            db
+        }
+
+        fn remove(&self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = self.0.clone().into_os_string();
+                name.push(suffix);
+                let _ = std::fs::remove_file(name);
+            }
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            self.remove();
+        }
+    }
+
+    fn room(id: u64, title: &str) -> RoomRecord {
+        RoomRecord {
+            id,
+            title: title.into(),
+            description: "".into(),
+            visibility: "private".into(),
+            password_hash: Some("$2b$04$hash".into()),
+            created_at: "2026-11-28T15:19:28.123Z".into(),
+            updated_at: "2026-11-28T15:19:28.123Z".into(),
+        }
+    }
+
+    fn user_version(connection: &Connection) -> i64 {
+        connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_file_is_migrated_to_the_latest_version() {
+        let db = TempDb::new("new");
+        let (store, saved) = Store::open(Some(&db.0), 50).unwrap();
+        store.close();
+        let mut wal = db.0.clone().into_os_string();
+        wal.push("-wal");
+        let wal_bytes = std::fs::metadata(wal).map_or(0, |m| m.len());
+        assert_eq!(wal_bytes, 0, "close folds the WAL into the main file");
+        assert_eq!(saved.next_id, None);
+        assert!(saved.rooms.is_empty());
+        let connection = Connection::open(&db.0).unwrap();
+        assert_eq!(user_version(&connection), MIGRATIONS.len() as i64);
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn migrations_run_forward_from_the_version_a_file_has_and_keep_its_data() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        let tx = connection.transaction().unwrap();
+        migrate(&tx, &MIGRATIONS[..1]).unwrap();
+        tx.execute(
+            "INSERT INTO rooms VALUES (7, 'kept', '', 'public', NULL, 't', 't')",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        // A later release appends a step; only that step runs on this file.
+        let later = [MIGRATIONS[0], "ALTER TABLE rooms ADD COLUMN topic TEXT"];
+        let tx = connection.transaction().unwrap();
+        migrate(&tx, &later).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(user_version(&connection), 2);
+        let (title, topic): (String, Option<String>) = connection
+            .query_row("SELECT title, topic FROM rooms WHERE id = 7", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((title.as_str(), topic), ("kept", None));
+    }
+
+    #[test]
+    fn a_file_from_a_newer_chitchat_is_refused() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        let problem = migrate(&connection, MIGRATIONS).unwrap_err();
+        assert!(problem.contains("schema version 99"), "{problem}");
+    }
+
+    #[test]
+    fn rooms_counter_and_history_are_read_back() {
+        let db = TempDb::new("roundtrip");
+        let (store, _) = Store::open(Some(&db.0), 2).unwrap();
+        store.save_room(&room(3, "three"), 4).unwrap();
+        store.save_room(&room(5, "five"), 6).unwrap();
+        // A late write of an older counter must not move it back.
+        store.save_room(&room(3, "three renamed"), 4).unwrap();
+        for text in ["a", "b", "c"] {
+            store.append_message(3, &Arc::from(text));
+        }
+        store.close();
+        let (store, saved) = Store::open(Some(&db.0), 2).unwrap();
+        store.close();
+        assert_eq!(saved.next_id, Some(6));
+        assert_eq!(saved.rooms, vec![room(3, "three renamed"), room(5, "five")]);
+        let history: Vec<&str> = saved.history[&3].iter().map(|e| &**e).collect();
+        assert_eq!(history, ["b", "c"]);
+    }
+
+    #[test]
+    fn deleting_a_room_deletes_its_history_and_late_messages_are_skipped() {
+        let db = TempDb::new("delete");
+        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        store.save_room(&room(2, "two"), 3).unwrap();
+        store.append_message(2, &Arc::from("before"));
+        store.close();
+        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        store.delete_room(2).unwrap();
+        store.append_message(2, &Arc::from("after the delete"));
+        store.close();
+        let (store, saved) = Store::open(Some(&db.0), 10).unwrap();
+        store.close();
+        assert!(saved.rooms.is_empty());
+        assert!(saved.history.is_empty(), "{:?}", saved.history);
+        assert_eq!(saved.next_id, Some(3));
+    }
+
+    #[test]
+    fn a_smaller_history_len_trims_at_start() {
+        let db = TempDb::new("trim");
+        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        store.save_room(&room(2, "two"), 3).unwrap();
+        for text in ["1", "2", "3", "4"] {
+            store.append_message(2, &Arc::from(text));
+        }
+        store.close();
+        let (store, saved) = Store::open(Some(&db.0), 1).unwrap();
+        store.close();
+        let history: Vec<&str> = saved.history[&2].iter().map(|e| &**e).collect();
+        assert_eq!(history, ["4"]);
+        let (store, saved) = Store::open(Some(&db.0), 0).unwrap();
+        store.close();
+        assert!(saved.history.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+        let db = TempDb::new("garbage");
+        std::fs::write(&db.0, vec![0x5a; 8192]).unwrap();
+        let error = Store::open(Some(&db.0), 50).err().unwrap();
+        assert_eq!(error.path, db.0);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("database {}: ", db.0.display())),
+            "{error}"
+        );
+    }
+}
