@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::rooms::{percent_decode, RoomInput, RoomKey, RoomMap, RoomRef};
+use crate::rooms::{percent_decode, RoomInput, RoomKey, RoomRef};
 use crate::token;
 use crate::State;
 
@@ -244,7 +244,7 @@ fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<R
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
     // bcrypt runs here, on this worker thread, with no lock held.
-    if !RoomMap::password_matches(&key, &secret) {
+    if !state.rooms.password_matches(&key, &secret) {
         log::info!("room {}: wrong password for a token", key.id);
         return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
     }

@@ -6,8 +6,8 @@
 //! plain blocking I/O, keeps every request and every socket a straight line of code that a
 //! reader can follow, and keeps the dependency tree small (no tokio, no futures executor).
 //! The costs (a parked thread per idle socket) are measured in BENCHMARKS.md and kept small
-//! on purpose: small thread stacks, a queue that allocates only when used, and a writer
-//! thread per socket that exists only while it has something to write.
+//! on purpose: one thread per socket that sleeps in `poll(2)` on the socket and on its
+//! queue's doorbell, a queue that allocates only when used, and small buffers.
 //!
 //! # Layout, in reading order
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
@@ -16,6 +16,7 @@
 //!   members, each room's recent history, and the fan-out of events to them under one lock.
 //! - [`store`]: the SQLite file behind the room map, so rooms and history survive a restart.
 //! - [`token`]: JWTs (HS256 only), signed with a key derived per room.
+//! - [`hasher`]: bcrypt on low-priority threads, so hashing never slows cheap requests.
 //! - [`http`]: the REST API and the page, on tiny_http worker threads.
 //! - [`ws`]: the WebSocket listener, a thread per socket, and each socket's outbox.
 //! - [`event`]: chat events on the wire; [`clock`]: RFC 3339 times; [`web`]: the page.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod hasher;
 pub mod http;
 pub mod rooms;
 pub mod store;
@@ -45,6 +47,7 @@ use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
 
+use hasher::Hasher;
 use rooms::RoomMap;
 use store::{Store, StoreError};
 use ws::WsServer;
@@ -111,8 +114,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // First, so that a database problem stops start-up before anything listens.
     let (store, saved) =
         Store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
-    let rooms = RoomMap::restore(store, saved, config.bcrypt_cost, config.history_len)
-        .map_err(StartError::Store)?;
+    let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
+    let rooms =
+        RoomMap::restore(store, saved, hasher, config.history_len).map_err(StartError::Store)?;
     let secret = match &config.secret_key {
         Some(secret) => secret.clone(),
         None => {

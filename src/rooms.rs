@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_rfc3339;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::{join_message, leave_message, EventType, ServerEvent};
+use crate::hasher::Hasher;
 use crate::store::{RoomRecord, Saved, Store, StoreError};
 
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
@@ -224,8 +225,8 @@ pub struct RoomInput {
 /// The room map. See the module docs for the locking rules.
 pub struct RoomMap {
     inner: Mutex<Rooms>,
-    /// bcrypt work factor for new passwords.
-    bcrypt_cost: u32,
+    /// Hashes and checks room passwords, on threads of its own (see `hasher`).
+    hasher: Hasher,
     /// How many `send` events each room keeps for sockets that join later.
     history_len: usize,
     /// Where rooms and history are saved (nowhere with `db_path: null`).
@@ -244,7 +245,8 @@ struct Rooms {
 impl RoomMap {
     /// A map with only the default room, no history, and nothing saved: for unit tests.
     pub fn new(bcrypt_cost: u32) -> RoomMap {
-        RoomMap::restore(Store::in_memory(), Saved::default(), bcrypt_cost, 0)
+        let hasher = Hasher::start(bcrypt_cost).expect("the hashing threads start");
+        RoomMap::restore(Store::in_memory(), Saved::default(), hasher, 0)
             .expect("a store without a file never fails")
     }
 
@@ -254,7 +256,7 @@ impl RoomMap {
     pub fn restore(
         store: Store,
         saved: Saved,
-        bcrypt_cost: u32,
+        hasher: Hasher,
         history_len: usize,
     ) -> Result<RoomMap, StoreError> {
         let mut rooms = Rooms {
@@ -294,7 +296,7 @@ impl RoomMap {
         }
         Ok(RoomMap {
             inner: Mutex::new(rooms),
-            bcrypt_cost,
+            hasher,
             history_len,
             store,
         })
@@ -451,9 +453,9 @@ impl RoomMap {
     }
 
     /// Checks `password` against the room's hash, without holding the lock.
-    pub fn password_matches(key: &RoomKey, password: &str) -> bool {
+    pub fn password_matches(&self, key: &RoomKey, password: &str) -> bool {
         match &key.password_hash {
-            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            Some(hash) => self.hasher.verify(password, hash),
             None => false,
         }
     }
@@ -570,9 +572,10 @@ impl RoomMap {
                 {
                     return Err(invalid("password"));
                 }
-                bcrypt::hash(password, self.bcrypt_cost)
+                self.hasher
+                    .hash(password)
                     .map(Some)
-                    .map_err(|_| invalid("password"))
+                    .ok_or_else(|| invalid("password"))
             }
             (_, None) => current.map(Some).ok_or_else(|| invalid("password")),
         }
@@ -841,7 +844,8 @@ mod tests {
             }],
             history: Default::default(),
         };
-        let rooms = RoomMap::restore(Store::in_memory(), saved, 4, 10).unwrap();
+        let rooms =
+            RoomMap::restore(Store::in_memory(), saved, Hasher::start(4).unwrap(), 10).unwrap();
         let key = rooms.key(&RoomRef::Title("kept".into())).unwrap();
         assert_eq!(
             (key.id, key.visibility, key.password_hash.as_deref()),
@@ -866,7 +870,7 @@ mod tests {
             }],
             history: Default::default(),
         };
-        let error = RoomMap::restore(Store::in_memory(), saved, 4, 10)
+        let error = RoomMap::restore(Store::in_memory(), saved, Hasher::start(4).unwrap(), 10)
             .err()
             .unwrap();
         assert_eq!(error.problem, "room 2 has an unknown visibility \"secret\"");
@@ -901,8 +905,8 @@ mod tests {
             .unwrap();
         assert_eq!(room.visibility, Visibility::Private);
         let key = rooms.key(&RoomRef::Title("PRIV".into())).unwrap();
-        assert!(RoomMap::password_matches(&key, "password1"));
-        assert!(!RoomMap::password_matches(&key, "password2"));
+        assert!(rooms.password_matches(&key, "password1"));
+        assert!(!rooms.password_matches(&key, "password2"));
     }
 
     #[test]

@@ -81,25 +81,7 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Response {
-        let mut stream = TcpStream::connect(self.http_addr).expect("connect to the HTTP listener");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.http_addr
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if let Some(body) = body {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        if let Some(body) = body {
-            // The server may answer (413) and close before it has read everything.
-            let _ = stream.write_all(body);
-        }
-        read_response(stream)
+        http_request(self.http_addr, method, path, headers, body)
     }
 
     /// `method path` with an optional bearer token and an optional JSON body.
