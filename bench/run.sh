@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench`: builds the release server and the load generator (benches/load.rs), raises
+# the open-files limit, runs every scenario against a real server over loopback, and
+# rewrites BENCHMARKS.md. Takes about three minutes on two cores.
+#
+# Arguments are passed to the generator, e.g. `bench/run.sh --only fanout --seconds 3`
+# (see the top of benches/load.rs). CHITCHAT_BIN overrides the server binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=(cargo build --release --bins --benches)
+# One build for both: the JSON messages name the generator's executable, whose file name
+# carries a hash; compiler diagnostics still go to the terminal.
+mkdir -p target
+"${build[@]}" --message-format=json-render-diagnostics >target/bench-build.json
+generator=$(grep '"kind":\["bench"\]' target/bench-build.json | grep '"name":"load"' \
+  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+if [ -z "$generator" ]; then
+  echo "bench/run.sh: cargo built no load generator" >&2
+  exit 1
+fi
+
+# 5,000 client sockets plus 5,000 server sockets: each process needs well over the usual
+# 1,024 descriptors. The server inherits this limit from the generator.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+exec "$generator" \
+  --prelude "make bench   # runs bench/run.sh" \
+  --prelude "${build[*]}" \
+  --prelude "ulimit -n $(ulimit -n)" \
+  "$@"

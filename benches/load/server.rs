@@ -1,0 +1,499 @@
+//! The server under test: one real release `chitchat` process per scenario.
+//!
+//! Each scenario gets a fresh process so that its memory and thread figures start from the
+//! same place and no scenario inherits another's rooms or sockets. The process is started
+//! with a temporary config (both listeners on port 0, a new database file of its own,
+//! console logging at `warn`, bcrypt at the production cost 10; everything else at the
+//! server's defaults), and its ports are read back from the one ready line it prints.
+//! Everything it logs is kept under `target/bench/` so a MISS can be explained afterwards.
+//!
+//! Memory, threads and CPU time are read from `/proc/<pid>/status` and `/proc/<pid>/stat`,
+//! the same figures `ps` and `top` show, so anyone can check them by hand.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::Res;
+
+/// How long a server may take to print its ready line before the scenario gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every server in the run shares: which binary, and where its files go.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The release binary under test.
+    pub binary: PathBuf,
+    /// `send_queue_len` to put in the config; `None` keeps the server's own default.
+    pub send_queue_len: Option<usize>,
+    /// Where configs and logs are written (`target/bench`).
+    pub work_dir: PathBuf,
+}
+
+/// A running server process; killed on drop if [`Server::stop`] was not called.
+pub struct Server {
+    child: Child,
+    /// The process id, for `/proc` and `kill`.
+    pub pid: u32,
+    /// The REST listener, as the ready line tells it.
+    pub http: SocketAddr,
+    /// The WebSocket listener, as the ready line tells it.
+    pub ws: SocketAddr,
+    /// The version from the ready line.
+    pub version: String,
+    /// From spawn to the ready line.
+    pub ready_after: Duration,
+    stdout_log: Option<JoinHandle<()>>,
+    logs: [PathBuf; 2],
+}
+
+/// One reading of a process's `/proc` figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    /// Resident memory (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Threads (`Threads`).
+    pub threads: u64,
+    /// User plus system CPU time, in clock ticks (`utime + stime` of `/proc/<pid>/stat`).
+    pub cpu_ticks: u64,
+    /// CPU time of its children that have been waited for (`cutime + cstime`): `wrk`,
+    /// once it has finished, for the generator.
+    pub children_ticks: u64,
+}
+
+/// What the server has logged so far.
+#[derive(Debug, Default)]
+pub struct Logged {
+    /// Log lines at `WARN`.
+    pub warnings: usize,
+    /// Log lines at `ERROR`.
+    pub errors: usize,
+    /// The first few distinct warning or error messages, timestamps stripped.
+    pub samples: Vec<String>,
+}
+
+impl Server {
+    /// Writes a config named after the scenario, starts the binary and waits for its ready
+    /// line: `ChitChat <version> started at http://<addr> (ws://<addr>)`.
+    pub fn start(options: &ServerOptions, name: &str) -> Res<Server> {
+        std::fs::create_dir_all(&options.work_dir)?;
+        let work_dir = options.work_dir.canonicalize()?;
+        let config_path = work_dir.join(format!("{name}.json"));
+        // A database of its own, new each time: every scenario starts from the one room a
+        // new server has, and never touches a chitchat.db someone keeps in the repository.
+        let db_path = work_dir.join(format!("{name}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", db_path.display()));
+            if file.exists() {
+                std::fs::remove_file(&file)?;
+            }
+        }
+        let mut config = serde_json::json!({
+            "address": "127.0.0.1:0",
+            "ws_address": "127.0.0.1:0",
+            "db_path": db_path,
+            "log_file": null,
+            "log_level": "warn",
+            "secret_key": "bench",
+            "bcrypt_cost": 10,
+        });
+        if let Some(len) = options.send_queue_len {
+            config["send_queue_len"] = len.into();
+        }
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let logs = [
+            options.work_dir.join(format!("{name}.stdout.log")),
+            options.work_dir.join(format!("{name}.stderr.log")),
+        ];
+
+        let started = Instant::now();
+        let mut child = Command::new(&options.binary)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(File::create(&logs[1])?))
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", options.binary.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the server's stdout was not piped")?;
+        let mut stdout_file = File::create(&logs[0])?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // The ready line goes to us; everything after it (simplelog writes warnings to
+        // stdout) is copied to a file, and reading it keeps the pipe from filling up.
+        let stdout_log = thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = writeln!(stdout_file, "{first}");
+                let _ = ready_tx.send(first);
+            }
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(stdout_file, "{line}");
+            }
+        });
+        let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                return Err(format!(
+                    "no ready line from {} ({status}); see {}",
+                    options.binary.display(),
+                    logs[1].display()
+                )
+                .into());
+            }
+        };
+        let ready_after = started.elapsed();
+        let (version, http, ws) = match parse_ready_line(&line) {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        Ok(Server {
+            pid: child.id(),
+            child,
+            http,
+            ws,
+            version,
+            ready_after,
+            stdout_log: Some(stdout_log),
+            logs,
+        })
+    }
+
+    /// The server's memory, threads and CPU time now.
+    pub fn sample(&self) -> Res<ProcSample> {
+        sample(self.pid)
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Counts the warnings and errors logged so far. Read it before tearing a scenario's
+    /// clients down: the teardown itself makes the server log (slow readers, leaves).
+    pub fn logged(&self) -> Logged {
+        let mut logged = Logged::default();
+        for path in &self.logs {
+            count_log_lines(path, &mut logged);
+        }
+        logged
+    }
+
+    /// SIGTERM (the way an operator stops it), then SIGKILL after [`STOP_TIMEOUT`]; returns
+    /// whether it exited with status 0 in time.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let clean = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status.success(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break false;
+                }
+            }
+        };
+        if let Some(handle) = self.stdout_log.take() {
+            let _ = handle.join();
+        }
+        clean
+    }
+}
+
+impl Logged {
+    /// A note under `table` when anything was logged at `WARN` or above.
+    pub fn note(&self, table: &mut crate::report::Table) {
+        if self.warnings + self.errors > 0 {
+            table.note(format!(
+                "During the measurement the server logged {} warnings and {} errors, e.g. {:?}.",
+                self.warnings, self.errors, self.samples
+            ));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Splits the ready line into version, REST address and WebSocket address.
+pub fn parse_ready_line(line: &str) -> Res<(String, SocketAddr, SocketAddr)> {
+    let bad = || format!("unexpected ready line {line:?}");
+    let rest = line.trim().strip_prefix("ChitChat ").ok_or_else(bad)?;
+    let (version, rest) = rest.split_once(" started at http://").ok_or_else(bad)?;
+    let (http, rest) = rest.split_once(" (ws://").ok_or_else(bad)?;
+    let ws = rest.strip_suffix(')').ok_or_else(bad)?;
+    Ok((
+        version.to_string(),
+        http.parse().map_err(|_| bad())?,
+        ws.parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Reads `VmRSS` and `Threads` from `/proc/<pid>/status` and CPU time from `/proc/<pid>/stat`.
+pub fn sample(pid: u32) -> Res<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Res<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))?;
+        let value = line.split_whitespace().nth(1).ok_or("empty field")?;
+        Ok(value.parse()?)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name start at field 3 (state); utime and
+    // stime are fields 14 and 15.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or("bad /proc stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |i: usize| -> Res<u64> { Ok(fields.get(i).ok_or("short /proc stat")?.parse()?) };
+    Ok(ProcSample {
+        rss_kib: field("VmRSS:")?,
+        threads: field("Threads:")?,
+        cpu_ticks: tick(11)? + tick(12)?,
+        children_ticks: tick(13)? + tick(14)?,
+    })
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` times (`getconf CLK_TCK`, 100 on Linux).
+pub fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU used between two samples, as a percentage of one core over `wall`.
+pub fn cpu_percent(before: &ProcSample, after: &ProcSample, wall: Duration) -> f64 {
+    let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64;
+    100.0 * ticks / clock_ticks_per_second() / wall.as_secs_f64().max(1e-9)
+}
+
+fn count_log_lines(path: &Path, report: &mut Logged) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    for line in text.lines() {
+        let level = if line.contains("WARN") {
+            &mut report.warnings
+        } else if line.contains("ERROR") {
+            &mut report.errors
+        } else {
+            continue;
+        };
+        *level += 1;
+        // Drop the timestamp so repeats of one message collapse into one sample.
+        let message = line
+            .split_once(']')
+            .map_or(line, |(_, m)| m)
+            .trim()
+            .to_string();
+        let message: String = message.chars().take(120).collect();
+        if report.samples.len() < 3 && !report.samples.contains(&message) {
+            report.samples.push(message);
+        }
+    }
+}
+
+/// Busy time of the whole machine so far, in clock ticks (the first line of `/proc/stat`
+/// less idle and iowait), and context switches so far (`ctxt`).
+fn machine_stat() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let switches = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), switches)
+}
+
+/// Where the machine's CPU went during a measured window: the server, this generator, and
+/// everything else. "Everything else" should be near zero; when it is not, another job was
+/// competing for the cores and the figures of that window are suspect.
+pub struct CpuWindow {
+    started: Instant,
+    server: ProcSample,
+    generator: ProcSample,
+    machine: u64,
+    switches: u64,
+}
+
+impl CpuWindow {
+    /// Starts a window now.
+    pub fn start(server: &Server) -> Res<CpuWindow> {
+        Ok(CpuWindow {
+            started: Instant::now(),
+            server: server.sample()?,
+            generator: sample(std::process::id())?,
+            machine: machine_stat().0,
+            switches: machine_stat().1,
+        })
+    }
+
+    /// Ends the window: where the CPU went, and the server's sample at the end.
+    pub fn finish(&self, server: &Server) -> Res<(CpuShares, ProcSample)> {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        let server_now = server.sample()?;
+        let generator_now = sample(std::process::id())?;
+        let per_core = |ticks: u64| 100.0 * ticks as f64 / clock_ticks_per_second() / wall;
+        let server_ticks = server_now.cpu_ticks.saturating_sub(self.server.cpu_ticks);
+        let generator_ticks = (generator_now.cpu_ticks + generator_now.children_ticks)
+            .saturating_sub(self.generator.cpu_ticks + self.generator.children_ticks);
+        let (machine_now, switches_now) = machine_stat();
+        let machine = machine_now.saturating_sub(self.machine);
+        let shares = CpuShares {
+            switches_per_s: switches_now.saturating_sub(self.switches) as f64 / wall,
+            server: per_core(server_ticks),
+            generator: per_core(generator_ticks),
+            other: per_core(machine.saturating_sub(server_ticks + generator_ticks)),
+        };
+        Ok((shares, server_now))
+    }
+}
+
+/// CPU used during a window, in percent of one core.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuShares {
+    /// The server process.
+    pub server: f64,
+    /// This generator, with `wrk` when it ran.
+    pub generator: f64,
+    /// Every other process on the machine.
+    pub other: f64,
+    /// Context switches per second, whole machine (`ctxt` in `/proc/stat`): with a thread
+    /// per socket on both sides, most of the cost of a delivery is here.
+    pub switches_per_s: f64,
+}
+
+impl CpuShares {
+    /// Other processes above this share of one core make a window's figures suspect.
+    const OTHER_LIMIT: f64 = 20.0;
+
+    /// Adds the CPU row to `table`, and a warning note when other processes competed.
+    pub fn report(&self, table: &mut crate::report::Table) {
+        table.info(
+            CPU_ROW,
+            format!(
+                "{:.0} % / {:.0} % / {:.0} %",
+                self.server, self.generator, self.other
+            ),
+        );
+        table.info(
+            "context switches/s (whole machine)",
+            crate::stats::rate(self.switches_per_s),
+        );
+        if self.other > Self::OTHER_LIMIT {
+            table.note(format!(
+                "Other processes used {:.0} % of a core during this run: the machine was not quiet, so these figures understate the server.",
+                self.other
+            ));
+        }
+    }
+}
+
+/// The row label for [`CpuShares::report`].
+const CPU_ROW: &str = "CPU: server / load generator / other processes (100 % = one core)";
+
+/// `/proc/loadavg`'s three load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Resident memory by kind of mapping: (file name or `anonymous`, mapping size in KiB) ->
+/// (mappings, RSS KiB). Thread stacks show up as many anonymous mappings of one size (the
+/// stack size), malloc arenas as a few large ones.
+pub type RssGroups = std::collections::BTreeMap<(String, u64), (u64, u64)>;
+
+/// Reads [`RssGroups`] from `/proc/<pid>/smaps`.
+pub fn rss_groups(pid: u32) -> Res<RssGroups> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut groups = RssGroups::new();
+    let mut current: Option<(String, u64)> = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            let parse = |hex: &str| u64::from_str_radix(hex, 16).unwrap_or(0);
+            let size = parse(end).saturating_sub(parse(start)) / 1024;
+            let name = words.nth(4).unwrap_or("anonymous");
+            let name = name.rsplit('/').next().unwrap_or(name).to_string();
+            current = Some((name, size));
+        } else if first == "Rss:" {
+            let rss: u64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            if let Some(key) = &current {
+                let entry = groups.entry(key.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += rss;
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The `top` groups whose RSS grew most from `before` to `after`, as
+/// `+count x size KiB name: +rss KiB`.
+pub fn rss_growth(before: &RssGroups, after: &RssGroups, top: usize) -> String {
+    let mut growth: Vec<(i64, i64, &(String, u64))> = after
+        .iter()
+        .map(|(key, (count, rss))| {
+            let (count0, rss0) = before.get(key).copied().unwrap_or((0, 0));
+            let delta = |a: u64, b: u64| {
+                i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(b).unwrap_or(i64::MAX)
+            };
+            (delta(*rss, rss0), delta(*count, count0), key)
+        })
+        .collect();
+    growth.sort_by_key(|(rss, _, _)| std::cmp::Reverse(*rss));
+    growth
+        .iter()
+        .take(top)
+        .map(|(rss, count, (name, size))| format!("{count:+} x {size} KiB {name}: {rss:+} KiB"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,416 @@
+//! WebSocket clients: connecting and joining, the room member thread, and the bench message.
+//!
+//! A member is one joined socket with one thread of its own that reads every event the
+//! server sends it, for as long as the scenario lasts. Members are what the fan-out and
+//! idle scenarios are made of. A member never stops reading, because the server closes a
+//! socket whose queue overflows (SPEC: slow readers are closed with 1008), and a bench that
+//! stopped reading would be measuring itself.
+//!
+//! Bench messages carry `b|<sender>|<seq>|<sent µs>` in `msg`. Each member keeps, per
+//! sender, a bitset of the sequence numbers it has seen, so it can tell a missing message
+//! from a duplicate or one out of order, and it computes latency from the send time in the
+//! message (sender and receivers share one clock: they live in this process).
+//!
+//! Threads are spawned with a small stack ([`MEMBER_STACK_BYTES`]): thousands of them run
+//! on a two-core machine, and the receive loop needs little. A member's thread ends when
+//! its socket is shut down from outside (the scenario keeps a clone of every `TcpStream`
+//! for this), so no read ever waits on a timeout or polls a flag.
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::stats::{micros_since, sample_us};
+use crate::Res;
+
+/// Stack for each client thread: the receive loop keeps its state on the heap.
+pub const MEMBER_STACK_BYTES: usize = 128 * 1024;
+
+/// A client socket; plain TCP (the bench never uses TLS).
+pub type Socket = WebSocket<TcpStream>;
+
+/// Small buffers, eager writes: thousands of client sockets are open at once, and a bench
+/// message must leave the moment it is due, not when a write buffer fills.
+pub fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Opens a WebSocket to `ws://addr/chats/<room>/ws`.
+pub fn connect(addr: SocketAddr, room: u64) -> Res<Socket> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{addr}/chats/{room}/ws");
+    match tungstenite::client::client_with_config(url.as_str(), stream, Some(client_config())) {
+        Ok((socket, _response)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(format!("handshake: {e}").into()),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => Err("handshake interrupted".into()),
+    }
+}
+
+/// Sends one JSON text frame.
+pub fn send_text(socket: &mut Socket, text: String) -> Res<()> {
+    socket.send(Message::text(text))?;
+    Ok(())
+}
+
+/// The `join` frame for `name`.
+pub fn join_frame(name: &str) -> String {
+    serde_json::json!({"event_type": "join", "name": name, "color": "#3366cc"}).to_string()
+}
+
+/// The `send` frame of bench message `seq` from `sender`, stamped `sent_us`.
+pub fn bench_frame(sender: u32, seq: u32, sent_us: u64) -> String {
+    format!(r#"{{"event_type":"send","msg":"b|{sender}|{seq}|{sent_us}"}}"#)
+}
+
+/// A second handle on `socket`'s connection that only writes: lets one thread send on a
+/// schedule while the member thread keeps reading the same connection. Every byte this
+/// handle writes is a whole masked frame; the reading handle writes nothing unless the
+/// server pings (every 54 s, longer than any scenario).
+pub fn writer_for(socket: &Socket) -> Res<Socket> {
+    let stream = socket.get_ref().try_clone()?;
+    Ok(WebSocket::from_raw_socket(
+        stream,
+        Role::Client,
+        Some(client_config()),
+    ))
+}
+
+/// What a member needs to know about one server event.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// A bench message: who sent it, its number, when it was due.
+    Bench { sender: u32, seq: u32, sent_us: u64 },
+    /// Someone joined.
+    Join { name: String },
+    /// Someone left.
+    Leave { name: String },
+    /// Some other chat message.
+    Message { name: String, msg: String },
+    /// An error event (the rendered error object).
+    Error(String),
+    /// Anything else.
+    Other,
+}
+
+/// Classifies one text frame. Bench messages take a fast path (a substring search, no
+/// JSON parse) because a member may get a thousand a second on a shared core.
+pub fn parse_event(text: &str) -> Event {
+    const MARK: &str = r#""msg":"b|"#;
+    if let Some(at) = text.find(MARK) {
+        let rest = &text[at + MARK.len() - 2..];
+        if let Some(end) = rest.find('"') {
+            if let Some(event) = parse_bench_msg(&rest[..end]) {
+                return event;
+            }
+        }
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Event::Other;
+    };
+    let field = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    match value.get("event_type").and_then(|v| v.as_str()) {
+        Some("join") => Event::Join {
+            name: field("name"),
+        },
+        Some("leave") => Event::Leave {
+            name: field("name"),
+        },
+        Some("send") => {
+            let msg = field("msg");
+            parse_bench_msg(&msg).unwrap_or(Event::Message {
+                name: field("name"),
+                msg,
+            })
+        }
+        Some("error") => Event::Error(
+            value
+                .get("error")
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ),
+        _ => Event::Other,
+    }
+}
+
+fn parse_bench_msg(msg: &str) -> Option<Event> {
+    let mut parts = msg.strip_prefix("b|")?.split('|');
+    let event = Event::Bench {
+        sender: parts.next()?.parse().ok()?,
+        seq: parts.next()?.parse().ok()?,
+        sent_us: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(event)
+}
+
+/// Counters every member of a scenario updates, read by the scenario while it runs.
+pub struct Counters {
+    /// The clock bench messages are stamped with.
+    pub epoch: Instant,
+    /// Members that have seen their own join event.
+    pub acked: AtomicUsize,
+    /// Join events seen, summed over members.
+    pub joins_seen: AtomicU64,
+    /// Distinct bench messages received, summed over members.
+    pub delivered: AtomicU64,
+    /// Members whose socket ended before the scenario shut it.
+    pub lost: AtomicUsize,
+    /// Set by the scenario before it shuts the sockets, so the ends are not counted lost.
+    pub stopping: AtomicBool,
+}
+
+impl Counters {
+    /// Fresh counters with their clock starting now.
+    pub fn new() -> Arc<Counters> {
+        Arc::new(Counters {
+            epoch: Instant::now(),
+            acked: AtomicUsize::new(0),
+            joins_seen: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            lost: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        })
+    }
+}
+
+/// What one member saw, handed back when its thread ends.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Distinct bench messages seen, per sender.
+    pub distinct: Vec<u64>,
+    /// Bench messages seen more than once.
+    pub duplicates: u64,
+    /// Bench messages with a lower number than one already seen from the same sender.
+    pub out_of_order: u64,
+    /// Bench messages with a sender or number the scenario never sent.
+    pub unexpected: u64,
+    /// Send-to-receive latency of each first delivery, µs.
+    pub latencies: Vec<u32>,
+    /// A hash of the order bench messages arrived in: equal for members that saw the
+    /// same messages in the same order (SPEC: one order for the whole room).
+    pub order_hash: u64,
+    /// When the last bench message arrived, µs on the [`Counters`] clock.
+    pub last_receive_us: u64,
+    /// The close code, if the server closed this socket.
+    pub closed_by_server: Option<u16>,
+    /// The first read error or error event, if any.
+    pub error: Option<String>,
+}
+
+/// A running member: its thread, and a clone of its stream to end it with.
+pub struct Member {
+    stream: TcpStream,
+    thread: JoinHandle<Tally>,
+}
+
+impl Member {
+    /// Ends the member by shutting its socket, and returns what it saw.
+    pub fn finish(self) -> Tally {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.thread.join().unwrap_or_else(|_| Tally {
+            error: Some("member thread panicked".into()),
+            ..Tally::default()
+        })
+    }
+}
+
+/// Starts a thread that reads `socket` until it is shut, tallying bench messages from
+/// `senders` senders that send at most `per_sender` messages each.
+pub fn spawn_member(
+    socket: Socket,
+    name: String,
+    senders: usize,
+    per_sender: usize,
+    counters: Arc<Counters>,
+) -> Res<Member> {
+    let stream = socket.get_ref().try_clone()?;
+    let thread = thread::Builder::new()
+        .name(name.clone())
+        .stack_size(MEMBER_STACK_BYTES)
+        .spawn(move || receive(socket, &name, senders, per_sender, &counters))?;
+    Ok(Member { stream, thread })
+}
+
+/// Per-sender state of one member: which numbers arrived, and the highest so far.
+struct Track {
+    seen: Vec<u64>,
+    highest: Option<u32>,
+    distinct: u64,
+}
+
+fn receive(
+    mut socket: Socket,
+    me: &str,
+    senders: usize,
+    per_sender: usize,
+    counters: &Counters,
+) -> Tally {
+    let words = per_sender.div_ceil(64);
+    let mut tracks: Vec<Track> = (0..senders)
+        .map(|_| Track {
+            seen: vec![0; words],
+            highest: None,
+            distinct: 0,
+        })
+        .collect();
+    let mut tally = Tally {
+        order_hash: 0xcbf2_9ce4_8422_2325,
+        ..Tally::default()
+    };
+    let mut acked = false;
+    loop {
+        let text = match socket.read() {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(frame)) => {
+                tally.closed_by_server = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                if !counters.stopping.load(Ordering::SeqCst) {
+                    tally.error.get_or_insert_with(|| format!("read: {e}"));
+                    counters.lost.fetch_add(1, Ordering::SeqCst);
+                }
+                break;
+            }
+        };
+        match parse_event(&text) {
+            Event::Bench {
+                sender,
+                seq,
+                sent_us,
+            } => {
+                let now_us = micros_since(counters.epoch);
+                let slot = usize::try_from(seq).ok().filter(|s| *s < per_sender);
+                let track = usize::try_from(sender).ok().and_then(|s| tracks.get_mut(s));
+                let (Some(slot), Some(track)) = (slot, track) else {
+                    tally.unexpected += 1;
+                    continue;
+                };
+                let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+                if track.seen[word] & bit != 0 {
+                    tally.duplicates += 1;
+                    continue;
+                }
+                track.seen[word] |= bit;
+                track.distinct += 1;
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                if track.highest.is_some_and(|h| seq < h) {
+                    tally.out_of_order += 1;
+                }
+                track.highest = Some(track.highest.map_or(seq, |h| h.max(seq)));
+                tally
+                    .latencies
+                    .push(sample_us(std::time::Duration::from_micros(
+                        now_us.saturating_sub(sent_us),
+                    )));
+                tally.order_hash = (tally.order_hash ^ (u64::from(sender) << 32 | u64::from(seq)))
+                    .wrapping_mul(0x0100_0000_01b3);
+                tally.last_receive_us = now_us;
+            }
+            Event::Join { name } => {
+                counters.joins_seen.fetch_add(1, Ordering::Relaxed);
+                if !acked && name == me {
+                    acked = true;
+                    counters.acked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Event::Error(error) => {
+                tally
+                    .error
+                    .get_or_insert_with(|| format!("error event: {error}"));
+            }
+            _ => {}
+        }
+    }
+    if tally.closed_by_server.is_some() && !counters.stopping.load(Ordering::SeqCst) {
+        counters.lost.fetch_add(1, Ordering::SeqCst);
+    }
+    tally.distinct = tracks.iter().map(|t| t.distinct).collect();
+    tally
+}
+
+/// Waits (polling every 10 ms) until `done` or `limit` passes; returns whether `done`.
+pub fn wait_until(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+/// A crowd of members, possibly spread over several rooms, ended together.
+pub struct Crowd {
+    /// The counters all its members update.
+    pub counters: Arc<Counters>,
+    members: Vec<Member>,
+    senders: usize,
+    per_sender: usize,
+}
+
+impl Crowd {
+    /// An empty crowd whose members will track `senders` senders of up to `per_sender`
+    /// bench messages each.
+    pub fn new(senders: usize, per_sender: usize) -> Crowd {
+        Crowd {
+            counters: Counters::new(),
+            members: Vec::new(),
+            senders,
+            per_sender,
+        }
+    }
+
+    /// How many members have been started.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Connects one more socket to `room`, joins it as `name` and starts its member
+    /// thread; with `writer`, also returns a write-only handle on the same connection.
+    pub fn join(
+        &mut self,
+        addr: SocketAddr,
+        room: u64,
+        name: String,
+        writer: bool,
+    ) -> Res<Option<Socket>> {
+        let mut socket = connect(addr, room)?;
+        send_text(&mut socket, join_frame(&name))?;
+        let writer = if writer {
+            Some(writer_for(&socket)?)
+        } else {
+            None
+        };
+        let member = spawn_member(
+            socket,
+            name,
+            self.senders,
+            self.per_sender,
+            Arc::clone(&self.counters),
+        )?;
+        self.members.push(member);
+        Ok(writer)
+    }
+
+    /// Shuts every member's socket and collects what each saw.
+    pub fn finish(self) -> Vec<Tally> {
+        self.counters.stopping.store(true, Ordering::SeqCst);
+        self.members.into_iter().map(Member::finish).collect()
+    }
+}
