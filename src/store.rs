@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +46,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 /// The schema, one step per version: `MIGRATIONS[n]` takes a file from version `n` to
 /// `n + 1`. Steps are only ever appended, never edited once released, so every file, however
@@ -152,6 +155,9 @@ pub struct Store {
 
 struct Disk {
     path: PathBuf,
+    /// `<db_path>.lock`, locked for the server's life: two servers writing one file would
+    /// hand out the same ids. (SQLite's own locks are per write, not per process life.)
+    _owner: OwnedFd,
     connection: Arc<Mutex<Connection>>,
     queue: Sender<Command>,
     /// Set while the queue is full, so the warning is logged once per episode, not per message.
@@ -183,6 +189,7 @@ impl Store {
             path: path.to_owned(),
             problem,
         };
+        let owner = lock_owner(path).map_err(fail)?;
         let mut connection =
             Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
         prepare(&mut connection, MIGRATIONS, history_len).map_err(fail)?;
@@ -199,6 +206,7 @@ impl Store {
         };
         let disk = Disk {
             path: path.to_owned(),
+            _owner: owner,
             connection,
             queue,
             falling_behind: AtomicBool::new(false),
@@ -339,6 +347,24 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 /// Settings, checks and migrations on a freshly opened file; the error is the problem.
+/// Takes the lock file beside `path` for this process's life, or says who holds it.
+fn lock_owner(path: &Path) -> Result<OwnedFd, String> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open its lock file: {e}"))?;
+    let fd = OwnedFd::from(file);
+    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(Errno::WOULDBLOCK) => Err("in use by another ChitChat server".into()),
+        Err(e) => Err(format!("cannot lock it: {e}")),
+    }
+}
+
 fn prepare(
     connection: &mut Connection,
     migrations: &[&str],

@@ -529,6 +529,15 @@ fn a_locked_database_exits_2() {
     drop(holder);
 }
 
+/// A second server on a database that a running one holds stops with exit code 2 instead
+/// of handing out the same room ids (the lock file beside the database is held for life).
+#[test]
+fn a_second_server_on_the_same_database_exits_2() {
+    let data = DataDir::new("second-server");
+    let _first = Binary::start(&data);
+    assert_start_fails(&data, "in use by another ChitChat server");
+}
+
 /// A database written by a newer ChitChat (a schema version this one does not know) stops
 /// start-up with exit code 2 rather than being guessed at.
 #[test]
