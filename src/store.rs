@@ -556,7 +556,7 @@ mod tests {
         }
 
         fn remove(&self) {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".lock"] {
                 let mut name = self.0.clone().into_os_string();
                 name.push(suffix);
                 let _ = std::fs::remove_file(name);
@@ -652,6 +652,7 @@ mod tests {
             store.append_message(3, &Arc::from(text));
         }
         store.close();
+        drop(store);
         let (store, saved) = Store::open(Some(&db.0), 2).unwrap();
         store.close();
         assert_eq!(saved.next_id, Some(6));
@@ -667,10 +668,12 @@ mod tests {
         store.save_room(&room(2, "two"), 3).unwrap();
         store.append_message(2, &Arc::from("before"));
         store.close();
+        drop(store);
         let (store, _) = Store::open(Some(&db.0), 10).unwrap();
         store.delete_room(2).unwrap();
         store.append_message(2, &Arc::from("after the delete"));
         store.close();
+        drop(store);
         let (store, saved) = Store::open(Some(&db.0), 10).unwrap();
         store.close();
         assert!(saved.rooms.is_empty());
@@ -687,10 +690,12 @@ mod tests {
             store.append_message(2, &Arc::from(text));
         }
         store.close();
+        drop(store);
         let (store, saved) = Store::open(Some(&db.0), 1).unwrap();
         store.close();
         let history: Vec<&str> = saved.history[&2].iter().map(|e| &**e).collect();
         assert_eq!(history, ["4"]);
+        drop(store);
         let (store, saved) = Store::open(Some(&db.0), 0).unwrap();
         store.close();
         assert!(saved.history.is_empty());
