@@ -90,9 +90,13 @@ impl Visibility {
 
 /// Something that receives a room's events: in practice one WebSocket's outgoing queue.
 pub trait Subscriber: Send + Sync {
-    /// Queues `text` for the member. Must not block: it is called under the room lock.
-    /// Returns `false` when the member's queue is full (a slow reader).
+    /// Queues `text` for the member. Called under the room lock, so it must not block or
+    /// make a system call. Returns `false` when the member's queue is full (a slow reader).
     fn deliver(&self, text: &Arc<str>) -> bool;
+    /// Tells the member that events were queued for it. Called once the room lock is
+    /// released: waking a thread is a system call, and 500 of them under the lock made
+    /// every other sender in the room wait.
+    fn wake(&self);
     /// Tells the member it has been removed from the room, and why.
     fn close(&self, reason: CloseReason);
 }
@@ -316,6 +320,23 @@ impl RoomMap {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `work` on room `id` (101 if there is none) under the lock, then wakes the
+    /// members it queued events for, after the lock is released.
+    fn with_room<T>(
+        &self,
+        id: u64,
+        work: impl FnOnce(&mut Room, &mut Wakeups) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut wakeups = Wakeups::default();
+        let result = {
+            let mut rooms = self.lock();
+            let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
+            work(room, &mut wakeups)
+        };
+        wakeups.wake_all();
+        result
+    }
+
     /// Every room except hidden ones, by id. Users are shown for public rooms only: a
     /// listing has no token for each private room.
     pub fn list(&self) -> Vec<RoomView> {
@@ -480,79 +501,86 @@ impl RoomMap {
 
     /// Disconnects socket `session`, broadcasting its leave if it had joined.
     pub fn detach(&self, id: u64, session: u64) {
-        let mut rooms = self.lock();
-        let Some(room) = rooms.by_id.get_mut(&id) else {
-            return;
-        };
-        if let Some(index) = room.sockets.iter().position(|s| s.session == session) {
-            let socket = room.sockets.remove(index);
-            if let Some(member) = socket.member {
-                room.broadcast_leave(&member, &now_rfc3339());
+        // A room already deleted has nobody left to tell.
+        let _ = self.with_room(id, |room, wakeups| {
+            if let Some(index) = room.sockets.iter().position(|s| s.session == session) {
+                let socket = room.sockets.remove(index);
+                if let Some(member) = socket.member {
+                    room.broadcast_leave(&member, &now_rfc3339(), wakeups);
+                }
             }
-        }
+            Ok(())
+        });
     }
 
     /// Gives socket `session` the name `name` in room `id` and broadcasts its join. Names
     /// are unique in a room case-insensitively, and a socket holds one at a time (else 202).
     pub fn join(&self, id: u64, session: u64, name: &str, color: &str) -> Result<(), ApiError> {
-        let mut rooms = self.lock();
-        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
-        let lower = name.to_lowercase();
-        let taken = room
-            .members()
-            .any(|(s, m)| s.session == session || m.username.to_lowercase() == lower);
-        if taken {
-            return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
-        }
-        let socket = room.socket_mut(session)?;
-        let now = now_rfc3339();
-        socket.member = Some(Member {
-            username: name.to_owned(),
-            color: color.to_owned(),
-            last_activity: now.clone(),
-        });
-        let subscriber = Arc::clone(&socket.subscriber);
-        // What was said before comes first, with its original times, then this socket's own
-        // join: under the lock, so no new event can come between them.
-        for event in &room.history {
-            // A full queue: the join below finds it full too and drops it as a slow reader.
-            if !subscriber.deliver(event) {
-                break;
+        self.with_room(id, |room, wakeups| {
+            let lower = name.to_lowercase();
+            let taken = room
+                .members()
+                .any(|(s, m)| s.session == session || m.username.to_lowercase() == lower);
+            if taken {
+                return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
             }
-        }
-        room.broadcast(EventType::Join, name, color, &join_message(name), &now);
-        Ok(())
+            let socket = room.socket_mut(session)?;
+            let now = now_rfc3339();
+            socket.member = Some(Member {
+                username: name.to_owned(),
+                color: color.to_owned(),
+                last_activity: now.clone(),
+            });
+            let subscriber = Arc::clone(&socket.subscriber);
+            // What was said before comes first, with its original times, then this socket's
+            // own join: under the lock, so no new event can come between them.
+            for event in &room.history {
+                // A full queue: the join below finds it full too and drops it as a slow reader.
+                if !subscriber.deliver(event) {
+                    break;
+                }
+            }
+            room.broadcast(
+                EventType::Join,
+                name,
+                color,
+                &join_message(name),
+                &now,
+                wakeups,
+            );
+            Ok(())
+        })
     }
 
     /// Broadcasts `msg` from `session` under the name it joined with (201 if it has none).
     pub fn send(&self, id: u64, session: u64, msg: &str) -> Result<(), ApiError> {
-        let mut rooms = self.lock();
-        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
-        let now = now_rfc3339();
-        let member = room
-            .socket_mut(session)?
-            .member
-            .as_mut()
-            .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
-        member.last_activity = now.clone();
-        let (name, color) = (member.username.clone(), member.color.clone());
-        let event = room.broadcast(EventType::Send, &name, &color, msg, &now);
-        room.remember(event, self.history_len, &self.store);
-        Ok(())
+        self.with_room(id, |room, wakeups| {
+            let now = now_rfc3339();
+            let member = room
+                .socket_mut(session)?
+                .member
+                .as_mut()
+                .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
+            member.last_activity = now.clone();
+            let (name, color) = (member.username.clone(), member.color.clone());
+            let event = room.broadcast(EventType::Send, &name, &color, msg, &now, wakeups);
+            room.remember(event, self.history_len, &self.store);
+            Ok(())
+        })
     }
 
     /// Takes socket `session`'s name away in room `id` and broadcasts its leave (201 if it
     /// had none: never joined, already left, or dropped as a slow reader).
     pub fn leave(&self, id: u64, session: u64) -> Result<(), ApiError> {
-        let mut rooms = self.lock();
-        let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
-        let member = room
-            .socket_mut(session)?
-            .member
-            .take()
-            .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
-        room.broadcast_leave(&member, &now_rfc3339());
-        Ok(())
+        self.with_room(id, |room, wakeups| {
+            let member = room
+                .socket_mut(session)?
+                .member
+                .take()
+                .ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))?;
+            room.broadcast_leave(&member, &now_rfc3339(), wakeups);
+            Ok(())
+        })
     }
 
     /// The bcrypt hash a room with `visibility` should hold: `None` for public rooms (which
@@ -696,7 +724,7 @@ impl Room {
         socket.ok_or_else(|| ApiError::new(ErrorKind::UserNotFound))
     }
 
-    fn broadcast_leave(&mut self, member: &Member, time: &str) {
+    fn broadcast_leave(&mut self, member: &Member, time: &str, wakeups: &mut Wakeups) {
         let msg = leave_message(&member.username);
         self.broadcast(
             EventType::Leave,
@@ -704,12 +732,14 @@ impl Room {
             &member.color,
             &msg,
             time,
+            wakeups,
         );
     }
 
     /// Serialises the event once and hands it to every member, in socket order. A member
     /// whose queue is full is detached, told why, and its leave is broadcast in turn (after
-    /// this event, so every member still sees one order). Returns the event's text.
+    /// this event, so every member still sees one order). Members to wake are added to
+    /// `wakeups`. Returns the event's text.
     fn broadcast(
         &mut self,
         event_type: EventType,
@@ -717,6 +747,7 @@ impl Room {
         color: &str,
         msg: &str,
         time: &str,
+        wakeups: &mut Wakeups,
     ) -> Arc<str> {
         let first: Arc<str> = ServerEvent {
             event_type,
@@ -732,7 +763,12 @@ impl Room {
         while let Some(text) = pending.pop_front() {
             let mut index = 0;
             while let Some(socket) = self.sockets.get(index) {
-                if socket.member.is_none() || socket.subscriber.deliver(&text) {
+                if socket.member.is_none() {
+                    index += 1;
+                    continue;
+                }
+                if socket.subscriber.deliver(&text) {
+                    wakeups.add(&socket.subscriber);
                     index += 1;
                     continue;
                 }
@@ -758,6 +794,22 @@ impl Room {
             }
         }
         first
+    }
+}
+
+/// Members that were handed events under the lock and are to be woken after it.
+#[derive(Default)]
+struct Wakeups(Vec<Arc<dyn Subscriber>>);
+
+impl Wakeups {
+    fn add(&mut self, subscriber: &Arc<dyn Subscriber>) {
+        self.0.push(Arc::clone(subscriber));
+    }
+
+    fn wake_all(self) {
+        for subscriber in self.0 {
+            subscriber.wake();
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //!
 //! The doorbell is rung only when the session thread has *armed* it (said it is about to
 //! sleep with an empty queue), so a busy socket costs one system call per wake-up, not one
-//! per event.
+//! per event; and the room rings it after releasing its lock ([`Subscriber::wake`]).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -110,9 +110,19 @@ impl Outbox {
         self.0.doorbell.as_fd()
     }
 
+    /// Queues `item` and wakes the session thread if it sleeps.
     fn enqueue(&self, item: Outgoing) {
+        self.push(item);
+        self.wake_if_armed();
+    }
+
+    /// Queues `item` without waking anyone: no system call.
+    fn push(&self, item: Outgoing) {
         // The receiving end lives in `self`, so the queue cannot be disconnected.
         let _ = self.0.queue.send(item);
+    }
+
+    fn wake_if_armed(&self) {
         if self.0.armed.swap(false, SeqCst) {
             self.ring();
         }
@@ -132,8 +142,12 @@ impl Subscriber for Outbox {
         if self.0.pending.len() >= self.0.capacity {
             return false;
         }
-        self.enqueue(Outgoing::Event(Arc::clone(text)));
+        self.push(Outgoing::Event(Arc::clone(text)));
         true
+    }
+
+    fn wake(&self) {
+        self.wake_if_armed();
     }
 
     fn close(&self, reason: CloseReason) {
