@@ -47,9 +47,10 @@ const READ_BUFFER_BYTES: usize = 1024;
 /// so a client that does not read leaves its events in the bounded queue, where the room
 /// sees them pile up.
 const MAX_UNSENT_BYTES: usize = 64 * 1024;
-/// An unsent buffer that grew past this is freed once it is empty again, so a burst does
-/// not leave every idle socket holding a large buffer.
-const KEEP_UNSENT_BYTES: usize = 4096;
+/// An unsent buffer that grew past this is freed once it is empty again, so a burst (a
+/// room of 1,000 joining fills each socket's buffer with 1,000 join events) does not leave
+/// every idle socket holding a large buffer. One chat event fits.
+const KEEP_UNSENT_BYTES: usize = 512;
 
 /// The stream a session's `WebSocket` runs on: reads come from the socket; writes (the
 /// handshake response, pong replies, and everything the session sends) are appended to
@@ -380,6 +381,14 @@ impl Session {
                 Err(e) => return Err(ending_for(e)),
             };
             heard = true;
+            // A socket that talks a lot keeps its own output moving too: its sends can keep
+            // this thread busy (waking the room) while its own queue fills.
+            if let Some(code) = self.move_queued_events() {
+                return Err(Ending::ServerClosed(code));
+            }
+            if self.ws.get_mut().send_some().is_err() {
+                return Err(Ending::Gone);
+            }
             match message {
                 // Once a close is queued, the client's last words are ignored.
                 _ if self.outbox.is_closing() && !message.is_close() => {}
