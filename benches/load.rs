@@ -21,9 +21,11 @@
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
 //! rest,fanout,idle,churn,tokens,footprint`, `--seconds N` (length of each timed run,
 //! default 10), `--rest-client auto|wrk|own`, `--send-queue-len N` (put in the server's
-//! config; default: the server's own), `--fanout 500x200,500x1000` (only these fan-out
-//! shapes), `--prelude CMD` (a command that ran before this one, listed in the report;
-//! repeatable). `--bench`, which `cargo bench` adds, is ignored.
+//! config; default: the server's own), `--fanout 500x200,300x100` (these fan-out shapes,
+//! subscribers x messages/s, instead of the four), `--idle-room-size N` (sockets
+//! per room in the idle scenario, default 500), `--prelude CMD` (a command that ran before
+//! this one, listed in the report; repeatable). `--bench`, which `cargo bench` adds, is
+//! ignored.
 
 // The modules live in benches/load/ so that cargo sees one bench target, `load`.
 #[path = "load/churn.rs"]
@@ -82,6 +84,7 @@ struct Args {
     send_queue_len: Option<usize>,
     preludes: Vec<String>,
     fanout: Option<Vec<String>>,
+    idle_room_size: usize,
 }
 
 fn parse_args() -> Res<Args> {
@@ -95,6 +98,7 @@ fn parse_args() -> Res<Args> {
         send_queue_len: None,
         preludes: Vec::new(),
         fanout: None,
+        idle_room_size: idle::ROOM_SIZE,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -125,6 +129,7 @@ fn parse_args() -> Res<Args> {
             }
             "--send-queue-len" => args.send_queue_len = Some(value()?.parse()?),
             "--prelude" => args.preludes.push(value()?),
+            "--idle-room-size" => args.idle_room_size = value()?.parse()?,
             "--fanout" => {
                 args.fanout = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
             }
@@ -182,24 +187,26 @@ fn main() -> ExitCode {
     };
     let seconds = args.seconds;
     run("rest", &mut || {
-        let (table, wrk_command) = rest::run(&options, seconds, args.rest_client);
+        let (tables, wrk_command) = rest::run(&options, seconds, args.rest_client);
         commands.extend(wrk_command);
-        vec![table]
+        tables
     });
     run("fanout", &mut || {
-        let wanted = |shape: &&fanout::Shape| {
-            let name = format!("{}x{}", shape.subscribers, shape.rate);
-            args.fanout
-                .as_ref()
-                .is_none_or(|names| names.contains(&name))
+        let shapes = match &args.fanout {
+            None => fanout::SHAPES.to_vec(),
+            Some(names) => names
+                .iter()
+                .filter_map(|name| fanout::Shape::parse(name))
+                .collect(),
         };
-        fanout::SHAPES
+        shapes
             .iter()
-            .filter(wanted)
             .map(|shape| fanout::run(&options, shape, seconds))
             .collect()
     });
-    run("idle", &mut || vec![idle::run(&options, &idle::STEPS)]);
+    run("idle", &mut || {
+        vec![idle::run(&options, &idle::STEPS, args.idle_room_size)]
+    });
     run("churn", &mut || {
         vec![churn::run(&options, churn::THREADS, seconds)]
     });

@@ -26,6 +26,7 @@ use crate::ws::{self, wait_until, Crowd, Socket, Tally};
 use crate::Res;
 
 /// One fan-out configuration.
+#[derive(Clone, Debug)]
 pub struct Shape {
     /// Sockets joined to the room.
     pub subscribers: usize,
@@ -58,6 +59,24 @@ pub const SHAPES: [Shape; 4] = [
         p99_target_us: None,
     },
 ];
+
+impl Shape {
+    /// `500x200`: 500 subscribers, 200 messages/s; the target is the when the shape
+    /// is one of [`SHAPES`].
+    pub fn parse(name: &str) -> Option<Shape> {
+        let (subscribers, rate) = name.split_once('x')?;
+        let (subscribers, rate) = (subscribers.parse().ok()?, rate.parse().ok()?);
+        let known = SHAPES
+            .iter()
+            .find(|s| s.subscribers == subscribers && s.rate == rate);
+        let p99_target_us = known.and_then(|s| s.p99_target_us);
+        (subscribers > 0 && rate > 0).then_some(Shape {
+            subscribers,
+            rate,
+            p99_target_us,
+        })
+    }
+}
 
 /// Subscribers that also send.
 pub const SENDERS: usize = 4;

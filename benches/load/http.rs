@@ -188,6 +188,8 @@ pub struct WrkResult {
     pub p99_us: u64,
     /// Max column of the `Latency` line, µs.
     pub max_us: u64,
+    /// Avg column of the `Latency` line, µs.
+    pub mean_us: u64,
     /// Socket errors (connect, read, write, timeout) plus non-2xx/3xx responses.
     pub errors: u64,
 }
@@ -223,7 +225,10 @@ fn parse_wrk(text: &str) -> Res<WrkResult> {
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["Latency", _avg, _stdev, max, ..] => result.max_us = wrk_duration_us(max)?,
+            ["Latency", avg, _stdev, max, ..] => {
+                result.mean_us = wrk_duration_us(avg)?;
+                result.max_us = wrk_duration_us(max)?;
+            }
             ["50%", value] => result.p50_us = wrk_duration_us(value)?,
             ["99%", value] => result.p99_us = wrk_duration_us(value)?,
             ["Requests/sec:", value] => result.requests_per_second = value.parse()?,

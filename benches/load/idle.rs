@@ -20,7 +20,7 @@ use crate::Res;
 
 /// Sockets held at each step.
 pub const STEPS: [usize; 2] = [1_000, 5_000];
-/// Sockets per room.
+/// Sockets per room, unless `--idle-room-size` says otherwise.
 pub const ROOM_SIZE: usize = 500;
 /// Target server RSS per idle joined socket, KiB.
 const TARGET_KIB_PER_SOCKET: f64 = 16.0;
@@ -36,24 +36,29 @@ const IDLE_WINDOW: Duration = Duration::from_secs(1);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Runs the scenario.
-pub fn run(options: &ServerOptions, steps: &[usize]) -> Table {
+pub fn run(options: &ServerOptions, steps: &[usize], room_size: usize) -> Table {
     let mut table = Table::new(
         "3. Idle joined sockets",
         format!(
-            "Sockets connect and join rooms of {ROOM_SIZE}, then stay silent (each still read by a client thread). \
+            "Sockets connect and join rooms of {room_size}, then stay silent (each still read by a client thread). \
              Memory and threads are read once the server's thread count has been steady for {} s (at most {} s after the last join event arrived). \
              Per socket = growth over the fresh server / sockets.",
             STEADY.as_secs(),
             SETTLE_LIMIT.as_secs()
         ),
     );
-    if let Err(e) = measure(options, steps, &mut table) {
+    if let Err(e) = measure(options, steps, room_size.max(1), &mut table) {
         table.failed(e);
     }
     table
 }
 
-fn measure(options: &ServerOptions, steps: &[usize], table: &mut Table) -> Res<()> {
+fn measure(
+    options: &ServerOptions,
+    steps: &[usize],
+    room_size: usize,
+    table: &mut Table,
+) -> Res<()> {
     let mut server = Server::start(options, "idle")?;
     thread::sleep(Duration::from_millis(500));
     let fresh = server.sample()?;
@@ -71,7 +76,7 @@ fn measure(options: &ServerOptions, steps: &[usize], table: &mut Table) -> Res<(
         for &step in steps {
             let joining = Instant::now();
             while crowd.len() < step {
-                if crowd.len().is_multiple_of(ROOM_SIZE) {
+                if crowd.len().is_multiple_of(room_size) {
                     let title = format!("Idle {}", room_sizes.len() + 1);
                     room = crate::create_room(server.http, &title, "public", None)?;
                     room_ids.push(room);

@@ -109,6 +109,13 @@ impl Table {
         });
     }
 
+    /// Keeps the targets for reference but drops the verdicts (a cross-check run).
+    pub fn without_verdicts(&mut self) {
+        for row in &mut self.rows {
+            row.verdict = Verdict::Info;
+        }
+    }
+
     /// Whether any row missed its target.
     pub fn missed(&self) -> bool {
         self.rows.iter().any(|r| r.verdict == Verdict::Miss)

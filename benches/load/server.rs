@@ -52,6 +52,7 @@ pub struct Server {
     pub ready_after: Duration,
     stdout_log: Option<JoinHandle<()>>,
     logs: [PathBuf; 2],
+    db_path: PathBuf,
 }
 
 /// One reading of a process's `/proc` figures.
@@ -86,15 +87,11 @@ impl Server {
         std::fs::create_dir_all(&options.work_dir)?;
         let work_dir = options.work_dir.canonicalize()?;
         let config_path = work_dir.join(format!("{name}.json"));
-        // A database of its own, new each time: every scenario starts from the one room a
-        // new server has, and never touches a chitchat.db someone keeps in the repository.
-        let db_path = work_dir.join(format!("{name}.db"));
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", db_path.display()));
-            if file.exists() {
-                std::fs::remove_file(&file)?;
-            }
-        }
+        // A database of its own, new each time and removed at the end: every scenario
+        // starts from the one room a new server has, never touches a chitchat.db someone
+        // keeps in the repository, and never meets a server left over from another run.
+        let db_path = work_dir.join(format!("{name}.{}.db", std::process::id()));
+        remove_database(&db_path);
         let mut config = serde_json::json!({
             "address": "127.0.0.1:0",
             "ws_address": "127.0.0.1:0",
@@ -171,6 +168,7 @@ impl Server {
             ready_after,
             stdout_log: Some(stdout_log),
             logs,
+            db_path,
         })
     }
 
@@ -216,6 +214,7 @@ impl Server {
         if let Some(handle) = self.stdout_log.take() {
             let _ = handle.join();
         }
+        remove_database(&self.db_path);
         clean
     }
 }
@@ -238,6 +237,14 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        remove_database(&self.db_path);
+    }
+}
+
+/// Removes a server's database and the files SQLite and ChitChat keep beside it.
+fn remove_database(db_path: &Path) {
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
     }
 }
 
