@@ -30,6 +30,7 @@
 //! wire types differ: [`Room`] holds the bcrypt hash and has no `Serialize`; [`RoomView`]
 //! is what clients see, so the hash cannot leak by construction.
 
+use crossbeam_channel::Sender;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,6 +42,8 @@ use crate::event::{join_message, leave_message, EventType, ServerEvent};
 use crate::hasher::Hasher;
 use crate::store::{RoomRecord, Saved, Store, StoreError};
 
+/// The waker thread's stack: it only rings doorbells.
+const WAKER_STACK_BYTES: usize = 64 * 1024;
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
 const TITLE_CHARS: std::ops::RangeInclusive<usize> = 2..=70;
 /// The longest description, in characters.
@@ -229,6 +232,11 @@ pub struct RoomInput {
 /// The room map. See the module docs for the locking rules.
 pub struct RoomMap {
     inner: Mutex<Rooms>,
+    /// Where broadcasts hand the members to wake: the waker thread rings their doorbells,
+    /// so the thread that spoke returns to its own socket at once instead of waking a
+    /// whole room first (its own queue would fill meanwhile, and it would be closed as a
+    /// slow reader while it was busy serving everyone else).
+    waker: Sender<Wakeups>,
     /// Hashes and checks room passwords, on threads of its own (see `hasher`).
     hasher: Hasher,
     /// How many `send` events each room keeps for sockets that join later.
@@ -298,8 +306,15 @@ impl RoomMap {
                 )?;
             }
         }
+        let (waker, to_wake) = crossbeam_channel::unbounded::<Wakeups>();
+        std::thread::Builder::new()
+            .name("room-waker".into())
+            .stack_size(WAKER_STACK_BYTES)
+            .spawn(move || to_wake.iter().for_each(Wakeups::wake_all))
+            .map_err(|e| store.error(format!("cannot start the waker thread: {e}")))?;
         Ok(RoomMap {
             inner: Mutex::new(rooms),
+            waker,
             hasher,
             history_len,
             store,
@@ -320,8 +335,8 @@ impl RoomMap {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `work` on room `id` (101 if there is none) under the lock, then wakes the
-    /// members it queued events for, after the lock is released.
+    /// Runs `work` on room `id` (101 if there is none) under the lock, then has the members
+    /// it queued events for woken, after the lock is released.
     fn with_room<T>(
         &self,
         id: u64,
@@ -333,7 +348,10 @@ impl RoomMap {
             let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
             work(room, &mut wakeups)
         };
-        wakeups.wake_all();
+        if !wakeups.0.is_empty() {
+            // The waker thread lives as long as the map: the send cannot fail.
+            let _ = self.waker.send(wakeups);
+        }
         result
     }
 
