@@ -44,6 +44,9 @@ use crate::store::{RoomRecord, Saved, Store, StoreError};
 
 /// The waker thread's stack: it only rings doorbells.
 const WAKER_STACK_BYTES: usize = 64 * 1024;
+/// Broadcasts the waker may be behind by before the broadcasting thread wakes its room
+/// itself.
+const WAKER_BACKLOG: usize = 64;
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
 const TITLE_CHARS: std::ops::RangeInclusive<usize> = 2..=70;
 /// The longest description, in characters.
@@ -348,9 +351,13 @@ impl RoomMap {
             let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
             work(room, &mut wakeups)
         };
-        if !wakeups.0.is_empty() {
+        if self.waker.len() < WAKER_BACKLOG {
             // The waker thread lives as long as the map: the send cannot fail.
             let _ = self.waker.send(wakeups);
+        } else {
+            // The waker is behind (a room of thousands joining at once): this thread
+            // helps, which also paces whoever is flooding the room.
+            wakeups.wake_all();
         }
         result
     }

@@ -134,12 +134,15 @@ impl Outbox {
 }
 
 impl Subscriber for Outbox {
-    /// Never blocks: a full queue is reported, not waited on.
+    /// Never blocks: a full queue is reported, not waited on. A full queue counts against
+    /// the client only while its thread is awake: a thread still asleep (armed) has not
+    /// been woken yet, because the room's waker is behind, which is not the client's fault.
+    /// A client that stops reading keeps its thread awake with unsent bytes, never armed.
     fn deliver(&self, text: &Arc<str>) -> bool {
         if self.is_closing() {
             return true;
         }
-        if self.0.pending.len() >= self.0.capacity {
+        if self.0.pending.len() >= self.0.capacity && !self.0.armed.load(SeqCst) {
             return false;
         }
         self.push(Outgoing::Event(Arc::clone(text)));
