@@ -44,9 +44,7 @@ use crate::store::{RoomRecord, Saved, Store, StoreError};
 
 /// The waker thread's stack: it only rings doorbells.
 const WAKER_STACK_BYTES: usize = 64 * 1024;
-/// Broadcasts the waker may be behind by before the broadcasting thread wakes its room
-/// itself.
-const WAKER_BACKLOG: usize = 64;
+
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
 const TITLE_CHARS: std::ops::RangeInclusive<usize> = 2..=70;
 /// The longest description, in characters.
@@ -339,10 +337,11 @@ impl RoomMap {
     }
 
     /// Runs `work` on room `id` (101 if there is none) under the lock, then has the members
-    /// it queued events for woken, after the lock is released.
+    /// it queued events for woken, after the lock is released, as `wake` says.
     fn with_room<T>(
         &self,
         id: u64,
+        wake: Wake,
         work: impl FnOnce(&mut Room, &mut Wakeups) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut wakeups = Wakeups::default();
@@ -351,13 +350,12 @@ impl RoomMap {
             let room = rooms.by_id.get_mut(&id).ok_or_else(not_found)?;
             work(room, &mut wakeups)
         };
-        if self.waker.len() < WAKER_BACKLOG {
+        match wake {
+            Wake::Now => wakeups.wake_all(),
             // The waker thread lives as long as the map: the send cannot fail.
-            let _ = self.waker.send(wakeups);
-        } else {
-            // The waker is behind (a room of thousands joining at once): this thread
-            // helps, which also paces whoever is flooding the room.
-            wakeups.wake_all();
+            Wake::Later => {
+                let _ = self.waker.send(wakeups);
+            }
         }
         result
     }
@@ -527,7 +525,7 @@ impl RoomMap {
     /// Disconnects socket `session`, broadcasting its leave if it had joined.
     pub fn detach(&self, id: u64, session: u64) {
         // A room already deleted has nobody left to tell.
-        let _ = self.with_room(id, |room, wakeups| {
+        let _ = self.with_room(id, Wake::Now, |room, wakeups| {
             if let Some(index) = room.sockets.iter().position(|s| s.session == session) {
                 let socket = room.sockets.remove(index);
                 if let Some(member) = socket.member {
@@ -541,7 +539,7 @@ impl RoomMap {
     /// Gives socket `session` the name `name` in room `id` and broadcasts its join. Names
     /// are unique in a room case-insensitively, and a socket holds one at a time (else 202).
     pub fn join(&self, id: u64, session: u64, name: &str, color: &str) -> Result<(), ApiError> {
-        self.with_room(id, |room, wakeups| {
+        self.with_room(id, Wake::Now, |room, wakeups| {
             let lower = name.to_lowercase();
             let taken = room
                 .members()
@@ -579,7 +577,7 @@ impl RoomMap {
 
     /// Broadcasts `msg` from `session` under the name it joined with (201 if it has none).
     pub fn send(&self, id: u64, session: u64, msg: &str) -> Result<(), ApiError> {
-        self.with_room(id, |room, wakeups| {
+        self.with_room(id, Wake::Later, |room, wakeups| {
             let now = now_rfc3339();
             let member = room
                 .socket_mut(session)?
@@ -597,7 +595,7 @@ impl RoomMap {
     /// Takes socket `session`'s name away in room `id` and broadcasts its leave (201 if it
     /// had none: never joined, already left, or dropped as a slow reader).
     pub fn leave(&self, id: u64, session: u64) -> Result<(), ApiError> {
-        self.with_room(id, |room, wakeups| {
+        self.with_room(id, Wake::Now, |room, wakeups| {
             let member = room
                 .socket_mut(session)?
                 .member
@@ -820,6 +818,19 @@ impl Room {
         }
         first
     }
+}
+
+/// Who wakes the members a broadcast queued events for.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// The broadcasting thread, at once. For joins and leaves: they come in storms (a class
+    /// of 2,000 joining, each join delivered to everyone there), and waking the room
+    /// paces the storm, where the waker thread would fall behind and leave sockets
+    /// asleep while their queues fill.
+    Now,
+    /// The waker thread. For chat messages: the thread whose socket spoke returns to its
+    /// own socket at once instead of waking the whole room first.
+    Later,
 }
 
 /// Members that were handed events under the lock and are to be woken after it.
