@@ -20,7 +20,7 @@
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
 //! rest,fanout,idle,churn,tokens,footprint`, `--seconds N` (length of each timed run,
-//! default 10), `--rest-client auto|wrk|own`, `--send-queue-len N` (put in the server's
+//! default 10), `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database), `--send-queue-len N` (put in the server's
 //! config; default: the server's own), `--fanout 500x200,300x100` (these fan-out shapes,
 //! subscribers x messages/s, instead of the four), `--idle-room-size N` (sockets
 //! per room in the idle scenario, default 500), `--prelude CMD` (a command that ran before
@@ -82,6 +82,7 @@ struct Args {
     seconds: f64,
     rest_client: RestClient,
     send_queue_len: Option<usize>,
+    no_db: bool,
     preludes: Vec<String>,
     fanout: Option<Vec<String>>,
     idle_room_size: usize,
@@ -96,6 +97,7 @@ fn parse_args() -> Res<Args> {
         seconds: 10.0,
         rest_client: RestClient::Auto,
         send_queue_len: None,
+        no_db: false,
         preludes: Vec::new(),
         fanout: None,
         idle_room_size: idle::ROOM_SIZE,
@@ -128,6 +130,7 @@ fn parse_args() -> Res<Args> {
                 }
             }
             "--send-queue-len" => args.send_queue_len = Some(value()?.parse()?),
+            "--no-db" => args.no_db = true,
             "--prelude" => args.preludes.push(value()?),
             "--idle-room-size" => args.idle_room_size = value()?.parse()?,
             "--fanout" => {
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
     let options = ServerOptions {
         binary: args.server.clone(),
         send_queue_len: args.send_queue_len,
+        no_db: args.no_db,
         work_dir: PathBuf::from("target/bench"),
     };
     let started = Instant::now();

@@ -33,6 +33,8 @@ pub struct ServerOptions {
     pub binary: PathBuf,
     /// `send_queue_len` to put in the config; `None` keeps the server's own default.
     pub send_queue_len: Option<usize>,
+    /// Run without a database (`db_path: null`), to compare with persistence on.
+    pub no_db: bool,
     /// Where configs and logs are written (`target/bench`).
     pub work_dir: PathBuf,
 }
@@ -103,6 +105,9 @@ impl Server {
         });
         if let Some(len) = options.send_queue_len {
             config["send_queue_len"] = len.into();
+        }
+        if options.no_db {
+            config["db_path"] = serde_json::Value::Null;
         }
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let logs = [
