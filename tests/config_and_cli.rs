@@ -11,49 +11,16 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use common::{http_request, Client, Response, TestServer, TIMEOUT};
+use common::{http_request, Client, Response, Scratch, TestServer, TIMEOUT};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// A scratch directory for one test, removed when dropped.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    /// A fresh, empty directory named after the test.
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("chitchat-cli-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        Scratch { dir }
-    }
-
-    /// Writes `contents` to `name` inside the directory and returns its path.
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, contents).expect("write a scratch file");
-        path
-    }
-
-    /// Writes a JSON configuration file and returns its path as a string.
-    fn config(&self, name: &str, config: &Value) -> String {
-        self.write(name, &config.to_string()).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A configuration that starts on free ports, logs to the console only, with a fixed secret.
 fn quiet_config() -> Value {

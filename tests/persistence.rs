@@ -13,14 +13,14 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    error_body, http_request, is_rfc3339, room_without_times, ws_request_to, Client, TestServer,
-    TIMEOUT,
+    error_body, http_request, is_rfc3339, room_without_times, ws_request_to, Client, Scratch,
+    TestServer, TIMEOUT,
 };
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
@@ -28,29 +28,10 @@ use tungstenite::client::IntoClientRequest;
 const SECRET: &str = "persistence-test-secret";
 
 /// A scratch directory holding one test's database, removed when dropped.
-struct DataDir {
-    dir: PathBuf,
-}
+type DataDir = Scratch;
 
-impl DataDir {
-    fn new(test: &str) -> DataDir {
-        let dir = std::env::temp_dir().join(format!("chitchat-db-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        DataDir { dir }
-    }
-
-    /// The database file (the binary finds it as `chitchat.db` in its working directory).
-    fn db(&self) -> PathBuf {
-        self.dir.join("chitchat.db")
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// The database file's name (the binary finds it as `chitchat.db` in its working directory).
+const DB: &str = "chitchat.db";
 
 /// An in-process server on `db`, with the same secret every time, as a restart would have.
 fn start_on(db: &Path) -> TestServer {
@@ -109,7 +90,7 @@ fn assert_replay_then_join(bob: &mut Client, history: &[Value], room_id: u64) {
 #[test]
 fn restart_keeps_rooms_with_their_ids_and_times() {
     let data = DataDir::new("keeps-rooms");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     server.create_room("Alpha room", "public", None);
     server.create_room("Secret room", "private", Some("password1"));
     server.create_room("Hidden room", "hidden", Some("password2"));
@@ -117,7 +98,7 @@ fn restart_keeps_rooms_with_their_ids_and_times() {
     let hidden = server.get("/chats/Hidden%20room").json();
     server.stop();
 
-    let server = start_on(&data.db());
+    let server = start_on(&data.path(DB));
     let after = server.get("/chats");
     assert_eq!(after.status, 200);
     assert_eq!(after.json(), listed);
@@ -149,13 +130,13 @@ fn restart_keeps_rooms_with_their_ids_and_times() {
 #[test]
 fn ids_continue_after_a_restart_and_are_never_reused() {
     let data = DataDir::new("ids");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     server.create_room("Room two", "public", None);
     server.create_room("Room three", "public", None);
     assert_eq!(server.delete("/chats/3").status, 200);
     server.stop();
 
-    let server = start_on(&data.db());
+    let server = start_on(&data.path(DB));
     let room = server.create_room("Room four", "public", None);
     assert_eq!(
         room_without_times(&room),
@@ -168,13 +149,13 @@ fn ids_continue_after_a_restart_and_are_never_reused() {
 #[test]
 fn a_room_deleted_before_a_restart_stays_deleted() {
     let data = DataDir::new("deleted");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     server.create_room("Doomed room", "public", None);
     assert_eq!(server.delete("/chats/2").json(), json!({"status": true}));
     assert_eq!(server.delete("/chats/1").json(), json!({"status": true}));
     server.stop();
 
-    let server = start_on(&data.db());
+    let server = start_on(&data.path(DB));
     assert_eq!(server.get("/chats").json(), json!([]));
     for path in [
         "/chats/1",
@@ -193,12 +174,12 @@ fn a_room_deleted_before_a_restart_stays_deleted() {
 #[test]
 fn tokens_issued_before_a_restart_stay_valid() {
     let data = DataDir::new("tokens");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     server.create_room("Secret room", "private", Some("password1"));
     let token = server.token("2", "ann", "password1");
     server.stop();
 
-    let server = start_on(&data.db());
+    let server = start_on(&data.path(DB));
     let response = server.send("GET", "/chats/2", Some(&token), None);
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
@@ -221,13 +202,13 @@ fn tokens_issued_before_a_restart_stay_valid() {
 #[test]
 fn restart_keeps_history_and_replays_it_to_a_socket_that_joins() {
     let data = DataDir::new("history");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     let mut ann = server.ws("/chats/1/ws");
     ann.join("ann");
     let said = say_all(&mut ann, &["one", "two", "three"]);
     server.stop();
 
-    let server = start_on(&data.db());
+    let server = start_on(&data.path(DB));
     let mut bob = server.ws("/chats/1/ws");
     assert_replay_then_join(&mut bob, &said, 1);
 }
@@ -236,7 +217,7 @@ fn restart_keeps_history_and_replays_it_to_a_socket_that_joins() {
 #[test]
 fn deleting_a_room_deletes_its_saved_history() {
     let data = DataDir::new("delete-history");
-    let mut server = start_on(&data.db());
+    let mut server = start_on(&data.path(DB));
     server.create_room("Short lived", "public", None);
     let mut ann = server.ws("/chats/2/ws");
     ann.join("ann");
@@ -244,7 +225,7 @@ fn deleting_a_room_deletes_its_saved_history() {
     assert_eq!(server.delete("/chats/2").status, 200);
     server.stop();
 
-    let db = rusqlite::Connection::open(data.db()).unwrap();
+    let db = rusqlite::Connection::open(data.path(DB)).unwrap();
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |row| row.get(0)).unwrap() };
     assert_eq!(count("SELECT count(*) FROM messages"), 0);
     assert_eq!(count("SELECT count(*) FROM rooms WHERE id = 2"), 0);
@@ -512,16 +493,16 @@ fn assert_start_fails(data: &DataDir, problem: &str) {
 fn a_corrupt_database_file_exits_2_naming_the_file() {
     let data = DataDir::new("corrupt");
     let garbage = "this is not an SQLite database\n".repeat(500);
-    std::fs::write(data.db(), &garbage).unwrap();
+    std::fs::write(data.path(DB), &garbage).unwrap();
     assert_start_fails(&data, "cannot read: file is not a database");
-    assert_eq!(std::fs::read_to_string(data.db()).unwrap(), garbage);
+    assert_eq!(std::fs::read_to_string(data.path(DB)).unwrap(), garbage);
 }
 
 /// A database another process holds locked stops start-up with exit code 2.
 #[test]
 fn a_locked_database_exits_2() {
     let data = DataDir::new("locked");
-    let holder = rusqlite::Connection::open(data.db()).unwrap();
+    let holder = rusqlite::Connection::open(data.path(DB)).unwrap();
     holder
         .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x); BEGIN EXCLUSIVE;")
         .unwrap();
@@ -543,7 +524,7 @@ fn a_second_server_on_the_same_database_exits_2() {
 #[test]
 fn a_database_from_a_newer_chitchat_exits_2() {
     let data = DataDir::new("newer");
-    let db = rusqlite::Connection::open(data.db()).unwrap();
+    let db = rusqlite::Connection::open(data.path(DB)).unwrap();
     db.pragma_update(None, "user_version", 99).unwrap();
     drop(db);
     assert_start_fails(
@@ -564,7 +545,7 @@ fn the_binary_keeps_rooms_and_history_across_sigterm_and_restart() {
     ann.join("ann");
     let said = say_all(&mut ann, &["kept", "also kept"]);
     assert_eq!(server.terminate().code(), Some(0));
-    assert!(data.db().exists());
+    assert!(data.path(DB).exists());
 
     let server = Binary::start(&data);
     let room = http_request(server.http, "GET", "/chats/2", &[], None);

@@ -478,3 +478,41 @@ pub fn http_request(
     }
     read_response(stream)
 }
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch {
+    pub dir: std::path::PathBuf,
+}
+
+impl Scratch {
+    /// A fresh, empty directory named after the test.
+    pub fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("chitchat-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch { dir }
+    }
+
+    /// The path of `name` inside the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write a scratch file");
+        path
+    }
+
+    /// Writes a JSON configuration file and returns its path as a string.
+    pub fn config(&self, name: &str, config: &Value) -> String {
+        self.write(name, &config.to_string()).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
