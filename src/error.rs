@@ -165,12 +165,6 @@ struct ErrorDetail {
     field: Option<&'static str>,
 }
 
-impl From<ErrorKind> for ApiError {
-    fn from(kind: ErrorKind) -> Self {
-        ApiError::new(kind)
-    }
-}
-
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (code, message, _) = self.kind.describe();

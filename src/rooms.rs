@@ -256,13 +256,6 @@ struct Rooms {
 }
 
 impl RoomMap {
-    /// A map with only the default room, no history, and nothing saved: for unit tests.
-    pub fn new(bcrypt_cost: u32) -> RoomMap {
-        let hasher = Hasher::start(bcrypt_cost).expect("the hashing threads start");
-        RoomMap::restore(Store::in_memory(), Saved::default(), hasher, 0)
-            .expect("a store without a file never fails")
-    }
-
     /// The map as `saved` left it, saving through `store` from now on. A new database (no
     /// rooms, no id counter yet) starts with the default room, id 1, "Public Chat", public,
     /// saved at once; after that, deleting it is as lasting as deleting any room.
@@ -891,6 +884,12 @@ fn validate_visibility(visibility: Option<&str>) -> Result<Visibility, ApiError>
 mod tests {
     use super::*;
 
+    /// A map with only the default room, no history, and nothing saved.
+    fn in_memory_map() -> RoomMap {
+        let hasher = Hasher::start(4).unwrap();
+        RoomMap::restore(Store::in_memory(), Saved::default(), hasher, 0).unwrap()
+    }
+
     fn input(title: &str, visibility: &str, password: Option<&str>) -> RoomInput {
         RoomInput {
             title: Some(title.into()),
@@ -910,7 +909,7 @@ mod tests {
 
     #[test]
     fn ids_only_grow() {
-        let rooms = RoomMap::new(4);
+        let rooms = in_memory_map();
         let a = rooms.create(input("first", "public", None)).unwrap();
         rooms.delete(a.id).unwrap();
         let b = rooms.create(input("first", "public", None)).unwrap();
@@ -966,7 +965,7 @@ mod tests {
 
     #[test]
     fn passwords_follow_visibility() {
-        let rooms = RoomMap::new(4);
+        let rooms = in_memory_map();
         assert_eq!(
             rooms
                 .create(input("pub", "public", Some("password1")))
