@@ -2,25 +2,17 @@
 //! exit code 2 on a bad configuration, the environment overrides, the generated-secret
 //! warning, what the log may never contain, and a clean exit 0 on SIGTERM and SIGINT.
 //!
-//! These tests run the real binary (`CARGO_BIN_EXE_chitchat`) in a scratch directory of
-//! their own, with `PORT`, `WS_PORT` and `SECRET_KEY` cleared unless a test sets them. Every
-//! child is killed when its guard drops, whatever path the test takes; every wait has a
-//! deadline, so a server that never becomes ready or never exits fails instead of hanging.
+//! These tests run the real binary through [`Binary`] in a scratch directory of their own,
+//! with `PORT`, `WS_PORT` and `SECRET_KEY` cleared unless a test sets them. Every child is
+//! killed when its guard drops, whatever path the test takes; every wait has a deadline, so
+//! a server that never becomes ready or never exits fails instead of hanging.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener};
 
-use common::{http_request, Client, Response, Scratch, TestServer, TIMEOUT};
+use common::{http_request, ws_connect, Binary, Exit, Response, Scratch, TestServer};
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
-
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A configuration that starts on free ports, logs to the console only, with a fixed secret.
 fn quiet_config() -> Value {
@@ -30,176 +22,6 @@ fn quiet_config() -> Value {
         "log_file": null,
         "secret_key": "cli-test-secret",
     })
-}
-
-/// One line of the child's output and the stream it came from.
-#[derive(Debug, Clone)]
-struct Line {
-    stdout: bool,
-    text: String,
-}
-
-/// A running `chitchat` process, killed (and reaped) when dropped.
-struct Chitchat {
-    child: Child,
-    lines: Receiver<Line>,
-    seen: Vec<Line>,
-    exit: Option<ExitStatus>,
-}
-
-impl Chitchat {
-    /// Starts the binary in `dir` with `args`; the environment has no `PORT`, `WS_PORT` or
-    /// `SECRET_KEY` other than those in `env`.
-    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Chitchat {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chitchat"));
-        command
-            .args(args)
-            .current_dir(dir)
-            .env_remove("PORT")
-            .env_remove("WS_PORT")
-            .env_remove("SECRET_KEY")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the chitchat binary");
-        let (sender, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        forward_lines(stdout, true, sender.clone());
-        forward_lines(stderr, false, sender);
-        Chitchat {
-            child,
-            lines,
-            seen: vec![],
-            exit: None,
-        }
-    }
-
-    /// Waits for an output line satisfying `wanted`; panics naming `what` on timeout.
-    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&Line) -> bool) -> Line {
-        if let Some(line) = self.seen.iter().find(|l| wanted(l)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("timed out awaiting {what}; output:\n{}", self.output())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("the server ended before {what}; output:\n{}", self.output())
-                }
-            }
-        }
-    }
-
-    /// Waits for the ready line on stdout and returns the HTTP and WebSocket addresses it
-    /// names, after checking its exact format.
-    fn ready(&mut self) -> (SocketAddr, SocketAddr) {
-        let line = self.wait_for_line("the ready line", |l| {
-            l.stdout && l.text.starts_with("ChitChat ")
-        });
-        parse_ready_line(&line.text)
-    }
-
-    /// Sends a signal (`TERM`, `INT`) with `kill`.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// Waits for the process to exit, then for the end of its output; panics on timeout.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("poll the child") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit; output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20)); // polling a process, not synchronising
-        };
-        self.exit = Some(status);
-        self.drain(deadline);
-        status
-    }
-
-    /// Reads what is left of the output, until both streams end or `deadline`.
-    fn drain(&mut self, deadline: Instant) {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the output never ended:\n{}", self.output())
-                }
-            }
-        }
-    }
-
-    /// Everything printed so far, both streams, one line each.
-    fn output(&self) -> String {
-        self.seen.iter().map(|l| format!("{}\n", l.text)).collect()
-    }
-}
-
-impl Drop for Chitchat {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Forwards each line of `stream` to `sender` from a thread of its own.
-fn forward_lines(stream: impl Read + Send + 'static, stdout: bool, sender: mpsc::Sender<Line>) {
-    std::thread::spawn(move || {
-        for text in BufReader::new(stream).lines() {
-            let Ok(text) = text else { return };
-            if sender.send(Line { stdout, text }).is_err() {
-                return;
-            }
-        }
-    });
-}
-
-/// Checks `line` is exactly `ChitChat <version> started at http://<addr> (ws://<addr>)`
-/// and returns the two addresses.
-fn parse_ready_line(line: &str) -> (SocketAddr, SocketAddr) {
-    let prefix = format!("ChitChat {VERSION} started at http://");
-    let rest = line
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("ready line {line:?} lacks {prefix:?}"));
-    let (http, ws) = rest
-        .split_once(" (ws://")
-        .unwrap_or_else(|| panic!("ready line {line:?} lacks (ws://"));
-    let ws = ws
-        .strip_suffix(')')
-        .unwrap_or_else(|| panic!("ready line {line:?} does not end with )"));
-    let http: SocketAddr = http
-        .parse()
-        .unwrap_or_else(|e| panic!("bad HTTP address in {line:?}: {e}"));
-    let ws: SocketAddr = ws
-        .parse()
-        .unwrap_or_else(|e| panic!("bad WebSocket address in {line:?}: {e}"));
-    (http, ws)
 }
 
 /// A port nobody listens on right now: bound on 127.0.0.1:0, then released.
@@ -229,28 +51,6 @@ fn assert_healthy(addr: SocketAddr) {
     assert_eq!(response.json(), json!({"status": true}));
 }
 
-/// Opens a WebSocket to `path` on a server at `addr`.
-fn ws_connect(addr: SocketAddr, path: &str) -> Client {
-    let addr = reachable(addr);
-    let stream = TcpStream::connect(addr).expect("connect to the WebSocket listener");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let url = format!("ws://{addr}{path}");
-    let (socket, _) = tungstenite::client(url.as_str(), MaybeTlsStream::Plain(stream))
-        .unwrap_or_else(|e| panic!("WebSocket handshake to {url} failed: {e}"));
-    Client {
-        socket,
-        protocol: None,
-    }
-}
-
-/// Runs the binary with `args` until it exits on its own; returns the exit status and the
-/// whole output.
-fn run_to_exit(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut server = Chitchat::spawn(&scratch.dir, args, env);
-    let status = server.wait_exit();
-    (status, server.output())
-}
-
 // ---------------------------------------------------------------------------------------
 // Start-up
 // ---------------------------------------------------------------------------------------
@@ -260,8 +60,7 @@ fn run_to_exit(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (ExitS
 #[test]
 fn ready_line_names_the_version_and_the_real_ports() {
     let scratch = Scratch::new("ready-line");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (http, ws) = server.ready();
     assert_eq!(http.ip().to_string(), "127.0.0.1");
     assert_eq!(ws.ip().to_string(), "127.0.0.1");
@@ -282,29 +81,26 @@ fn ready_line_names_the_version_and_the_real_ports() {
 #[test]
 fn ready_line_is_printed_once() {
     let scratch = Scratch::new("ready-once");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
     server.signal("TERM");
-    server.wait_exit();
-    let ready_lines = server
-        .seen
-        .iter()
-        .filter(|l| l.text.contains(" started at http://"))
+    let output = server.wait_exit().output;
+    let ready_lines = output
+        .lines()
+        .filter(|l| l.contains(" started at http://"))
         .count();
-    assert_eq!(ready_lines, 1, "output:\n{}", server.output());
+    assert_eq!(ready_lines, 1, "output:\n{output}");
 }
 
 /// The ports the ready line names are the ones the REST API and the WebSocket answer on.
 #[test]
 fn server_answers_on_the_ports_of_the_ready_line() {
     let scratch = Scratch::new("answers");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (http, ws) = server.ready();
     assert_healthy(http);
-    let mut client = ws_connect(ws, "/chats/1/ws");
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
     client.join("alice");
 }
 
@@ -315,7 +111,7 @@ fn config_flag_selects_the_configuration_file() {
     let scratch = Scratch::new("config-flag");
     scratch.write("config.json", r#"{"no_such_key": true}"#);
     let config = scratch.config("chosen.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn(&scratch, &["--config", &config], &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
 }
@@ -325,7 +121,7 @@ fn config_flag_selects_the_configuration_file() {
 fn config_json_in_the_working_directory_is_the_default() {
     let scratch = Scratch::new("default-config");
     scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &[], &[]);
+    let mut server = Binary::spawn(&scratch, &[], &[]);
     let (http, _) = server.ready();
     // The built-in default is port 8080; port 0 from the file gives some other port.
     assert_ne!(http.port(), 8080, "config.json was not read");
@@ -345,8 +141,7 @@ fn go_config_keys_are_accepted_as_aliases() {
         "log_file": null,
         "secret_key": "cli-test-secret",
     });
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
 }
@@ -357,8 +152,7 @@ fn redis_url_is_accepted_and_ignored_with_a_warning() {
     let scratch = Scratch::new("redis-url");
     let mut config = quiet_config();
     config["RedisURL"] = json!("redis://localhost:6379");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     server.ready();
     server.wait_for_line("a warning naming RedisURL", |l| l.text.contains("RedisURL"));
 }
@@ -367,6 +161,19 @@ fn redis_url_is_accepted_and_ignored_with_a_warning() {
 // Bad configuration: exit code 2, naming file and key
 // ---------------------------------------------------------------------------------------
 
+/// Runs the binary with `args` and `env` until it exits by itself; asserts that the exit code
+/// is 2 and that the output names each of `names` (the file, the key, the variable).
+fn assert_exits_2_naming(scratch: &Scratch, args: &[&str], env: &[(&str, &str)], names: &[&str]) {
+    let Exit { status, output, .. } = Binary::spawn(scratch, args, env).wait_exit();
+    assert_eq!(status.code(), Some(2), "output:\n{output}");
+    for name in names {
+        assert!(
+            output.contains(name),
+            "the message does not name {name}:\n{output}"
+        );
+    }
+}
+
 /// An unknown key stops start-up with exit code 2 and a message naming the file and the key.
 #[test]
 fn unknown_config_key_exits_2_naming_the_file_and_the_key() {
@@ -374,16 +181,7 @@ fn unknown_config_key_exits_2_naming_the_file_and_the_key() {
     let mut config = quiet_config();
     config["adress"] = json!("127.0.0.1:0");
     let config = scratch.config("config.json", &config);
-    let (status, output) = run_to_exit(&scratch, &["--config", &config], &[]);
-    assert_eq!(status.code(), Some(2), "output:\n{output}");
-    assert!(
-        output.contains(&config),
-        "the message does not name {config}:\n{output}"
-    );
-    assert!(
-        output.contains("adress"),
-        "the message does not name the key:\n{output}"
-    );
+    assert_exits_2_naming(&scratch, &["--config", &config], &[], &[&config, "adress"]);
 }
 
 /// A value of the wrong kind stops start-up with exit code 2, naming the file and the key.
@@ -393,15 +191,11 @@ fn bad_config_value_exits_2_naming_the_file_and_the_key() {
     let mut config = quiet_config();
     config["max_message_bytes"] = json!("lots");
     let config = scratch.config("config.json", &config);
-    let (status, output) = run_to_exit(&scratch, &["--config", &config], &[]);
-    assert_eq!(status.code(), Some(2), "output:\n{output}");
-    assert!(
-        output.contains(&config),
-        "the message does not name {config}:\n{output}"
-    );
-    assert!(
-        output.contains("max_message_bytes"),
-        "the message does not name the key:\n{output}"
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", &config],
+        &[],
+        &[&config, "max_message_bytes"],
     );
 }
 
@@ -410,12 +204,7 @@ fn bad_config_value_exits_2_naming_the_file_and_the_key() {
 fn unreadable_config_file_exits_2_naming_the_file() {
     let scratch = Scratch::new("unreadable");
     let missing = scratch.dir.join("missing.json").display().to_string();
-    let (status, output) = run_to_exit(&scratch, &["--config", &missing], &[]);
-    assert_eq!(status.code(), Some(2), "output:\n{output}");
-    assert!(
-        output.contains(&missing),
-        "the message does not name {missing}:\n{output}"
-    );
+    assert_exits_2_naming(&scratch, &["--config", &missing], &[], &[&missing]);
 }
 
 /// A configuration file that is not JSON stops start-up with exit code 2, naming it.
@@ -426,12 +215,7 @@ fn config_file_that_is_not_json_exits_2_naming_the_file() {
         .write("config.json", "address = \"127.0.0.1:0\"\n")
         .display()
         .to_string();
-    let (status, output) = run_to_exit(&scratch, &["--config", &config], &[]);
-    assert_eq!(status.code(), Some(2), "output:\n{output}");
-    assert!(
-        output.contains(&config),
-        "the message does not name {config}:\n{output}"
-    );
+    assert_exits_2_naming(&scratch, &["--config", &config], &[], &[&config]);
 }
 
 /// A `PORT` that is not a port number stops start-up with exit code 2, naming `PORT`.
@@ -439,11 +223,11 @@ fn config_file_that_is_not_json_exits_2_naming_the_file() {
 fn bad_port_env_exits_2_naming_the_variable() {
     let scratch = Scratch::new("bad-port");
     let config = scratch.config("config.json", &quiet_config());
-    let (status, output) = run_to_exit(&scratch, &["--config", &config], &[("PORT", "eighty")]);
-    assert_eq!(status.code(), Some(2), "output:\n{output}");
-    assert!(
-        output.contains("PORT"),
-        "the message does not name PORT:\n{output}"
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", &config],
+        &[("PORT", "eighty")],
+        &["PORT"],
     );
 }
 
@@ -455,13 +239,9 @@ fn bad_port_env_exits_2_naming_the_variable() {
 #[test]
 fn port_env_moves_http_to_all_interfaces_on_that_port() {
     let scratch = Scratch::new("port-env");
-    let config = scratch.config("config.json", &quiet_config());
     let port = free_port();
-    let mut server = Chitchat::spawn(
-        &scratch.dir,
-        &["--config", &config],
-        &[("PORT", &port.to_string())],
-    );
+    let mut server =
+        Binary::spawn_with_config(&scratch, &quiet_config(), &[("PORT", &port.to_string())]);
     let (http, _) = server.ready();
     assert_eq!(http, SocketAddr::from(([0, 0, 0, 0], port)));
     assert_healthy(http);
@@ -471,16 +251,12 @@ fn port_env_moves_http_to_all_interfaces_on_that_port() {
 #[test]
 fn ws_port_env_moves_the_websocket_listener_to_that_port() {
     let scratch = Scratch::new("ws-port-env");
-    let config = scratch.config("config.json", &quiet_config());
     let port = free_port();
-    let mut server = Chitchat::spawn(
-        &scratch.dir,
-        &["--config", &config],
-        &[("WS_PORT", &port.to_string())],
-    );
+    let mut server =
+        Binary::spawn_with_config(&scratch, &quiet_config(), &[("WS_PORT", &port.to_string())]);
     let (_, ws) = server.ready();
     assert_eq!(ws, SocketAddr::from(([0, 0, 0, 0], port)));
-    let mut client = ws_connect(ws, "/chats/1/ws");
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
     client.join("alice");
 }
 
@@ -491,8 +267,7 @@ fn missing_secret_is_generated_with_a_warning_that_tokens_will_not_survive_a_res
     let scratch = Scratch::new("no-secret");
     let mut config = quiet_config();
     config.as_object_mut().unwrap().remove("secret_key");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     server.wait_for_line("a warning about the generated secret", |l| {
         let text = l.text.to_lowercase();
@@ -507,8 +282,7 @@ fn generated_secret_signs_working_tokens() {
     let scratch = Scratch::new("generated-secret-works");
     let mut config = quiet_config();
     config.as_object_mut().unwrap().remove("secret_key");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     let token = create_private_room_and_token(http, "Vault", "vault-password");
     let auth = format!("Bearer {token}");
@@ -528,17 +302,12 @@ fn secret_key_env_means_no_generated_secret_warning() {
     let scratch = Scratch::new("secret-env");
     let mut config = quiet_config();
     config.as_object_mut().unwrap().remove("secret_key");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(
-        &scratch.dir,
-        &["--config", &config],
-        &[("SECRET_KEY", "from-the-env")],
-    );
+    let mut server =
+        Binary::spawn_with_config(&scratch, &config, &[("SECRET_KEY", "from-the-env")]);
     let (http, _) = server.ready();
     assert_healthy(http);
     server.signal("TERM");
-    server.wait_exit();
-    let output = server.output().to_lowercase();
+    let output = server.wait_exit().output.to_lowercase();
     assert!(
         !output.contains("restart"),
         "a generated-secret warning despite SECRET_KEY:\n{output}"
@@ -549,13 +318,11 @@ fn secret_key_env_means_no_generated_secret_warning() {
 #[test]
 fn secret_key_in_the_file_means_no_generated_secret_warning() {
     let scratch = Scratch::new("secret-file");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
     server.signal("TERM");
-    server.wait_exit();
-    let output = server.output().to_lowercase();
+    let output = server.wait_exit().output.to_lowercase();
     assert!(
         !output.contains("restart"),
         "a generated-secret warning despite secret_key:\n{output}"
@@ -597,16 +364,16 @@ fn log_file_receives_the_log() {
     let log = scratch.dir.join("server.log");
     let mut config = quiet_config();
     config["log_file"] = json!(log.display().to_string());
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
     server.signal("TERM");
-    assert_eq!(server.wait_exit().code(), Some(0));
+    let exit = server.wait_exit();
+    assert_eq!(exit.status.code(), Some(0));
     let written = std::fs::read_to_string(&log)
         .unwrap_or_else(|e| panic!("no log file {}: {e}", log.display()));
     assert!(!written.trim().is_empty(), "the log file is empty");
-    let console = server.output();
+    let console = exit.output;
     for line in written.lines() {
         assert!(
             console.lines().any(|c| c == line),
@@ -622,8 +389,7 @@ fn each_http_request_is_logged_with_method_path_and_status() {
     let scratch = Scratch::new("request-log");
     let mut config = quiet_config();
     config["log_level"] = json!("debug");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
     assert_eq!(get(http, "/chats/99").status, 404);
@@ -645,8 +411,7 @@ fn logs_never_contain_a_password_hash_token_or_the_secret() {
     config["log_file"] = json!(log.display().to_string());
     config["log_level"] = json!("debug");
     config["secret_key"] = json!("the-server-secret-42");
-    let config = scratch.config("config.json", &config);
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, ws) = server.ready();
     let password = "hunter2-hunter2";
     let token = create_private_room_and_token(http, "Vault", password);
@@ -667,19 +432,15 @@ fn logs_never_contain_a_password_hash_token_or_the_secret() {
         .status,
         201
     );
-    let mut client = ws_connect(ws, &format!("/chats/2/ws?token={token}"));
+    let mut client = ws_connect(reachable(ws), &format!("/chats/2/ws?token={token}"));
     client.join("alice");
     server.signal("TERM");
-    assert_eq!(
-        server.wait_exit().code(),
-        Some(0),
-        "output:\n{}",
-        server.output()
-    );
+    let exit = server.wait_exit();
+    assert_eq!(exit.status.code(), Some(0), "output:\n{}", exit.output);
     let written = std::fs::read_to_string(&log)
         .unwrap_or_else(|e| panic!("no log file {}: {e}", log.display()));
     let signature = token.rsplit('.').next().expect("a signature part");
-    for (place, text) in [("console", server.output()), ("log file", written)] {
+    for (place, text) in [("console", exit.output), ("log file", written)] {
         for (what, needle) in [
             ("password", password),
             ("bcrypt hash", "$2"),
@@ -703,54 +464,37 @@ fn logs_never_contain_a_password_hash_token_or_the_secret() {
 #[test]
 fn sigterm_stops_the_server_with_exit_code_0() {
     let scratch = Scratch::new("sigterm");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (http, _) = server.ready();
     assert_healthy(http);
     server.signal("TERM");
-    let status = server.wait_exit();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{status}; output:\n{}",
-        server.output()
-    );
+    let Exit { status, output, .. } = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status}; output:\n{output}");
 }
 
 /// SIGINT (Ctrl-C) stops the server with exit code 0.
 #[test]
 fn sigint_stops_the_server_with_exit_code_0() {
     let scratch = Scratch::new("sigint");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     server.ready();
     server.signal("INT");
-    let status = server.wait_exit();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{status}; output:\n{}",
-        server.output()
-    );
+    let Exit { status, output, .. } = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status}; output:\n{output}");
 }
 
 /// On SIGTERM a connected WebSocket client receives close code 1001 before the exit.
 #[test]
 fn sigterm_sends_close_1001_to_websocket_clients() {
     let scratch = Scratch::new("sigterm-ws");
-    let config = scratch.config("config.json", &quiet_config());
-    let mut server = Chitchat::spawn(&scratch.dir, &["--config", &config], &[]);
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     let (_, ws) = server.ready();
-    let mut client = ws_connect(ws, "/chats/1/ws");
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
     client.join("alice");
     server.signal("TERM");
     assert_eq!(client.expect_close(), 1001);
-    assert_eq!(
-        server.wait_exit().code(),
-        Some(0),
-        "output:\n{}",
-        server.output()
-    );
+    let exit = server.wait_exit();
+    assert_eq!(exit.status.code(), Some(0), "output:\n{}", exit.output);
 }
 
 // ---------------------------------------------------------------------------------------

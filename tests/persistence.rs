@@ -6,21 +6,20 @@
 //! database that is damaged, locked or from a newer ChitChat stops start-up with exit code 2.
 //!
 //! Most tests restart an in-process server on the same file ([`TestServer::stop`], then a new
-//! one); those about crashes and exit codes run the real binary. Every wait has a deadline.
+//! one); those about crashes and exit codes run the real binary ([`Binary`]). Every wait has
+//! a deadline.
 
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use common::{
-    error_body, http_request, is_rfc3339, room_without_times, ws_request_to, Client, Scratch,
-    TestServer, TIMEOUT,
+    error_body, http_request, is_rfc3339, room_without_times, ws_connect, Binary, Client, Exit,
+    Scratch, TestServer, TIMEOUT,
 };
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
@@ -277,8 +276,9 @@ fn history_len_0_keeps_no_history() {
 // ---------------------------------------------------------------------------------------------
 // The binary: crashes and start-up errors
 
-/// The configuration the binary runs with: free ports, `chitchat.db` in its working directory.
-fn write_config(data: &DataDir) {
+/// Starts the binary in `data`'s directory with the secret every restart has, on free ports,
+/// its database `chitchat.db` in that directory.
+fn spawn_binary(data: &DataDir) -> Binary {
     let config = json!({
         "address": "127.0.0.1:0",
         "ws_address": "127.0.0.1:0",
@@ -287,121 +287,7 @@ fn write_config(data: &DataDir) {
         "bcrypt_cost": 4,
         "db_path": "chitchat.db",
     });
-    std::fs::write(data.dir.join("config.json"), config.to_string()).expect("write config.json");
-}
-
-/// The `chitchat` binary run in `data`'s directory; killed with SIGKILL when dropped.
-struct Binary {
-    child: Child,
-    http: SocketAddr,
-    ws: SocketAddr,
-}
-
-impl Binary {
-    fn command(data: &DataDir) -> Command {
-        write_config(data);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chitchat"));
-        command
-            .current_dir(&data.dir)
-            .env_remove("PORT")
-            .env_remove("WS_PORT")
-            .env("SECRET_KEY", SECRET)
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// Starts the binary and waits for its ready line.
-    fn start(data: &DataDir) -> Binary {
-        let mut child = Binary::command(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the chitchat binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        let line = lines
-            .recv_timeout(TIMEOUT)
-            .expect("the ready line before the deadline");
-        // `ChitChat <version> started at http://<addr> (ws://<addr>)`
-        let addresses = line
-            .split_once("http://")
-            .and_then(|(_, rest)| rest.strip_suffix(')')?.split_once(" (ws://"));
-        let (Some(http), Some(ws)) = (
-            addresses.and_then(|(http, _)| http.parse().ok()),
-            addresses.and_then(|(_, ws)| ws.parse().ok()),
-        ) else {
-            panic!("no addresses in the ready line {line:?}");
-        };
-        Binary { child, http, ws }
-    }
-
-    /// Runs the binary until it exits by itself; returns its exit status and its stderr.
-    fn run_to_exit(data: &DataDir) -> (ExitStatus, String) {
-        let mut child = Binary::command(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chitchat binary");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let status = wait_exit(&mut child);
-        (status, reader.join().expect("the stderr reader"))
-    }
-
-    /// SIGTERM, as a service manager stops it; returns the exit status.
-    fn terminate(mut self) -> ExitStatus {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
-        wait_exit(&mut self.child)
-    }
-
-    /// `kill -9`: no shutdown, no flush, nothing but what was already on disk.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-
-    /// A WebSocket to `path` on this server.
-    fn ws(&self, path: &str) -> Client {
-        let url = format!("ws://{}{path}", self.ws);
-        ws_request_to(self.ws, url.as_str().into_client_request().unwrap())
-            .unwrap_or_else(|e| panic!("WebSocket handshake to {url} failed: {e}"))
-    }
-}
-
-/// Waits for `child` to exit; kills it and panics at the deadline.
-fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20)); // polling a process, not synchronising
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Binary::spawn_with_config(data, &config, &[("SECRET_KEY", SECRET)])
 }
 
 /// `POST /chats` that tolerates the server dying: `None` if the connection fails or is cut
@@ -431,8 +317,8 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
     const CLIENTS: usize = 8;
     const KILL_AFTER: usize = 200;
     let data = DataDir::new("kill-9");
-    let server = Binary::start(&data);
-    let http = server.http;
+    let mut server = spawn_binary(&data);
+    let (http, _) = server.ready();
     let (created, answered) = mpsc::channel::<Value>();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -459,13 +345,15 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
         rooms.push(room);
     }
     server.kill();
+    server.wait_exit();
     for client in clients {
         client.join().expect("a client thread");
     }
     rooms.extend(answered.try_iter());
 
-    let restarted = Binary::start(&data);
-    let listed = http_request(restarted.http, "GET", "/chats", &[], None).json();
+    let mut restarted = spawn_binary(&data);
+    let (http, _) = restarted.ready();
+    let listed = http_request(http, "GET", "/chats", &[], None).json();
     let by_id: HashMap<u64, &Value> = listed
         .as_array()
         .expect("a list of rooms")
@@ -481,7 +369,7 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
 /// Runs the binary on `data` and asserts that it exits with code 2, its last line of stderr
 /// being `chitchat: database chitchat.db: <problem>`.
 fn assert_start_fails(data: &DataDir, problem: &str) {
-    let (status, stderr) = Binary::run_to_exit(data);
+    let Exit { status, stderr, .. } = spawn_binary(data).wait_exit();
     assert_eq!(status.code(), Some(2), "stderr: {stderr}");
     let expected = format!("chitchat: database chitchat.db: {problem}");
     assert_eq!(stderr.lines().last(), Some(&*expected), "stderr: {stderr}");
@@ -515,7 +403,8 @@ fn a_locked_database_exits_2() {
 #[test]
 fn a_second_server_on_the_same_database_exits_2() {
     let data = DataDir::new("second-server");
-    let _first = Binary::start(&data);
+    let mut first = spawn_binary(&data);
+    first.ready();
     assert_start_fails(&data, "in use by another ChitChat server");
 }
 
@@ -538,18 +427,21 @@ fn a_database_from_a_newer_chitchat_exits_2() {
 #[test]
 fn the_binary_keeps_rooms_and_history_across_sigterm_and_restart() {
     let data = DataDir::new("binary-restart");
-    let server = Binary::start(&data);
-    let (status, created) = try_create_room(server.http, "Kept room").expect("a response");
+    let mut server = spawn_binary(&data);
+    let (http, ws) = server.ready();
+    let (status, created) = try_create_room(http, "Kept room").expect("a response");
     assert_eq!(status, 201);
-    let mut ann = server.ws("/chats/2/ws");
+    let mut ann = ws_connect(ws, "/chats/2/ws");
     ann.join("ann");
     let said = say_all(&mut ann, &["kept", "also kept"]);
-    assert_eq!(server.terminate().code(), Some(0));
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().status.code(), Some(0));
     assert!(data.path(DB).exists());
 
-    let server = Binary::start(&data);
-    let room = http_request(server.http, "GET", "/chats/2", &[], None);
+    let mut server = spawn_binary(&data);
+    let (http, ws) = server.ready();
+    let room = http_request(http, "GET", "/chats/2", &[], None);
     assert_eq!(room.json(), created);
-    let mut bob = server.ws("/chats/2/ws");
+    let mut bob = ws_connect(ws, "/chats/2/ws");
     assert_replay_then_join(&mut bob, &said, 2);
 }

@@ -4,10 +4,15 @@
 //! the cheapest bcrypt cost) and talks to it over real sockets, the way `curl` and
 //! `websocat` would. Every read has a timeout; a helper that gives up panics naming what it
 //! was waiting for, so a broken server fails a test instead of hanging it.
+//!
+//! The few tests that need a real process (the ready line, exit codes, signals, `kill -9`)
+//! run the `chitchat` binary through [`Binary`], in a [`Scratch`] directory of their own.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use chitchat::Config;
@@ -150,8 +155,7 @@ impl TestServer {
 
     /// Opens a WebSocket to `path` (e.g. `/chats/1/ws`); panics if the handshake fails.
     pub fn ws(&self, path: &str) -> Client {
-        self.ws_request(self.ws_url(path).into_client_request().unwrap())
-            .unwrap_or_else(|e| panic!("WebSocket handshake to {path} failed: {e}"))
+        ws_connect(self.ws_addr, path)
     }
 
     /// The `ws://` URL of `path` on this server.
@@ -180,6 +184,13 @@ pub fn ws_request_to(addr: SocketAddr, request: Request<()>) -> Result<Client, t
         .get("Sec-WebSocket-Protocol")
         .map(|v| v.to_str().unwrap().to_owned());
     Ok(Client { socket, protocol })
+}
+
+/// Opens a WebSocket to `path` on the listener at `addr`; panics if the handshake fails.
+pub fn ws_connect(addr: SocketAddr, path: &str) -> Client {
+    let url = format!("ws://{addr}{path}");
+    ws_request_to(addr, url.as_str().into_client_request().unwrap())
+        .unwrap_or_else(|e| panic!("WebSocket handshake to {url} failed: {e}"))
 }
 
 impl Drop for TestServer {
@@ -515,4 +526,202 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One line the binary printed, and the stream it came from.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// True for stdout, false for stderr.
+    pub stdout: bool,
+    /// The line without its newline.
+    pub text: String,
+}
+
+/// The `chitchat` binary (`CARGO_BIN_EXE_chitchat`) running as a child process, both its
+/// output streams read line by line as they come. Killed with SIGKILL and reaped when
+/// dropped, so a test that fails half-way leaves no server behind.
+pub struct Binary {
+    child: Child,
+    /// Lines from the two reader threads; disconnected once both streams have ended.
+    lines: Receiver<Line>,
+    /// Every line received so far, in the order received.
+    seen: Vec<Line>,
+}
+
+/// How a [`Binary`] ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// Its exit status: code 0 after a clean shutdown, 2 after a bad configuration.
+    pub status: ExitStatus,
+    /// Everything it printed, both streams, one line each.
+    pub output: String,
+    /// Its stderr alone.
+    pub stderr: String,
+}
+
+impl Binary {
+    /// Starts the binary in `dir` with `args` (e.g. `["--config", path]`); its environment has
+    /// no `PORT`, `WS_PORT` or `SECRET_KEY` other than those in `env`.
+    pub fn spawn(dir: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chitchat"))
+            .args(args)
+            .current_dir(&dir.dir)
+            .env_remove("PORT")
+            .env_remove("WS_PORT")
+            .env_remove("SECRET_KEY")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chitchat binary");
+        let (sender, lines) = mpsc::channel();
+        forward_lines(
+            child.stdout.take().expect("piped stdout"),
+            true,
+            sender.clone(),
+        );
+        forward_lines(child.stderr.take().expect("piped stderr"), false, sender);
+        Binary {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Writes `config` to `config.json` in `dir` and starts the binary there with `--config`
+    /// naming that file; `env` as for [`Binary::spawn`].
+    pub fn spawn_with_config(dir: &Scratch, config: &Value, env: &[(&str, &str)]) -> Binary {
+        let path = dir.config("config.json", config);
+        Binary::spawn(dir, &["--config", &path], env)
+    }
+
+    /// Waits for the ready line on stdout, checks it is exactly `ChitChat <version> started at
+    /// http://<addr> (ws://<addr>)`, and returns the HTTP and WebSocket addresses it names.
+    pub fn ready(&mut self) -> (SocketAddr, SocketAddr) {
+        let line = self.wait_for_line("the ready line", |l| {
+            l.stdout && l.text.starts_with("ChitChat ")
+        });
+        parse_ready_line(&line.text)
+    }
+
+    /// Waits for an output line satisfying `wanted` (lines already read count); panics naming
+    /// `what`, with the output so far, on timeout or if the binary's output ends first.
+    pub fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&Line) -> bool) -> Line {
+        if let Some(line) = self.seen.iter().find(|l| wanted(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.next_line(deadline, what) {
+                Some(line) if wanted(&line) => return line,
+                Some(_) => {}
+                None => panic!("the server ended before {what}; output:\n{}", self.output()),
+            }
+        }
+    }
+
+    /// Sends `SIG<name>` (`TERM`, `INT`) with kill(1), as a service manager or a shell would.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// `kill -9`, sent at once (no kill(1) to start first): no shutdown, no flush, nothing
+    /// but what was already on disk. [`Binary::wait_exit`] reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+    }
+
+    /// Waits for the binary to exit and returns how it ended; panics, showing its output, if
+    /// it is still running after [`TIMEOUT`].
+    pub fn wait_exit(mut self) -> Exit {
+        let deadline = Instant::now() + TIMEOUT;
+        // The pipes close as the process exits, so the end of the output comes first.
+        while self.next_line(deadline, "the server's exit").is_some() {}
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server closed its output but did not exit; output:\n{}",
+                self.output()
+            );
+            // Polling a process that is already exiting, not synchronising.
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let stderr = self.seen.iter().filter(|l| !l.stdout);
+        Exit {
+            status,
+            output: self.output(),
+            stderr: stderr.map(|l| format!("{}\n", l.text)).collect(),
+        }
+    }
+
+    /// The next output line (also kept in `seen`), or `None` once both streams have ended;
+    /// panics naming `what` if none comes by `deadline`.
+    fn next_line(&mut self, deadline: Instant, what: &str) -> Option<Line> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("timed out awaiting {what}; output:\n{}", self.output())
+            }
+        }
+    }
+
+    /// Everything printed so far, both streams, one line each.
+    fn output(&self) -> String {
+        self.seen.iter().map(|l| format!("{}\n", l.text)).collect()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Both are no-ops once `wait_exit` has reaped the process (std keeps its status).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards each line of `stream` to `sender` from a thread of its own, until the stream ends.
+fn forward_lines(stream: impl Read + Send + 'static, stdout: bool, sender: mpsc::Sender<Line>) {
+    std::thread::spawn(move || {
+        for text in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(Line { stdout, text }).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Checks `line` is exactly `ChitChat <version> started at http://<addr> (ws://<addr>)` and
+/// returns the two addresses.
+fn parse_ready_line(line: &str) -> (SocketAddr, SocketAddr) {
+    let prefix = format!("ChitChat {} started at http://", env!("CARGO_PKG_VERSION"));
+    let rest = line
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("ready line {line:?} lacks {prefix:?}"));
+    let (http, ws) = rest
+        .split_once(" (ws://")
+        .unwrap_or_else(|| panic!("ready line {line:?} lacks (ws://"));
+    let ws = ws
+        .strip_suffix(')')
+        .unwrap_or_else(|| panic!("ready line {line:?} does not end with )"));
+    let http: SocketAddr = http
+        .parse()
+        .unwrap_or_else(|e| panic!("bad HTTP address in {line:?}: {e}"));
+    let ws: SocketAddr = ws
+        .parse()
+        .unwrap_or_else(|e| panic!("bad WebSocket address in {line:?}: {e}"));
+    (http, ws)
 }
