@@ -224,7 +224,7 @@ impl Response {
 }
 
 /// Reads a whole `Connection: close` response: status line, headers, then the body (by
-/// Content-Length when given, else to the end).
+/// Content-Length when given, decoded when chunked, else to the end).
 pub fn read_response(stream: TcpStream) -> Response {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -249,8 +249,13 @@ pub fn read_response(stream: TcpStream) -> Response {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
         .map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
     let mut body = vec![];
     match length {
+        // tiny_http chunks any body of 32 KiB or more (a long room list, for one).
+        None if chunked => read_chunks(&mut reader, &mut body),
         Some(n) => {
             body.resize(n, 0);
             reader.read_exact(&mut body).expect("read the body");
@@ -263,6 +268,30 @@ pub fn read_response(stream: TcpStream) -> Response {
         status,
         headers,
         body: String::from_utf8(body).expect("a UTF-8 body"),
+    }
+}
+
+/// Reads a chunked body into `body`: each chunk's hex size line, its bytes and CRLF, up to
+/// the empty last chunk and the (empty) trailer.
+fn read_chunks(reader: &mut impl BufRead, body: &mut Vec<u8>) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("read a chunk size");
+        let size = line.trim_end().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size, 16)
+            .unwrap_or_else(|e| panic!("bad chunk size line {line:?}: {e}"));
+        let start = body.len();
+        body.resize(start + size + 2, 0);
+        reader.read_exact(&mut body[start..]).expect("read a chunk");
+        assert_eq!(
+            body.split_off(start + size),
+            b"\r\n",
+            "a chunk ends with CRLF"
+        );
+        if size == 0 {
+            return;
+        }
     }
 }
 
