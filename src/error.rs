@@ -2,7 +2,7 @@
 //! of the Go version's wire API (SPEC, "Errors").
 //!
 //! One `match` maps a variant to its code, message and status, so the three never drift
-//! apart. The same error renders as an HTTP body ([`ApiError::to_json`]) or as a WebSocket
+//! apart. The same error renders as an HTTP body ([`ApiError::to_body`]) or as a WebSocket
 //! error event ([`ApiError::to_event`]). Variants carry the `field` at fault where there is
 //! one. Nothing here knows about sockets or HTTP libraries.
 
@@ -19,8 +19,9 @@ pub struct ApiError {
     pub field: Option<&'static str>,
 }
 
-/// The spec's error codes, one variant each, plus the two routing errors (404 and 405) that
-/// reuse code 101 and 303 semantics on the wire.
+/// The spec's error codes that the server gives, one variant each, plus the HTTP-level
+/// errors (404, 405, 413, 500), whose code is their status. (SPEC's 104, 203 and 301 are
+/// kept in its table for old clients; no path of this server gives them.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// 101: no room with that id or title.
@@ -29,20 +30,14 @@ pub enum ErrorKind {
     DuplicateRoom,
     /// 103: a room request body that is not the JSON we expect.
     RoomInvalidJson,
-    /// 104: a room operation without the right to do it.
-    RoomUnauthorized,
     /// 105: a room field that breaks a validation rule.
     RoomInvalidContent,
     /// 201: a chat action that needs a joined name, from a socket that has none.
     UserNotFound,
     /// 202: the name is taken in this room (case-insensitively).
     DuplicateUsername,
-    /// 203: a client frame that is not the JSON we expect.
-    ClientInvalidJson,
     /// 204: a name other than the token's in a private room.
     ClientUnauthorized,
-    /// 301: the WebSocket session could not be set up.
-    SessionFailed,
     /// 303: a body or frame that is not valid JSON, or lacks a required field.
     InvalidJson,
     /// 304: wrong or missing room password.
@@ -61,6 +56,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 605: the database refused a write (disk full, I/O error); nothing was changed, and
+    /// the client may try again (HTTP 503).
+    StorageUnavailable,
     /// A bug on our side, caught before it took the server down (HTTP 500).
     Internal,
 }
@@ -73,13 +71,10 @@ impl ErrorKind {
             RoomNotFound => (101, "Room error: Room not found", 404),
             DuplicateRoom => (102, "Room error: Duplicate room", 400),
             RoomInvalidJson => (103, "Room error: Invalid JSON", 400),
-            RoomUnauthorized => (104, "Room error: Unauthorized operation", 401),
             RoomInvalidContent => (105, "Room error: Invalid content", 400),
             UserNotFound => (201, "Client error: User not found", 404),
             DuplicateUsername => (202, "Client error: Duplicate username", 400),
-            ClientInvalidJson => (203, "Client error: Invalid JSON", 400),
             ClientUnauthorized => (204, "Client error: Unauthorized operation", 401),
-            SessionFailed => (301, "Could not establish session", 400),
             InvalidJson => (303, "Invalid JSON", 400),
             Unauthorized => (304, "Unauthorized operation", 401),
             UnsupportedClient => (305, "Unsupported client device", 400),
@@ -89,6 +84,7 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             Internal => (500, "Internal server error", 500),
         }
     }
@@ -128,9 +124,11 @@ impl ApiError {
         }
     }
 
-    /// The HTTP response body: `{"status":false,"error":{...}}`.
-    pub fn to_json(&self) -> String {
-        self.render(None)
+    /// The HTTP response body: `{"status":false,"error":{...}}` and a newline, as the Go
+    /// version's encoder wrote it (so `curl` output ends its line). Both listeners answer
+    /// with this body: REST errors and refused WebSocket handshakes alike.
+    pub fn to_body(&self) -> String {
+        self.render(None) + "\n"
     }
 
     /// The WebSocket error event, sent to the offending socket only.
@@ -191,8 +189,8 @@ mod tests {
         let err = ApiError::field(ErrorKind::DuplicateRoom, "title");
         assert_eq!(err.status(), 400);
         assert_eq!(
-            err.to_json(),
-            r#"{"status":false,"error":{"code":102,"error":"Room error: Duplicate room","field":"title"}}"#
+            err.to_body(),
+            "{\"status\":false,\"error\":{\"code\":102,\"error\":\"Room error: Duplicate room\",\"field\":\"title\"}}\n"
         );
     }
 

@@ -20,8 +20,13 @@ pub const DEFAULT_COLOR: &str = "#000000";
 /// A frame a client sent, once it has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// Take `name` in the room.
-    Join { name: String, color: String },
+    /// Take `name` in the room; replay the kept messages with an id above `since` (all of
+    /// them without it) first.
+    Join {
+        name: String,
+        color: String,
+        since: Option<u64>,
+    },
     /// Say `msg` under the name this socket joined with.
     Send { msg: String },
     /// Give the name up; the socket stays open.
@@ -36,6 +41,8 @@ struct RawClientEvent {
     name: Option<String>,
     color: Option<String>,
     msg: Option<String>,
+    /// Any JSON here: a `since` that is not a whole number is named in the error.
+    since: Option<serde_json::Value>,
 }
 
 impl ClientEvent {
@@ -60,9 +67,14 @@ impl ClientEvent {
                 } else {
                     color
                 };
+                let since = match raw.since {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(since) => Some(since.as_u64().ok_or_else(|| invalid("since"))?),
+                };
                 Ok(ClientEvent::Join {
                     name: name.to_owned(),
                     color: color.to_owned(),
+                    since,
                 })
             }
             Some("send") => match raw.msg {
@@ -96,6 +108,9 @@ pub struct ServerEvent<'a> {
     pub msg: &'a str,
     pub room_id: u64,
     pub time: &'a str,
+    /// A `send` event's message number in its room; joins and leaves have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
 }
 
 impl ServerEvent<'_> {
@@ -103,6 +118,14 @@ impl ServerEvent<'_> {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("a ServerEvent has only strings and numbers")
     }
+}
+
+/// A kept `send` event as it is replayed to a socket that joins: the broadcast text with
+/// `"replay":true` added as its last field. The text is always a `ServerEvent` this module
+/// serialised (an object ending in `}`), so adding the field is a splice, not a re-parse.
+pub fn as_replay(text: &str) -> String {
+    let body = text.strip_suffix('}').unwrap_or(text);
+    format!("{body},\"replay\":true}}")
 }
 
 /// The broadcast text of a join: `"<name> entered the room."`.
@@ -129,9 +152,22 @@ mod tests {
             ClientEvent::parse(r#"{"event_type":"join","name":" ann "}"#).unwrap(),
             ClientEvent::Join {
                 name: "ann".into(),
-                color: DEFAULT_COLOR.into()
+                color: DEFAULT_COLOR.into(),
+                since: None,
             }
         );
+        assert_eq!(
+            ClientEvent::parse(r#"{"event_type":"join","name":"a","since":7}"#).unwrap(),
+            ClientEvent::Join {
+                name: "a".into(),
+                color: DEFAULT_COLOR.into(),
+                since: Some(7),
+            }
+        );
+        for bad in ["-1", "1.5", "\"3\"", "true"] {
+            let frame = format!(r#"{{"event_type":"join","name":"a","since":{bad}}}"#);
+            assert_eq!(field_of(&frame), Some("since"), "{frame}");
+        }
         assert_eq!(field_of(r#"{"event_type":"join"}"#), Some("name"));
         assert_eq!(
             field_of(r#"{"event_type":"join","name":"  "}"#),
@@ -153,6 +189,23 @@ mod tests {
             ClientEvent::Send { msg: "hi".into() }
         );
         assert_eq!(field_of(r#"{"event_type":"send","msg":""}"#), Some("msg"));
+    }
+
+    #[test]
+    fn a_replayed_event_is_the_broadcast_one_with_the_flag_last() {
+        let event = ServerEvent {
+            event_type: EventType::Send,
+            name: "ann",
+            color: "red",
+            msg: "hi}",
+            room_id: 1,
+            time: "t",
+            id: Some(4),
+        };
+        assert_eq!(
+            as_replay(&event.to_text()),
+            r#"{"event_type":"send","name":"ann","color":"red","msg":"hi}","room_id":1,"time":"t","id":4,"replay":true}"#
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::rooms::{percent_decode, RoomInput, RoomKey, RoomRef};
+use crate::path::{self, percent_decode, query_param, RoomRef};
+use crate::rooms::{RoomInput, RoomKey};
 use crate::token;
 use crate::State;
 
@@ -36,6 +37,8 @@ enum Route {
     DeleteRoom(RoomRef),
     IssueToken(RoomRef),
     RenewToken(RoomRef),
+    /// The query string comes along: `since` and `limit`.
+    Messages(RoomRef, Option<String>),
     StaticFile(String),
 }
 
@@ -49,8 +52,7 @@ enum Miss {
 
 /// Maps a method and a raw path (query string included) to a route.
 fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
-    let path = raw_path.split(['?', '#']).next().unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (segments, query) = path::split(raw_path);
     let get = matches!(method, Method::Get | Method::Head);
     // A room segment that does not percent-decode names no room.
     let room = |segment: &str| RoomRef::from_segment(segment).ok_or(Miss::NotFound);
@@ -71,6 +73,10 @@ fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
         (["chats", _, "token"], _) => Err(Miss::MethodNotAllowed("POST")),
         (["chats", r, "token", "renew"], _) if get => Ok(Route::RenewToken(room(r)?)),
         (["chats", _, "token", "renew"], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["chats", r, "messages"], _) if get => {
+            Ok(Route::Messages(room(r)?, query.map(str::to_owned)))
+        }
+        (["chats", _, "messages"], _) => Err(Miss::MethodNotAllowed("GET")),
         (["static", rest @ ..], _) if get && !rest.is_empty() => {
             let decoded: Option<Vec<String>> = rest.iter().map(|s| percent_decode(s)).collect();
             Ok(Route::StaticFile(decoded.ok_or(Miss::NotFound)?.join("/")))
@@ -88,16 +94,16 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A JSON response.
+    /// A JSON response. A newline ends the body, as the Go version's encoder did, so
+    /// `curl` output ends its line.
     fn json(status: u16, body: &impl Serialize) -> Reply {
-        let text = serde_json::to_string(body).expect("our response types always serialise");
+        let mut text = serde_json::to_string(body).expect("our response types always serialise");
+        text.push('\n');
         Reply::json_text(status, text)
     }
 
-    /// A JSON response from already serialised text. A newline ends the body, as the Go
-    /// version's encoder did, so `curl` output ends its line.
-    fn json_text(status: u16, mut text: String) -> Reply {
-        text.push('\n');
+    /// A JSON response from already serialised text, newline included.
+    fn json_text(status: u16, text: String) -> Reply {
         Reply {
             status,
             content_type: "application/json",
@@ -114,7 +120,7 @@ impl Reply {
 
 impl From<ApiError> for Reply {
     fn from(error: ApiError) -> Reply {
-        Reply::json_text(error.status(), error.to_json())
+        Reply::json_text(error.status(), error.to_body())
     }
 }
 
@@ -162,6 +168,7 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
         Route::DeleteRoom(room) => delete_room(state, request, &room),
         Route::IssueToken(room) => issue_token(state, request, &room),
         Route::RenewToken(room) => renew_token(state, request, &room),
+        Route::Messages(room, query) => messages(state, request, &room, query.as_deref()),
         Route::StaticFile(name) => static_file(state, &name),
     };
     result.map_err(Reply::from)
@@ -194,7 +201,7 @@ fn get_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, A
     let key = state.rooms.key(room)?;
     let with_users = match bearer(request) {
         Some(token) if key.visibility.needs_token() => {
-            token::verify(&state.secret, &key, token).map(|_| true)?
+            token::verify(&state.secret, &key, &token).map(|_| true)?
         }
         _ => !key.visibility.needs_token(),
     };
@@ -220,6 +227,44 @@ fn delete_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply
     state.rooms.delete(key.id)?;
     log::info!("room {} deleted", key.id);
     Ok(Reply::json(200, &json!({"status": true})))
+}
+
+/// `GET /chats/<room>/messages[?since=N][&limit=L]`: the kept messages, oldest first; a
+/// private or hidden room needs its token, as for PUT.
+fn messages(
+    state: &State,
+    request: &Request,
+    room: &RoomRef,
+    query: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let key = state.rooms.key(room)?;
+    require_token(state, request, &key)?;
+    let kept = state.rooms.history_len();
+    let number = |name: &'static str| -> Result<Option<u64>, ApiError> {
+        let invalid = || ApiError::field(ErrorKind::RoomInvalidContent, name);
+        query
+            .and_then(|q| query_param(q, name))
+            .map(|value| value.parse::<u64>().map_err(|_| invalid()))
+            .transpose()
+    };
+    let since = number("since")?.unwrap_or(0);
+    let limit = match number("limit")? {
+        None => kept,
+        Some(limit) => usize::try_from(limit)
+            .ok()
+            .filter(|l| (1..=kept).contains(l))
+            .ok_or_else(|| ApiError::field(ErrorKind::RoomInvalidContent, "limit"))?,
+    };
+    let events = state.rooms.messages(key.id, since, limit)?;
+    let mut body = String::from("[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(event);
+    }
+    body.push_str("]\n");
+    Ok(Reply::json_text(200, body))
 }
 
 /// The body of `POST /chats/<room>/token`.
@@ -295,15 +340,17 @@ fn require_token(
         return Ok(None);
     }
     let token = bearer(request).ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
-    token::verify(&state.secret, key, token).map(Some)
+    token::verify(&state.secret, key, &token).map(Some)
 }
 
-fn bearer(request: &Request) -> Option<&str> {
-    request
+/// The token of the `Authorization: Bearer` header: the one place a REST request carries one.
+fn bearer(request: &Request) -> Option<String> {
+    let authorization = request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| token::from_bearer(h.value.as_str()))
+        .map(|h| h.value.as_str());
+    token::presented(authorization, None, None)
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes. A declared or actual length over
@@ -402,6 +449,14 @@ mod tests {
         assert_eq!(
             route(&Method::Patch, "/chats/2"),
             Err(Miss::MethodNotAllowed("GET, PUT, DELETE"))
+        );
+        assert_eq!(
+            route(&Method::Get, "/chats/2/messages?since=3"),
+            Ok(Route::Messages(RoomRef::Id(2), Some("since=3".into())))
+        );
+        assert_eq!(
+            route(&Method::Post, "/chats/2/messages"),
+            Err(Miss::MethodNotAllowed("GET"))
         );
         assert_eq!(route(&Method::Get, "/nope"), Err(Miss::NotFound));
         assert_eq!(route(&Method::Get, "/chats/%zz"), Err(Miss::NotFound));

@@ -27,17 +27,19 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod error;
+mod error;
 pub mod event;
-pub mod hasher;
-pub mod http;
-pub mod rooms;
-pub mod store;
+mod hasher;
+mod http;
+pub mod path;
+mod rooms;
+mod store;
+mod sync;
 pub mod token;
-pub mod web;
-pub mod ws;
+mod web;
+mod ws;
 
 use std::fmt;
 use std::io::Read;
@@ -49,7 +51,7 @@ pub use config::{Config, ConfigError};
 
 use hasher::Hasher;
 use rooms::RoomMap;
-use store::{Store, StoreError};
+use store::StoreError;
 use ws::WsServer;
 
 /// HTTP worker threads. bcrypt (tens of milliseconds) runs on them, so there are enough
@@ -113,10 +115,16 @@ pub struct Running {
 pub fn start(config: Config) -> Result<Running, StartError> {
     // First, so that a database problem stops start-up before anything listens.
     let (store, saved) =
-        Store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
+        store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
     let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
-    let rooms =
-        RoomMap::restore(store, saved, hasher, config.history_len).map_err(StartError::Store)?;
+    let rooms = RoomMap::restore(
+        store,
+        saved,
+        hasher,
+        config.send_queue_len,
+        config.history_len,
+    )
+    .map_err(StartError::Store)?;
     let secret = match &config.secret_key {
         Some(secret) => secret.clone(),
         None => {

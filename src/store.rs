@@ -2,13 +2,14 @@
 //! file (`db_path`), so that a restart keeps them.
 //!
 //! [`crate::rooms`] keeps the working set in memory and is this module's only caller; this
-//! is the only module that knows SQL. It offers:
-//! - [`Store::open`]: open or create the file, check it, bring its schema up to date, and
+//! is the only module that knows SQL. The room map sees it through the [`Store`] trait, the
+//! seam where another backend plugs in. It offers:
+//! - [`open`]: open or create the file, check it, bring its schema up to date, and
 //!   load everything ([`Saved`]) for the room map to start from;
 //! - [`Store::save_room`] and [`Store::delete_room`]: synchronous, one small transaction
 //!   each, committed before the caller answers, so a `201 Created` means the room is on disk;
-//! - [`Store::append_message`]: queues a broadcast `send` event for the message writer thread
-//!   and returns at once, without touching the disk;
+//! - [`Store::append_message`]: queues a broadcast `send` event (with its message id) for
+//!   the message writer thread and returns at once, without touching the disk;
 //! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
 //!   back into the main file.
 //!
@@ -32,10 +33,17 @@
 //!   SQLite's quick check, has an unknown schema or is locked by another process is a
 //!   [`StoreError`], and the server does not start (`main` exits with code 2).
 //!
+//! - Message ids (SPEC, Message ids) are stored with each message, and each room's last one
+//!   in `rooms.last_message_id`, written in the same transaction: trimming the history
+//!   never takes the counter back, and a restart goes on from the last id written. A
+//!   message not yet written when the process is killed is lost with its id, which the
+//!   next message then takes; the writer commits as soon as messages arrive, so that
+//!   window is the few milliseconds of one commit.
+//!
 //! `db_path: null` gives a store without a file: every call succeeds and does nothing, and
 //! history lives in the room map's memory only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -45,6 +53,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::sync::lock;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use rustix::fs::{flock, FlockOperation};
 use rustix::io::Errno;
@@ -74,6 +84,17 @@ pub const MIGRATIONS: &[&str] = &[
          event   TEXT NOT NULL
      );
      CREATE INDEX messages_by_room ON messages (room_id, seq);",
+    // 2: message ids (SPEC, Message ids): each message's id in its room, stored beside it
+    // and inside its event, and each room's last id. Messages kept from version 1 are
+    // numbered 1, 2, 3... in the order they were said.
+    "ALTER TABLE messages ADD COLUMN msg_id INTEGER NOT NULL DEFAULT 0;
+     UPDATE messages SET msg_id = (SELECT count(*) FROM messages AS older
+         WHERE older.room_id = messages.room_id AND older.seq <= messages.seq);
+     UPDATE messages SET event = json_set(event, '$.id', msg_id);
+     ALTER TABLE rooms ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0;
+     UPDATE rooms SET last_message_id =
+         (SELECT coalesce(max(msg_id), 0) FROM messages WHERE room_id = rooms.id);
+     CREATE INDEX messages_by_id ON messages (room_id, msg_id);",
 ];
 
 /// How long a statement waits for another process's lock (a `sqlite3` shell in the middle
@@ -100,11 +121,14 @@ const SAVE_ROOM: &str = "INSERT INTO rooms
 const SAVE_NEXT_ID: &str = "INSERT INTO counters (name, value) VALUES ('next_room_id', ?1)
      ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)";
 /// A message queued before its room was deleted arrives after the delete: it is skipped.
-const INSERT_MESSAGE: &str = "INSERT INTO messages (room_id, event)
-     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = ?1)";
+const INSERT_MESSAGE: &str = "INSERT INTO messages (room_id, msg_id, event)
+     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = ?1)";
+/// `max`, so the counter never goes back whatever order writes arrive in.
+const SAVE_LAST_MESSAGE_ID: &str =
+    "UPDATE rooms SET last_message_id = max(last_message_id, ?2) WHERE id = ?1";
 /// Deletes all but the room's newest `?2` messages.
-const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND seq <= (
-         SELECT seq FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)";
+const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND msg_id <= (
+         SELECT msg_id FROM messages WHERE room_id = ?1 ORDER BY msg_id DESC LIMIT 1 OFFSET ?2)";
 
 /// A room as stored. The room map converts it to and from its own `Room`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,15 +144,23 @@ pub struct RoomRecord {
     pub updated_at: String,
 }
 
+/// A room as read back at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedRoom {
+    pub room: RoomRecord,
+    /// The id of the room's last message written.
+    pub last_message_id: u64,
+}
+
 /// Everything read back at start.
 #[derive(Debug, Default)]
 pub struct Saved {
     /// The next room id to hand out; `None` for a new, empty database.
     pub next_id: Option<u64>,
     /// Every room, by id.
-    pub rooms: Vec<RoomRecord>,
-    /// Each room's last `history_len` `send` events, oldest first.
-    pub history: HashMap<u64, Vec<Arc<str>>>,
+    pub rooms: Vec<SavedRoom>,
+    /// Each room's last `history_len` `send` events with their ids, oldest first.
+    pub history: HashMap<u64, Vec<(u64, Arc<str>)>>,
 }
 
 /// Why the database could not be used. The message names the file.
@@ -148,12 +180,44 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// The database, or nothing when `db_path` is null. See the module docs.
-pub struct Store {
-    disk: Option<Disk>,
+/// Where the room map saves rooms and history. See the module docs for what each call
+/// promises; every implementation keeps those promises.
+pub trait Store: Send + Sync {
+    /// Saves `room` (new or changed) and the room id counter, before the caller answers.
+    fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError>;
+    /// Deletes room `id` and its history, before the caller answers.
+    fn delete_room(&self, id: u64) -> Result<(), StoreError>;
+    /// Queues message `msg_id` of room `room_id` (a broadcast `send` event) for the saved
+    /// history. Never blocks and never fails: the fan-out does not wait for the self.
+    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<str>);
+    /// Writes out what is queued. Called once, at shutdown.
+    fn close(&self);
+    /// An error about this store, for a problem its caller found in what was loaded.
+    fn error(&self, problem: String) -> StoreError;
 }
 
-struct Disk {
+/// `db_path: null`: nothing is kept; every call succeeds and does nothing.
+pub struct NoStore;
+
+impl Store for NoStore {
+    fn save_room(&self, _: &RoomRecord, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_room(&self, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn append_message(&self, _: u64, _: u64, _: &Arc<str>) {}
+    fn close(&self) {}
+    fn error(&self, problem: String) -> StoreError {
+        StoreError {
+            path: PathBuf::new(),
+            problem,
+        }
+    }
+}
+
+/// The SQLite file. See the module docs.
+pub struct Sqlite {
     path: PathBuf,
     /// `<db_path>.lock`, locked for the server's life: two servers writing one file would
     /// hand out the same ids. (SQLite's own locks are per write, not per process life.)
@@ -167,70 +231,55 @@ struct Disk {
 
 /// What the writer thread is asked to do.
 enum Command {
-    /// Save a room's `send` event.
-    Append(u64, Arc<str>),
+    /// Save a room's `send` event: room id, message id, event.
+    Append(u64, u64, Arc<str>),
     /// Write what came before, then stop.
     Stop,
 }
 
-impl Store {
-    /// A store that keeps nothing: `db_path: null`.
-    pub fn in_memory() -> Store {
-        Store { disk: None }
-    }
+/// Opens `path` (creating it if needed), checks and migrates it, trims each room's history
+/// to `history_len`, loads everything, and starts the message writer. `None` (`db_path:
+/// null`) keeps nothing.
+pub fn open(
+    path: Option<&Path>,
+    history_len: usize,
+) -> Result<(Arc<dyn Store>, Saved), StoreError> {
+    let Some(path) = path else {
+        return Ok((Arc::new(NoStore), Saved::default()));
+    };
+    let fail = |problem: String| StoreError {
+        path: path.to_owned(),
+        problem,
+    };
+    let owner = lock_owner(path).map_err(fail)?;
+    let mut connection = Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    prepare(&mut connection, MIGRATIONS, history_len).map_err(fail)?;
+    let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let connection = Arc::new(Mutex::new(connection));
+    let (queue, pending) = crossbeam_channel::unbounded();
+    let writer = {
+        let (connection, path) = (Arc::clone(&connection), path.to_owned());
+        std::thread::Builder::new()
+            .name("history-writer".into())
+            .stack_size(WRITER_STACK_BYTES)
+            .spawn(move || run_writer(&connection, &pending, history_len, &path))
+            .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
+    };
+    let store = Sqlite {
+        path: path.to_owned(),
+        _owner: owner,
+        connection,
+        queue,
+        falling_behind: AtomicBool::new(false),
+        writer: Mutex::new(Some(writer)),
+    };
+    Ok((Arc::new(store), saved))
+}
 
-    /// Opens `path` (creating it if needed), checks and migrates it, trims each room's
-    /// history to `history_len`, loads everything, and starts the message writer.
-    pub fn open(path: Option<&Path>, history_len: usize) -> Result<(Store, Saved), StoreError> {
-        let Some(path) = path else {
-            return Ok((Store::in_memory(), Saved::default()));
-        };
-        let fail = |problem: String| StoreError {
-            path: path.to_owned(),
-            problem,
-        };
-        let owner = lock_owner(path).map_err(fail)?;
-        let mut connection =
-            Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        prepare(&mut connection, MIGRATIONS, history_len).map_err(fail)?;
-        let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let connection = Arc::new(Mutex::new(connection));
-        let (queue, pending) = crossbeam_channel::unbounded();
-        let writer = {
-            let (connection, path) = (Arc::clone(&connection), path.to_owned());
-            std::thread::Builder::new()
-                .name("history-writer".into())
-                .stack_size(WRITER_STACK_BYTES)
-                .spawn(move || run_writer(&connection, &pending, history_len, &path))
-                .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
-        };
-        let disk = Disk {
-            path: path.to_owned(),
-            _owner: owner,
-            connection,
-            queue,
-            falling_behind: AtomicBool::new(false),
-            writer: Mutex::new(Some(writer)),
-        };
-        Ok((Store { disk: Some(disk) }, saved))
-    }
-
-    /// An error about this store's file, for a problem its caller finds in what was loaded.
-    pub fn error(&self, problem: String) -> StoreError {
-        let path = self
-            .disk
-            .as_ref()
-            .map(|d| d.path.clone())
-            .unwrap_or_default();
-        StoreError { path, problem }
-    }
-
-    /// Saves `room` (new or changed) and the id counter, in one transaction.
-    pub fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError> {
-        let Some(disk) = &self.disk else {
-            return Ok(());
-        };
-        let mut connection = disk.lock();
+impl Store for Sqlite {
+    /// One transaction for the room and the counter.
+    fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError> {
+        let mut connection = self.lock();
         let saved = (|| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached(SAVE_ROOM)?.execute(params![
@@ -245,86 +294,67 @@ impl Store {
             tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
             tx.commit()
         })();
-        saved.map_err(|e| disk.error(format!("cannot save room {}: {e}", room.id)))
+        saved.map_err(|e| self.error(format!("cannot save room {}: {e}", room.id)))
     }
 
-    /// Deletes room `id` and, through the cascade, its history.
-    pub fn delete_room(&self, id: u64) -> Result<(), StoreError> {
-        let Some(disk) = &self.disk else {
-            return Ok(());
-        };
-        let connection = disk.lock();
+    /// The history goes with the room, through the cascade.
+    fn delete_room(&self, id: u64) -> Result<(), StoreError> {
+        let connection = self.lock();
         let deleted = connection
             .prepare_cached("DELETE FROM rooms WHERE id = ?1")
             .and_then(|mut statement| statement.execute([id]));
         deleted
             .map(drop)
-            .map_err(|e| disk.error(format!("cannot delete room {id}: {e}")))
+            .map_err(|e| self.error(format!("cannot delete room {id}: {e}")))
     }
 
-    /// Queues `event` (a broadcast `send`) for room `room_id`'s saved history. Never blocks:
-    /// it is called under the room lock, on the fan-out path.
-    pub fn append_message(&self, room_id: u64, event: &Arc<str>) {
-        let Some(disk) = &self.disk else {
-            return;
-        };
+    /// If the disk falls so far behind that the queue is full, the message is left out of
+    /// the saved history, with one warning per episode.
+    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<str>) {
         // The bound is kept by hand on a list channel, which allocates as it fills: a
         // bounded channel of this size allocated 2 MiB up front, a third of the idle RSS.
-        if disk.queue.len() >= MESSAGE_QUEUE_LEN {
-            if !disk.falling_behind.swap(true, Relaxed) {
+        if self.queue.len() >= MESSAGE_QUEUE_LEN {
+            if !self.falling_behind.swap(true, Relaxed) {
                 log::warn!(
                     "database {}: the disk is falling behind; messages are left out of the saved history until it catches up",
-                    disk.path.display()
+                    self.path.display()
                 );
             }
             return;
         }
         // An error means the writer has stopped: the server is shutting down.
-        let queued = disk.queue.send(Command::Append(room_id, Arc::clone(event)));
-        if queued.is_ok() && disk.falling_behind.swap(false, Relaxed) {
-            log::info!("database {}: history writer caught up", disk.path.display());
+        let queued = self
+            .queue
+            .send(Command::Append(room_id, msg_id, Arc::clone(event)));
+        if queued.is_ok() && self.falling_behind.swap(false, Relaxed) {
+            log::info!("database {}: history writer caught up", self.path.display());
         }
     }
 
-    /// Writes out the messages still queued and stops the writer thread. Later messages
-    /// are not saved. Called once, at shutdown.
-    pub fn close(&self) {
-        let Some(disk) = &self.disk else {
-            return;
-        };
-        let writer = disk
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+    /// Stops the writer thread once it has written what is queued (later messages are not
+    /// saved), then folds the WAL into the main file.
+    fn close(&self) {
+        let writer = lock(&self.writer).take();
         if let Some(writer) = writer {
             // A blocking send: the writer is draining the queue, and no lock is held here.
-            if disk.queue.send(Command::Stop).is_ok() && writer.join().is_err() {
+            if self.queue.send(Command::Stop).is_ok() && writer.join().is_err() {
                 log::error!(
                     "database {}: the history writer panicked",
-                    disk.path.display()
+                    self.path.display()
                 );
             }
         }
         // Moves everything from the WAL into the main file and empties the WAL, so that
         // after a clean stop the one file is the whole database.
-        let checkpoint = disk
+        let checkpoint = self
             .lock()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         if let Err(e) = checkpoint {
             log::warn!(
                 "database {}: cannot checkpoint the WAL: {e}",
-                disk.path.display()
+                self.path.display()
             );
         }
-    }
-}
-
-impl Disk {
-    /// Takes the connection. A panic while it was held cannot leave a transaction open
-    /// (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.connection)
     }
 
     fn error(&self, problem: String) -> StoreError {
@@ -335,10 +365,12 @@ impl Disk {
     }
 }
 
-fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    connection
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Sqlite {
+    /// Takes the connection. A panic while it was held cannot leave a transaction open
+    /// (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.connection)
+    }
 }
 
 /// Settings, checks and migrations on a freshly opened file; the error is the problem.
@@ -441,27 +473,35 @@ fn load(connection: &Connection) -> rusqlite::Result<Saved> {
         .optional()?;
     let rooms = connection
         .prepare(
-            "SELECT id, title, description, visibility, password_hash, created_at, updated_at
+            "SELECT id, title, description, visibility, password_hash, created_at, updated_at,
+                    last_message_id
              FROM rooms ORDER BY id",
         )?
         .query_map([], |row| {
-            Ok(RoomRecord {
-                id: row.get(0)?,
-                title: row.get(1)?,
-                description: row.get(2)?,
-                visibility: row.get(3)?,
-                password_hash: row.get(4)?,
-                created_at: row.get(5)?,
-                updated_at: row.get(6)?,
+            Ok(SavedRoom {
+                room: RoomRecord {
+                    id: row.get(0)?,
+                    title: row.get(1)?,
+                    description: row.get(2)?,
+                    visibility: row.get(3)?,
+                    password_hash: row.get(4)?,
+                    created_at: row.get(5)?,
+                    updated_at: row.get(6)?,
+                },
+                last_message_id: row.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut history: HashMap<u64, Vec<Arc<str>>> = HashMap::new();
-    let mut statement = connection.prepare("SELECT room_id, event FROM messages ORDER BY seq")?;
+    let mut history: HashMap<u64, Vec<(u64, Arc<str>)>> = HashMap::new();
+    let mut statement = connection
+        .prepare("SELECT room_id, msg_id, event FROM messages ORDER BY room_id, msg_id")?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        let event: String = row.get(1)?;
-        history.entry(row.get(0)?).or_default().push(event.into());
+        let event: String = row.get(2)?;
+        history
+            .entry(row.get(0)?)
+            .or_default()
+            .push((row.get(1)?, event.into()));
     }
     Ok(Saved {
         next_id,
@@ -487,16 +527,16 @@ fn run_writer(
     history_len: usize,
     path: &Path,
 ) {
-    let mut batch = Vec::new();
+    let mut batch: Vec<(u64, u64, Arc<str>)> = Vec::new();
     let mut stop = false;
     while !stop {
         match queue.recv() {
-            Ok(Command::Append(room_id, event)) => batch.push((room_id, event)),
+            Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
             Ok(Command::Stop) | Err(_) => stop = true,
         }
         while !stop && batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(Command::Append(room_id, event)) => batch.push((room_id, event)),
+                Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
                 Ok(Command::Stop) => stop = true,
                 Err(_) => break,
             }
@@ -517,18 +557,22 @@ fn run_writer(
 
 fn write_messages(
     connection: &mut Connection,
-    batch: &[(u64, Arc<str>)],
+    batch: &[(u64, u64, Arc<str>)],
     history_len: usize,
 ) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut last_ids: BTreeMap<u64, u64> = BTreeMap::new();
     {
         let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
-        for (room_id, event) in batch {
-            insert.execute(params![room_id, &**event])?;
+        for (room_id, msg_id, event) in batch {
+            insert.execute(params![room_id, msg_id, &**event])?;
+            let last = last_ids.entry(*room_id).or_default();
+            *last = (*last).max(*msg_id);
         }
     }
-    let rooms: BTreeSet<u64> = batch.iter().map(|(room_id, _)| *room_id).collect();
-    for room_id in rooms {
+    for (room_id, last_id) in last_ids {
+        tx.prepare_cached(SAVE_LAST_MESSAGE_ID)?
+            .execute(params![room_id, last_id])?;
         trim(&tx, room_id, history_len)?;
     }
     tx.commit()
@@ -586,7 +630,7 @@ mod tests {
     #[test]
     fn a_new_file_is_migrated_to_the_latest_version() {
         let db = TempDb::new("new");
-        let (store, saved) = Store::open(Some(&db.0), 50).unwrap();
+        let (store, saved) = open(Some(&db.0), 50).unwrap();
         store.close();
         let mut wal = db.0.clone().into_os_string();
         wal.push("-wal");
@@ -628,6 +672,30 @@ mod tests {
     }
 
     #[test]
+    fn version_1_messages_are_numbered_in_order_and_get_their_id_in_the_event() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        let tx = connection.transaction().unwrap();
+        migrate(&tx, &MIGRATIONS[..1]).unwrap();
+        tx.execute_batch(
+            "INSERT INTO rooms VALUES (7, 'kept', '', 'public', NULL, 't', 't');
+             INSERT INTO messages (room_id, event) VALUES (7, '{\"msg\":\"a\"}'), (7, '{\"msg\":\"b\"}');",
+        )
+        .unwrap();
+        migrate(&tx, MIGRATIONS).unwrap();
+        tx.commit().unwrap();
+        let saved = load(&connection).unwrap();
+        let history: Vec<(u64, &str)> = saved.history[&7]
+            .iter()
+            .map(|(id, e)| (*id, &**e))
+            .collect();
+        assert_eq!(
+            history,
+            [(1, r#"{"msg":"a","id":1}"#), (2, r#"{"msg":"b","id":2}"#)]
+        );
+        assert_eq!(saved.rooms[0].last_message_id, 2);
+    }
+
+    #[test]
     fn a_file_from_a_newer_chitchat_is_refused() {
         let connection = Connection::open_in_memory().unwrap();
         connection.pragma_update(None, "user_version", 99).unwrap();
@@ -638,38 +706,49 @@ mod tests {
     #[test]
     fn rooms_counter_and_history_are_read_back() {
         let db = TempDb::new("roundtrip");
-        let (store, _) = Store::open(Some(&db.0), 2).unwrap();
+        let (store, _) = open(Some(&db.0), 2).unwrap();
         store.save_room(&room(3, "three"), 4).unwrap();
         store.save_room(&room(5, "five"), 6).unwrap();
         // A late write of an older counter must not move it back.
         store.save_room(&room(3, "three renamed"), 4).unwrap();
-        for text in ["a", "b", "c"] {
-            store.append_message(3, &Arc::from(text));
+        for (id, text) in [(1, "a"), (2, "b"), (3, "c")] {
+            store.append_message(3, id, &Arc::from(text));
         }
         store.close();
         drop(store);
-        let (store, saved) = Store::open(Some(&db.0), 2).unwrap();
+        let (store, saved) = open(Some(&db.0), 2).unwrap();
         store.close();
         assert_eq!(saved.next_id, Some(6));
-        assert_eq!(saved.rooms, vec![room(3, "three renamed"), room(5, "five")]);
-        let history: Vec<&str> = saved.history[&3].iter().map(|e| &**e).collect();
-        assert_eq!(history, ["b", "c"]);
+        let rooms: Vec<_> = saved
+            .rooms
+            .iter()
+            .map(|r| (&r.room, r.last_message_id))
+            .collect();
+        assert_eq!(
+            rooms,
+            [(&room(3, "three renamed"), 3), (&room(5, "five"), 0)]
+        );
+        let history: Vec<(u64, &str)> = saved.history[&3]
+            .iter()
+            .map(|(id, e)| (*id, &**e))
+            .collect();
+        assert_eq!(history, [(2, "b"), (3, "c")]);
     }
 
     #[test]
     fn deleting_a_room_deletes_its_history_and_late_messages_are_skipped() {
         let db = TempDb::new("delete");
-        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        let (store, _) = open(Some(&db.0), 10).unwrap();
         store.save_room(&room(2, "two"), 3).unwrap();
-        store.append_message(2, &Arc::from("before"));
+        store.append_message(2, 1, &Arc::from("before"));
         store.close();
         drop(store);
-        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        let (store, _) = open(Some(&db.0), 10).unwrap();
         store.delete_room(2).unwrap();
-        store.append_message(2, &Arc::from("after the delete"));
+        store.append_message(2, 2, &Arc::from("after the delete"));
         store.close();
         drop(store);
-        let (store, saved) = Store::open(Some(&db.0), 10).unwrap();
+        let (store, saved) = open(Some(&db.0), 10).unwrap();
         store.close();
         assert!(saved.rooms.is_empty());
         assert!(saved.history.is_empty(), "{:?}", saved.history);
@@ -679,19 +758,23 @@ mod tests {
     #[test]
     fn a_smaller_history_len_trims_at_start() {
         let db = TempDb::new("trim");
-        let (store, _) = Store::open(Some(&db.0), 10).unwrap();
+        let (store, _) = open(Some(&db.0), 10).unwrap();
         store.save_room(&room(2, "two"), 3).unwrap();
-        for text in ["1", "2", "3", "4"] {
-            store.append_message(2, &Arc::from(text));
+        for (id, text) in [(1, "1"), (2, "2"), (3, "3"), (4, "4")] {
+            store.append_message(2, id, &Arc::from(text));
         }
         store.close();
         drop(store);
-        let (store, saved) = Store::open(Some(&db.0), 1).unwrap();
+        let (store, saved) = open(Some(&db.0), 1).unwrap();
         store.close();
-        let history: Vec<&str> = saved.history[&2].iter().map(|e| &**e).collect();
-        assert_eq!(history, ["4"]);
+        let history: Vec<(u64, &str)> = saved.history[&2]
+            .iter()
+            .map(|(id, e)| (*id, &**e))
+            .collect();
+        assert_eq!(history, [(4, "4")]);
+        assert_eq!(saved.rooms[0].last_message_id, 4);
         drop(store);
-        let (store, saved) = Store::open(Some(&db.0), 0).unwrap();
+        let (store, saved) = open(Some(&db.0), 0).unwrap();
         store.close();
         assert!(saved.history.is_empty());
     }
@@ -700,7 +783,7 @@ mod tests {
     fn a_file_that_is_not_a_database_is_an_error_naming_it() {
         let db = TempDb::new("garbage");
         std::fs::write(&db.0, vec![0x5a; 8192]).unwrap();
-        let error = Store::open(Some(&db.0), 50).err().unwrap();
+        let error = open(Some(&db.0), 50).err().unwrap();
         assert_eq!(error.path, db.0);
         assert!(
             error

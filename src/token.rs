@@ -1,4 +1,4 @@
-//! Room tokens: issue and verify JWTs (HS256 only), and find a token in a request.
+//! Room tokens: issue and verify JWTs (HS256 only), and find the token a request presents.
 //!
 //! A token's signing key is derived from the server secret, the room's bcrypt hash and the
 //! room's id, so a token opens exactly one room, and dies when that room is deleted or its
@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorKind};
+use crate::path::query_param;
 use crate::rooms::RoomKey;
 
 /// What a token says: who, for which room, until when (seconds since the epoch).
@@ -92,8 +93,30 @@ fn header_algorithm(token: &str) -> Option<String> {
         .map(|h| h.alg)
 }
 
+/// The token a request presents, wherever it is (SPEC, Tokens): `Authorization: Bearer`
+/// for REST and WebSocket requests; on a WebSocket handshake also the first offered
+/// `Sec-WebSocket-Protocol` value (what a browser can send) or a `?token=` parameter. The
+/// REST side passes `None` for the two WebSocket-only places.
+pub fn presented(
+    authorization: Option<&str>,
+    protocol: Option<&str>,
+    query: Option<&str>,
+) -> Option<String> {
+    protocol
+        .and_then(first_protocol)
+        .map(str::to_owned)
+        .or_else(|| authorization.and_then(from_bearer).map(str::to_owned))
+        .or_else(|| query.and_then(|q| query_param(q, "token")))
+}
+
+/// The first of the offered subprotocols (`a, b` lists are allowed by RFC 6455): the one a
+/// handshake echoes back, and the one read as a token.
+pub fn first_protocol(offered: &str) -> Option<&str> {
+    Some(offered.split(',').next()?.trim()).filter(|p| !p.is_empty())
+}
+
 /// The token in an `Authorization: Bearer <token>` header value, if that is what it is.
-pub fn from_bearer(header: &str) -> Option<&str> {
+fn from_bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -160,5 +183,23 @@ mod tests {
         assert_eq!(from_bearer("Bearer abc"), Some("abc"));
         assert_eq!(from_bearer("bearer  abc "), Some("abc"));
         assert_eq!(from_bearer("Basic abc"), None);
+    }
+
+    #[test]
+    fn a_token_is_found_in_protocol_header_or_query_in_that_order() {
+        let found = |a, p, q| presented(a, p, q);
+        assert_eq!(
+            found(Some("Bearer h"), Some("p, x"), Some("token=q")).as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            found(Some("Bearer h"), None, Some("token=q")).as_deref(),
+            Some("h")
+        );
+        assert_eq!(
+            found(None, Some(" "), Some("a=1&token=q%2E")).as_deref(),
+            Some("q.")
+        );
+        assert_eq!(found(Some("Basic x"), None, None), None);
     }
 }

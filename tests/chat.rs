@@ -86,6 +86,13 @@ fn chat_event(event_type: &str, name: &str, msg: &str, room_id: u64) -> Value {
     json!({"event_type": event_type, "name": name, "color": "#123456", "msg": msg, "room_id": room_id})
 }
 
+/// A broadcast `send` event: a chat event with its message id.
+fn message_event(name: &str, msg: &str, room_id: u64, id: u64) -> Value {
+    let mut event = chat_event("send", name, msg, room_id);
+    event["id"] = json!(id);
+    event
+}
+
 /// Creates a private room and returns its id.
 fn private_room(server: &TestServer, title: &str) -> u64 {
     let room = server.create_room(title, "private", Some(PASSWORD));
@@ -374,7 +381,7 @@ fn send_is_broadcast_to_every_joined_socket_including_the_sender() {
         .collect();
     assert_eq!(
         events[1],
-        timed(&events[1], chat_event("send", "bob", "hello, room", 1))
+        timed(&events[1], message_event("bob", "hello, room", 1, 1))
     );
     assert_eq!(events[0], events[1]);
     assert_eq!(events[2], events[1]);
@@ -460,7 +467,7 @@ fn a_socket_can_leave_and_join_again() {
     let event = bob.next_event_where("alicia's message", |e| e["event_type"] == "send");
     assert_eq!(
         event,
-        timed(&event, chat_event("send", "alicia", "new name", 1))
+        timed(&event, message_event("alicia", "new name", 1, 1))
     );
 }
 
@@ -500,7 +507,7 @@ fn send_with_another_name_is_broadcast_under_the_joined_name() {
     let event = bob.next_event_where("the spoofed message", |e| e["event_type"] == "send");
     assert_eq!(
         event,
-        timed(&event, chat_event("send", "alice", "I am bob", 1))
+        timed(&event, message_event("alice", "I am bob", 1, 1))
     );
 }
 
@@ -525,7 +532,7 @@ fn leave_with_another_name_leaves_only_the_sender() {
     let event = bob.next_event_where("bob's message", |e| e["event_type"] == "send");
     assert_eq!(
         event,
-        timed(&event, chat_event("send", "bob", "still here", 1))
+        timed(&event, message_event("bob", "still here", 1, 1))
     );
 }
 
@@ -545,7 +552,7 @@ fn send_before_join_gets_error_201_and_socket_stays_open() {
     let event = alice.next_event_where("alice's message", |e| e["event_type"] == "send");
     assert_eq!(
         event,
-        timed(&event, chat_event("send", "alice", "now I am alice", 1))
+        timed(&event, message_event("alice", "now I am alice", 1, 1))
     );
 }
 
@@ -857,7 +864,7 @@ fn updating_a_room_keeps_its_sockets_connected() {
     let event = bob.next_event_where("alice's message", |e| e["event_type"] == "send");
     assert_eq!(
         event,
-        timed(&event, chat_event("send", "alice", "still here", id))
+        timed(&event, message_event("alice", "still here", id, 1))
     );
 }
 

@@ -1,17 +1,30 @@
-//! The WebSocket handshake: which room, which token, and the refusals.
+//! The whole WebSocket handshake: which room, which token, the subprotocol echo, and the
+//! refusals.
 //!
-//! Runs inside tungstenite's `accept_hdr` callback, before the upgrade, so a refused client
-//! gets a plain HTTP answer (404, 401, 403) with the same JSON error body the REST API uses.
-//! A token may come as the `Sec-WebSocket-Protocol` value (what browsers can send; the value
-//! is echoed back, which browsers require), as `Authorization: Bearer`, or as `?token=`.
+//! [`accept`] runs tungstenite's server handshake on the blocking socket; the room and the
+//! token are checked inside its `accept_hdr` callback ([`admit`]), before the upgrade, so a
+//! refused client gets a plain HTTP answer (404, 401, 403) with the same JSON error body
+//! the REST API uses. Where the token may be is `token::presented`'s business; the value
+//! of `Sec-WebSocket-Protocol`, when offered, is echoed back, which browsers require.
 
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+
+use tungstenite::error::Error as WsError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{header, HeaderValue, StatusCode};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{HandshakeError, WebSocket};
 
+use super::frame::{linger, Duplex};
 use crate::error::{ApiError, ErrorKind};
-use crate::rooms::{percent_decode, RoomRef};
+use crate::path;
 use crate::token;
 use crate::State;
+
+/// tungstenite's read buffer, allocated up front for every socket: small, since chat
+/// frames are small and idle sockets are many. A larger frame grows it as needed.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Who a socket is, once its handshake has been accepted.
 #[derive(Debug, Clone)]
@@ -22,29 +35,82 @@ pub struct Admission {
     pub token_user: Option<String>,
 }
 
-/// Decides whether `request` may open a socket. On success also returns the subprotocol
-/// to echo, if the client offered one.
-pub fn admit(
-    state: &State,
-    request: &Request,
-) -> Result<(Admission, Option<HeaderValue>), ApiError> {
-    let room = room_in_path(request.uri().path())?;
+/// Runs the handshake on a new, blocking connection; `Some` if it was accepted, after which
+/// the socket's writes go through its `Duplex` buffer. A refused or failed handshake is
+/// answered where there is someone to answer, and closed without a reset.
+pub fn accept(state: &State, socket: TcpStream) -> Option<(WebSocket<Duplex>, Admission)> {
+    let raw = socket.try_clone().ok()?;
+    let _ = raw.set_read_timeout(Some(state.config.read_timeout));
+    let mut admitted = None;
+    // tungstenite's callback signature fixes the (large) error type.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| match admit(state, request) {
+        Ok((admission, protocol)) => {
+            admitted = Some(admission);
+            Ok(echo_protocol(response, protocol))
+        }
+        Err(error) => {
+            log::info!("handshake for {} refused: {error}", request.uri().path());
+            Err(refusal(&error))
+        }
+    };
+    let max = state.config.max_message_bytes;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let answered =
+        match tungstenite::accept_hdr_with_config(Duplex::new(socket), callback, Some(config)) {
+            Ok(mut ws) => {
+                ws.get_mut().direct = false;
+                return Some((ws, admitted?));
+            }
+            // Refused by `admit`: the answer has been written.
+            Err(HandshakeError::Failure(WsError::Http(_))) => true,
+            // The client went away or stalled past `read_timeout`.
+            Err(HandshakeError::Failure(WsError::Io(_)) | HandshakeError::Interrupted(_)) => false,
+            // Not a WebSocket upgrade at all (a browser or `curl` on the WebSocket port).
+            Err(HandshakeError::Failure(e)) => {
+                log::info!("not a WebSocket handshake: {e}");
+                let _ = (&raw).write_all(&not_a_websocket_response());
+                true
+            }
+        };
+    if answered {
+        let _ = raw.shutdown(Shutdown::Write);
+        linger(&raw);
+    }
+    None
+}
+
+/// Decides whether `request` may open a socket: its room exists and, for a private or
+/// hidden room, it presents a valid token for it. Also returns the subprotocol to echo.
+fn admit(state: &State, request: &Request) -> Result<(Admission, Option<HeaderValue>), ApiError> {
+    let room = path::ws_room(&request.uri().to_string())
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound))?;
     let key = state.rooms.key(&room)?;
-    let protocol = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(first_protocol);
+    let header_text = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let offered = header_text(header::SEC_WEBSOCKET_PROTOCOL);
     let token_user = if key.visibility.needs_token() {
-        let token = protocol
-            .as_ref()
-            .and_then(|p| p.to_str().ok().map(str::to_owned))
-            .or_else(|| bearer(request))
-            .or_else(|| request.uri().query().and_then(token_in_query))
-            .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
+        let token = token::presented(
+            header_text(header::AUTHORIZATION),
+            offered,
+            request.uri().query(),
+        )
+        .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
         Some(token::verify(&state.secret, &key, &token)?.username)
     } else {
         None
     };
+    let protocol = offered
+        .and_then(token::first_protocol)
+        .and_then(|p| HeaderValue::from_str(p).ok());
     Ok((
         Admission {
             room_id: key.id,
@@ -54,43 +120,9 @@ pub fn admit(
     ))
 }
 
-/// The room in `/chats/<id-or-title>/ws`; anything else is 404.
-fn room_in_path(path: &str) -> Result<RoomRef, ApiError> {
-    let not_found = || ApiError::new(ErrorKind::NotFound);
-    match path.split('/').collect::<Vec<_>>().as_slice() {
-        ["", "chats", room, "ws"] => RoomRef::from_segment(room).ok_or_else(not_found),
-        _ => Err(not_found()),
-    }
-}
-
-/// The first of the offered subprotocols (`a, b` lists are allowed by RFC 6455).
-fn first_protocol(offered: &HeaderValue) -> Option<HeaderValue> {
-    let first = offered.to_str().ok()?.split(',').next()?.trim();
-    HeaderValue::from_str(first)
-        .ok()
-        .filter(|_| !first.is_empty())
-}
-
-fn bearer(request: &Request) -> Option<String> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    token::from_bearer(value).map(str::to_owned)
-}
-
-fn token_in_query(query: &str) -> Option<String> {
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .and_then(percent_decode)
-}
-
 /// The HTTP answer refusing a handshake: the error's status and JSON body.
-pub fn refusal(error: &ApiError) -> ErrorResponse {
-    // A newline ends the body, as on the REST side.
-    let body = error.to_json() + "\n";
+fn refusal(error: &ApiError) -> ErrorResponse {
+    let body = error.to_body();
     let mut response = ErrorResponse::new(Some(body.clone()));
     *response.status_mut() =
         StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -104,11 +136,9 @@ pub fn refusal(error: &ApiError) -> ErrorResponse {
     response
 }
 
-/// A whole HTTP response for a request that is not a WebSocket upgrade at all (a browser
-/// or `curl` pointed at the WebSocket port): 400 with code 305.
-pub fn not_a_websocket_response() -> Vec<u8> {
-    let error = ApiError::new(ErrorKind::UnsupportedClient);
-    let body = error.to_json() + "\n";
+/// A whole HTTP response for a request that is not a WebSocket upgrade: 400, code 305.
+fn not_a_websocket_response() -> Vec<u8> {
+    let body = ApiError::new(ErrorKind::UnsupportedClient).to_body();
     format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -117,36 +147,11 @@ pub fn not_a_websocket_response() -> Vec<u8> {
 }
 
 /// Adds the echoed subprotocol to an accepting response.
-pub fn accept(mut response: Response, protocol: Option<HeaderValue>) -> Response {
+fn echo_protocol(mut response: Response, protocol: Option<HeaderValue>) -> Response {
     if let Some(protocol) = protocol {
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_ws_path_names_a_room() {
-        assert_eq!(room_in_path("/chats/3/ws"), Ok(RoomRef::Id(3)));
-        assert_eq!(
-            room_in_path("/chats/My%20room/ws"),
-            Ok(RoomRef::Title("My room".into()))
-        );
-        assert!(room_in_path("/chats/3").is_err());
-        assert!(room_in_path("/chats/3/ws/x").is_err());
-    }
-
-    #[test]
-    fn token_is_found_in_the_query() {
-        assert_eq!(
-            token_in_query("a=1&token=abc.def").as_deref(),
-            Some("abc.def")
-        );
-        assert_eq!(token_in_query("a=1"), None);
-    }
 }

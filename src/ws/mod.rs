@@ -1,15 +1,18 @@
 //! The WebSocket listener: accept, one thread per socket, and shutdown with close 1001.
 //!
 //! Layout of `ws/`, in reading order:
-//! - this file: the accept loop and the registry of live sockets (for shutdown);
-//! - `handshake`: which room and token a connection asks for, refusals as JSON;
-//! - `session`: one socket's life on its own thread (join / send / leave, heartbeats);
-//! - `outbox`: the socket's bounded queue and the doorbell that wakes its thread.
+//! - this file: the accept loop, a thread per socket, and the registry of live sockets
+//!   (for shutdown);
+//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON;
+//! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
+//! - `frame`: encoding server frames, and the buffered non-blocking writer;
+//! - `doorbell`: how the room wakes and closes a socket's thread.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
 
+mod doorbell;
+mod frame;
 mod handshake;
-mod outbox;
 mod session;
 
 use std::collections::HashMap;
@@ -20,10 +23,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::frame::coding::CloseCode;
-
+use crate::sync::lock;
 use crate::State;
-use outbox::Outbox;
+use doorbell::{Closing, Doorbell};
+use session::Session;
 
 /// The stack of a socket's threads (handshake, then session). A stack is virtual memory:
 /// only the pages a thread touches cost RSS (12 KiB for a session, 16 KiB for a
@@ -42,7 +45,7 @@ pub struct WsServer {
     addr: SocketAddr,
     stopping: AtomicBool,
     /// Live sockets by id, so shutdown can close each with 1001.
-    sockets: Mutex<HashMap<u64, Outbox>>,
+    sockets: Mutex<HashMap<u64, Doorbell>>,
     /// Signalled whenever a socket leaves `sockets`.
     socket_ended: Condvar,
     next_id: AtomicU64,
@@ -92,16 +95,17 @@ impl WsServer {
         let id = self.next_id.fetch_add(1, SeqCst);
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(state.config.write_timeout));
-        let outbox = match Outbox::new(state.config.send_queue_len) {
-            Ok(outbox) => outbox,
+        let doorbell = match Doorbell::new() {
+            Ok(doorbell) => doorbell,
             Err(e) => return log::error!("socket {id}: cannot make its doorbell: {e}"),
         };
-        self.lock_sockets().insert(id, outbox.clone());
+        self.lock_sockets().insert(id, doorbell.clone());
         let (server, state) = (Arc::clone(self), Arc::clone(state));
         // The handshake runs on a short-lived thread and the chat on a fresh one, so the
         // handshake's deep stack is not kept by every idle socket.
-        let handshake = move || match session::open(state, id, stream, outbox) {
-            Some(session) => {
+        let handshake = move || match handshake::accept(&state, stream) {
+            Some((ws, admission)) => {
+                let session = Session::new(state, id, admission, doorbell, ws);
                 let ended = Arc::clone(&server);
                 server.spawn(id, "ws-session", move || {
                     session.run();
@@ -136,10 +140,8 @@ impl WsServer {
         self.socket_ended.notify_all();
     }
 
-    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, Outbox>> {
-        self.sockets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, Doorbell>> {
+        lock(&self.sockets)
     }
 
     /// Stops accepting, closes every socket with 1001, and waits (a bounded time) for them
@@ -159,8 +161,8 @@ impl WsServer {
         let _ = TcpStream::connect_timeout(&wake_addr, Duration::from_secs(1));
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut sockets = self.lock_sockets();
-        for outbox in sockets.values() {
-            outbox.close(CloseCode::Away);
+        for doorbell in sockets.values() {
+            doorbell.close(Closing::Shutdown);
         }
         while !sockets.is_empty() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {

@@ -1,0 +1,612 @@
+//! One room's live side: its sockets and members, the feed of events they read, its kept
+//! history and message ids. Everything here runs under the room's lock ([`Room::live`])
+//! and is memory work only; what must happen after the lock (waking sleeping members,
+//! closing sockets, logging, queueing a message for the disk) is collected in an
+//! [`Aftermath`] and done once the lock is released.
+//!
+//! # The feed: one shared, bounded log per room
+//! A room does not copy each event into every member's queue. It appends the event, once,
+//! to its feed (a ring of the latest events, shared by all members), and every socket reads
+//! the feed from its own cursor. So an event costs one allocation however many people hear
+//! it, a join storm of 2,000 people leaves 2,000 small events in one ring rather than
+//! 2,000 in each of 2,000 queues, and the memory a room's queued events may take is one
+//! hard bound, `send_queue_len` events, whatever its members do.
+//!
+//! When the feed is full, its oldest event is still unread by someone (the laggards):
+//! - a laggard whose client has stopped reading (its writes would block: see
+//!   [`Subscriber::is_stalled`]) is a slow reader: it is closed (1008) and its leave
+//!   broadcast, so it slows nobody down;
+//! - a laggard that is only behind because its thread has not run yet (the server is busy)
+//!   is waited for: the speaker's action is refused with [`Refusal::Busy`], and the speaker's
+//!   session holds the frame, stops reading its own socket, and retries when woken. Under
+//!   overload the room slows down evenly; nobody who reads loses an event (SPEC, Ordering
+//!   and delivery).
+//!
+//! Leaves of sockets that end (closed, dropped, deleted) are appended even to a full feed:
+//! there is at most one per socket, so the bound stays a bound.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use crate::clock::now_rfc3339;
+use crate::error::{ApiError, ErrorKind};
+use crate::event::{as_replay, join_message, leave_message, EventType, ServerEvent};
+use crate::store::Store;
+use crate::sync::lock;
+
+use super::catalog::Info;
+use super::view::{RoomView, UserView};
+
+/// A socket's side of the room: how the room sees, wakes and closes one socket. In
+/// practice one WebSocket's doorbell (`ws::doorbell`).
+pub trait Subscriber: Send + Sync {
+    /// Whether the socket's thread is asleep waiting for events: only those are woken.
+    fn is_asleep(&self) -> bool;
+    /// Whether the client is not reading: bytes are waiting for its kernel send buffer,
+    /// which is full. Decides who is a slow reader (see the module docs).
+    fn is_stalled(&self) -> bool;
+    /// Wakes the socket's thread if it sleeps. A system call: only after the lock.
+    fn wake(&self);
+    /// Tells the socket it has been removed from the room, and why. After the lock.
+    fn close(&self, reason: CloseReason);
+}
+
+/// Why the room removed a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It stopped reading while the feed was full (WebSocket close 1008).
+    SlowReader,
+    /// The room was deleted (a 101 error event, then close 1001).
+    RoomDeleted,
+}
+
+/// Why a chat action did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A client mistake, answered with an error event.
+    Error(ApiError),
+    /// The feed is full and someone who reads is behind: nothing happened; the socket has
+    /// been registered to be woken when there is room, and tries again then.
+    Busy,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal::Error(error)
+    }
+}
+
+/// One room: its id, its state behind the lock that orders its events, and the sequence
+/// number of its next event (readable without the lock, so a socket can check for news
+/// before it sleeps).
+pub struct Room {
+    /// The room's id, never reused.
+    pub id: u64,
+    /// The lock that orders the room's events. Held for memory work only: never across disk
+    /// I/O, bcrypt, a log line or a system call (see `rooms` for the rules).
+    live: Mutex<Live>,
+    /// The feed's next sequence number (`Live::head`), published for lock-free reads.
+    head: AtomicU64,
+}
+
+/// Everything behind a room's lock.
+pub(super) struct Live {
+    /// Title, visibility, hash...: changed only by the catalogue.
+    pub(super) info: Info,
+    /// Set when the room is deleted: nothing may attach or speak after that.
+    pub(super) deleted: bool,
+    /// Connected sockets by session id (so in connection order), joined or not.
+    sockets: BTreeMap<u64, Socket>,
+    /// The feed: `events[0]` has sequence number `first_seq`.
+    events: VecDeque<Arc<str>>,
+    first_seq: u64,
+    /// The most events the feed holds before speakers wait (`send_queue_len`).
+    capacity: usize,
+    /// The last `history_len` `send` events with their ids, oldest first.
+    history: VecDeque<(u64, Arc<str>)>,
+    history_len: usize,
+    /// The id of the room's last message; the next one gets one more.
+    last_message_id: u64,
+    /// Speakers refused with [`Refusal::Busy`], to be woken when the feed has room.
+    waiting: Vec<Arc<dyn Subscriber>>,
+}
+
+/// A socket connected to the room.
+struct Socket {
+    subscriber: Arc<dyn Subscriber>,
+    /// The sequence number of the next feed event this socket reads.
+    cursor: u64,
+    /// Set while the socket has joined under a name; a socket has at most one.
+    member: Option<Member>,
+    /// After a leave: the socket still reads the events before its leave, up to here.
+    reads_until: Option<u64>,
+}
+
+impl Socket {
+    /// Whether the socket still has feed events to read, so the feed must keep them.
+    fn reads(&self, head: u64) -> bool {
+        self.member.is_some()
+            || self
+                .reads_until
+                .is_some_and(|until| self.cursor < until.min(head))
+    }
+}
+
+/// The name a socket joined with.
+struct Member {
+    username: String,
+    color: String,
+    last_activity: String,
+}
+
+/// Where a socket stands in its room's feed after a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// It has read the feed up to this sequence number (see [`Room::has_news`]).
+    At(u64),
+    /// It is not joined and has nothing left to read: feed events are not for it.
+    Idle,
+    /// It is no longer in the room (dropped as a slow reader, or the room was deleted).
+    Gone,
+}
+
+/// What a join hands back to its socket.
+pub struct Joined {
+    /// The kept messages it asked for, as replayed (`"replay":true`), oldest first: to be
+    /// sent before anything from the feed.
+    pub replay: Vec<String>,
+}
+
+/// Work to do once the room's lock is released.
+#[derive(Default)]
+pub struct Aftermath {
+    wake: Vec<Arc<dyn Subscriber>>,
+    close: Vec<(Arc<dyn Subscriber>, CloseReason)>,
+    slow: Vec<String>,
+    /// A message for the database's history: room id, message id, its text.
+    persist: Option<(u64, u64, Arc<str>)>,
+}
+
+impl Aftermath {
+    /// Wakes, closes, logs and persists what the locked work left for it.
+    pub fn finish(self, room_id: u64, store: &dyn Store) {
+        for subscriber in self.wake {
+            subscriber.wake();
+        }
+        for (subscriber, reason) in self.close {
+            subscriber.close(reason);
+        }
+        for name in self.slow {
+            log::warn!("room {room_id}: {name} stopped reading; closing it");
+        }
+        if let Some((room_id, id, text)) = self.persist {
+            store.append_message(room_id, id, &text);
+        }
+    }
+}
+
+impl Room {
+    /// A room with no sockets, its kept `history` (with ids) and the id of its last message.
+    pub(super) fn new(
+        info: Info,
+        history: Vec<(u64, Arc<str>)>,
+        last_message_id: u64,
+        capacity: usize,
+        history_len: usize,
+    ) -> Room {
+        let id = info.id;
+        let mut history: VecDeque<_> = history.into();
+        while history.len() > history_len {
+            history.pop_front();
+        }
+        let last_message_id = history.back().map_or(0, |(id, _)| *id).max(last_message_id);
+        Room {
+            id,
+            live: Mutex::new(Live {
+                info,
+                deleted: false,
+                sockets: BTreeMap::new(),
+                events: VecDeque::new(),
+                first_seq: 0,
+                // A feed of one event could never hold a join and the leave it may need.
+                capacity: capacity.max(2),
+                history,
+                history_len,
+                last_message_id,
+                waiting: Vec::new(),
+            }),
+            head: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `work` under the room's lock, then does what it left in its [`Aftermath`].
+    pub(super) fn with_live<T>(
+        &self,
+        store: &dyn Store,
+        work: impl FnOnce(&mut Live, &mut Aftermath) -> T,
+    ) -> T {
+        let mut after = Aftermath::default();
+        let result = {
+            let mut live = lock(&self.live);
+            let result = work(&mut live, &mut after);
+            self.head.store(live.head(), SeqCst);
+            result
+        };
+        after.finish(self.id, store);
+        result
+    }
+
+    /// The room's title, for the index.
+    pub(super) fn title(&self) -> String {
+        lock(&self.live).info.title.clone()
+    }
+
+    /// Whether the feed has events past `cursor`: checked, without the lock, by a socket
+    /// about to sleep.
+    pub fn has_news(&self, cursor: u64) -> bool {
+        self.head.load(SeqCst) > cursor
+    }
+}
+
+impl Live {
+    /// The sequence number the next feed event gets.
+    fn head(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
+
+    /// The room as clients see it, with or without its members.
+    pub(super) fn view(&self, with_users: bool) -> RoomView {
+        let info = &self.info;
+        RoomView {
+            id: info.id,
+            title: info.title.clone(),
+            description: info.description.clone(),
+            visibility: info.visibility,
+            created_at: info.created_at.clone(),
+            updated_at: info.updated_at.clone(),
+            users: with_users.then(|| {
+                self.sockets
+                    .values()
+                    .filter_map(|s| s.member.as_ref())
+                    .map(|m| UserView {
+                        username: m.username.clone(),
+                        color: m.color.clone(),
+                        last_activity: m.last_activity.clone(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// Connects socket `session` (not joined yet), so it hears of the room's deletion.
+    pub(super) fn attach(
+        &mut self,
+        session: u64,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<(), ApiError> {
+        if self.deleted {
+            return Err(ApiError::new(ErrorKind::RoomNotFound));
+        }
+        let cursor = self.head();
+        self.sockets.insert(
+            session,
+            Socket {
+                subscriber,
+                cursor,
+                member: None,
+                reads_until: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Disconnects socket `session`; a member's leave is broadcast even to a full feed.
+    pub(super) fn detach(&mut self, session: u64, after: &mut Aftermath) {
+        if let Some(socket) = self.sockets.remove(&session) {
+            if let Some(member) = socket.member {
+                self.push_leave(&member, after);
+            }
+            self.release_waiting(after);
+        }
+    }
+
+    /// Takes every socket away (the room is being deleted) and has them closed.
+    pub(super) fn close_all(&mut self, after: &mut Aftermath) {
+        self.deleted = true;
+        for socket in std::mem::take(&mut self.sockets).into_values() {
+            after
+                .close
+                .push((socket.subscriber, CloseReason::RoomDeleted));
+        }
+        self.events.clear();
+        self.waiting.clear();
+    }
+
+    /// Gives socket `session` the name `name` and broadcasts its join. Names are unique in
+    /// a room case-insensitively, and a socket holds one at a time (else 202). The socket
+    /// first gets the kept messages with an id above `since` (all without it), then its own
+    /// join: under the lock, so no event can come between them.
+    pub(super) fn join(
+        &mut self,
+        session: u64,
+        name: &str,
+        color: &str,
+        since: Option<u64>,
+        after: &mut Aftermath,
+    ) -> Result<Joined, Refusal> {
+        let lower = name.to_lowercase();
+        let taken = self.sockets.iter().any(|(id, s)| {
+            s.member
+                .as_ref()
+                .is_some_and(|m| *id == session || m.username.to_lowercase() == lower)
+        });
+        if taken {
+            return Err(ApiError::field(ErrorKind::DuplicateUsername, "name").into());
+        }
+        self.socket(session)?;
+        self.make_space(session, after)?;
+        let now = now_rfc3339();
+        let join = self.event(
+            EventType::Join,
+            name,
+            color,
+            &join_message(name),
+            &now,
+            None,
+        );
+        let seq = self.push(join, after);
+        let socket = self.socket(session)?;
+        socket.cursor = seq;
+        socket.reads_until = None;
+        socket.member = Some(Member {
+            username: name.to_owned(),
+            color: color.to_owned(),
+            last_activity: now,
+        });
+        let since = since.unwrap_or(0);
+        let replay = self
+            .history
+            .iter()
+            .filter(|(id, _)| *id > since)
+            .map(|(_, text)| as_replay(text))
+            .collect();
+        Ok(Joined { replay })
+    }
+
+    /// Broadcasts `msg` under the name `session` joined with (201 if it has none), as the
+    /// room's next message id, and keeps it in the history.
+    pub(super) fn send(
+        &mut self,
+        session: u64,
+        msg: &str,
+        after: &mut Aftermath,
+    ) -> Result<u64, Refusal> {
+        self.member(session)?;
+        self.make_space(session, after)?;
+        let now = now_rfc3339();
+        let id = self.last_message_id + 1;
+        let member = self.member(session)?;
+        member.last_activity = now.clone();
+        let (name, color) = (member.username.clone(), member.color.clone());
+        let text = self.event(EventType::Send, &name, &color, msg, &now, Some(id));
+        self.push(Arc::clone(&text), after);
+        self.last_message_id = id;
+        if self.history_len > 0 {
+            while self.history.len() >= self.history_len {
+                self.history.pop_front();
+            }
+            self.history.push_back((id, Arc::clone(&text)));
+            after.persist = Some((self.info.id, id, text));
+        }
+        Ok(id)
+    }
+
+    /// Takes `session`'s name away and broadcasts its leave (201 if it had none: never
+    /// joined, already left, or dropped as a slow reader).
+    pub(super) fn leave(&mut self, session: u64, after: &mut Aftermath) -> Result<(), Refusal> {
+        self.member(session)?;
+        self.make_space(session, after)?;
+        let socket = self.socket(session)?;
+        let member = socket.member.take().ok_or_else(user_not_found)?;
+        // It still reads what was said before it left, not its own leave.
+        let head = self.head();
+        if let Some(socket) = self.sockets.get_mut(&session) {
+            socket.reads_until = Some(head);
+        }
+        self.push_leave(&member, after);
+        Ok(())
+    }
+
+    /// Copies the feed events `session` has not read yet, at most `max`, into `out`, and
+    /// says where that leaves it.
+    pub(super) fn read(
+        &mut self,
+        session: u64,
+        max: usize,
+        out: &mut Vec<Arc<str>>,
+        after: &mut Aftermath,
+    ) -> Progress {
+        let (first, head) = (self.first_seq, self.head());
+        let Some(socket) = self.sockets.get_mut(&session) else {
+            return Progress::Gone;
+        };
+        let until = match (&socket.member, socket.reads_until) {
+            (Some(_), _) => head,
+            (None, Some(until)) => until.min(head),
+            (None, None) => return Progress::Idle,
+        };
+        let start = socket.cursor.max(first);
+        let end = until.min(start.saturating_add(max as u64));
+        let from = usize::try_from(start - first).unwrap_or(usize::MAX);
+        let to = usize::try_from(end.saturating_sub(first)).unwrap_or(usize::MAX);
+        out.extend(self.events.range(from..to.max(from)).cloned());
+        socket.cursor = end;
+        let progress = if socket.member.is_some() {
+            Progress::At(end)
+        } else if end >= until {
+            socket.reads_until = None;
+            Progress::Idle
+        } else {
+            Progress::At(end)
+        };
+        self.release_waiting(after);
+        progress
+    }
+
+    /// Someone's client stopped reading: waiting speakers retry now, so the room drops it
+    /// instead of waiting for it.
+    pub(super) fn stalled(&mut self, after: &mut Aftermath) {
+        after.wake.append(&mut self.waiting);
+    }
+
+    /// The kept messages with an id above `since`, oldest first, at most `limit` (the
+    /// newest ones), as broadcast.
+    pub(super) fn messages(&self, since: u64, limit: usize) -> Vec<Arc<str>> {
+        let newer: Vec<_> = self.history.iter().filter(|(id, _)| *id > since).collect();
+        let skip = newer.len().saturating_sub(limit);
+        newer
+            .into_iter()
+            .skip(skip)
+            .map(|(_, text)| Arc::clone(text))
+            .collect()
+    }
+
+    /// Makes room in a full feed for one event from `session`: drops the events everyone
+    /// has read, then closes laggards whose clients stopped reading. [`Refusal::Busy`] (with
+    /// `session` registered to be woken) if a laggard that reads is still behind.
+    fn make_space(&mut self, session: u64, after: &mut Aftermath) -> Result<(), Refusal> {
+        if self.events.len() < self.capacity {
+            return Ok(());
+        }
+        self.trim();
+        if self.events.len() < self.capacity {
+            return Ok(());
+        }
+        let (oldest, head) = (self.first_seq, self.head());
+        let slow: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.reads(head) && s.cursor <= oldest && s.subscriber.is_stalled())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            if let Some(socket) = self.sockets.remove(&id) {
+                after
+                    .close
+                    .push((socket.subscriber, CloseReason::SlowReader));
+                if let Some(member) = socket.member {
+                    after.slow.push(member.username.clone());
+                    self.push_leave(&member, after);
+                }
+            }
+        }
+        self.trim();
+        if self.events.len() < self.capacity {
+            return Ok(());
+        }
+        if let Some(socket) = self.sockets.get(&session) {
+            if !self
+                .waiting
+                .iter()
+                .any(|w| Arc::ptr_eq(w, &socket.subscriber))
+            {
+                self.waiting.push(Arc::clone(&socket.subscriber));
+            }
+        }
+        Err(Refusal::Busy)
+    }
+
+    /// Drops the feed events every reading socket has read.
+    fn trim(&mut self) {
+        let head = self.head();
+        let read_by_all = self
+            .sockets
+            .values()
+            .filter(|s| s.reads(head))
+            .map(|s| s.cursor)
+            .min()
+            .unwrap_or(head);
+        while self.first_seq < read_by_all && self.events.pop_front().is_some() {
+            self.first_seq += 1;
+        }
+    }
+
+    /// Wakes the waiting speakers if the feed has room for them again.
+    fn release_waiting(&mut self, after: &mut Aftermath) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        self.trim();
+        if self.events.len() < self.capacity {
+            after.wake.append(&mut self.waiting);
+        }
+    }
+
+    /// Appends an event to the feed and has the sleeping readers woken. Returns its
+    /// sequence number.
+    fn push(&mut self, text: Arc<str>, after: &mut Aftermath) -> u64 {
+        let seq = self.head();
+        self.events.push_back(text);
+        let head = seq + 1;
+        for socket in self.sockets.values() {
+            if socket.reads(head) && socket.subscriber.is_asleep() {
+                after.wake.push(Arc::clone(&socket.subscriber));
+            }
+        }
+        seq
+    }
+
+    fn push_leave(&mut self, member: &Member, after: &mut Aftermath) {
+        let msg = leave_message(&member.username);
+        let text = self.event(
+            EventType::Leave,
+            &member.username,
+            &member.color,
+            &msg,
+            &now_rfc3339(),
+            None,
+        );
+        self.push(text, after);
+    }
+
+    /// Serialises an event of this room, once for all its members.
+    fn event(
+        &self,
+        event_type: EventType,
+        name: &str,
+        color: &str,
+        msg: &str,
+        time: &str,
+        id: Option<u64>,
+    ) -> Arc<str> {
+        ServerEvent {
+            event_type,
+            name,
+            color,
+            msg,
+            room_id: self.info.id,
+            time,
+            id,
+        }
+        .to_text()
+        .into()
+    }
+
+    /// The attached socket `session`; one that is not attached (dropped as a slow reader,
+    /// say) has no name here.
+    fn socket(&mut self, session: u64) -> Result<&mut Socket, ApiError> {
+        self.sockets.get_mut(&session).ok_or_else(user_not_found)
+    }
+
+    fn member(&mut self, session: u64) -> Result<&mut Member, ApiError> {
+        self.socket(session)?
+            .member
+            .as_mut()
+            .ok_or_else(user_not_found)
+    }
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::new(ErrorKind::UserNotFound)
+}

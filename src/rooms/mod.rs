@@ -1,0 +1,322 @@
+//! The room map: every room, found by id or title, and the locks that keep it right.
+//!
+//! `rooms` knows channels and doorbells (through [`Subscriber`]), never sockets or HTTP.
+//! Its parts, in reading order:
+//! - this file: [`RoomMap`], its index and its lock rules; [`Membership`], a socket's
+//!   handle on the room it chats in;
+//! - `catalog`: create, update, delete, validation, and the order of disk and memory;
+//! - `fanout`: one room's members, its feed of events, history and message ids;
+//! - `view`: what the API shows ([`RoomView`]: no hash, by construction).
+//!
+//! # Locks, and what may happen while each is held
+//! - **A room's lock** (`fanout::Room`) orders that room's events: one lock, so every
+//!   member sees one order. It is held for memory work only: appending an event to the
+//!   feed, copying events out, changing members. Never across disk I/O, bcrypt, a log
+//!   line, or a system call (waking another socket's thread is one: those are collected
+//!   and done after the lock, see `fanout::Aftermath`). Rooms do not share it: a busy
+//!   room never slows another.
+//! - **The index** (`RwLock<Index>`): ids and titles to rooms, and the id counter. Held
+//!   for a map lookup or insert; readers (every request) share it. Never held across
+//!   anything but memory work, and a room's lock may be taken inside it, never the
+//!   reverse.
+//! - **The writers' lock** (`writes`): one room change at a time, *including its disk
+//!   write*, so a 201 means the room is on disk and the disk sees changes in memory's
+//!   order. Only the catalogue takes it; chat never does. Taken before the index.
+//!
+//! Ids come from `Index::next_id`, which only grows: a deleted room's id is never handed
+//! out again (SPEC, Rooms; the Go version decremented its counter and reused ids).
+//!
+//! # The seam for several nodes
+//! Storage goes through the [`Store`] trait (SQLite, or nothing with `db_path: null`);
+//! `http` and `ws` only ever call `RoomMap` and `Membership`, so another store and fan-out
+//! (Redis) plug in here without touching them.
+
+mod catalog;
+mod fanout;
+mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use catalog::RoomInput;
+pub use fanout::{CloseReason, Joined, Progress, Refusal, Subscriber};
+pub use view::{RoomKey, RoomView, Visibility};
+
+use crate::clock::now_rfc3339;
+use crate::error::ApiError;
+use crate::hasher::Hasher;
+use crate::path::RoomRef;
+use crate::store::{Saved, Store, StoreError};
+use crate::sync::read;
+
+use catalog::{not_found, Info};
+use fanout::Room;
+
+/// Every room, and the locks described in the module docs.
+pub struct RoomMap {
+    index: RwLock<Index>,
+    /// The writers' lock: one catalogue change (disk write included) at a time.
+    writes: Mutex<()>,
+    /// Where rooms and history are saved.
+    store: Arc<dyn Store>,
+    /// Hashes and checks room passwords, on threads of its own (see `hasher`).
+    hasher: Hasher,
+    /// How many events a room's feed holds before speakers wait (`send_queue_len`).
+    feed_len: usize,
+    /// How many `send` events each room keeps for sockets that join later.
+    history_len: usize,
+}
+
+/// Ids and titles to rooms.
+struct Index {
+    by_id: BTreeMap<u64, Arc<Room>>,
+    /// Lower-cased title -> id; kept in step with `by_id` by `insert`, `retitle` and
+    /// `remove`, the only functions that change either.
+    by_title: HashMap<String, u64>,
+    /// The next id to hand out. Only ever grows, so ids are never reused.
+    next_id: u64,
+}
+
+impl Index {
+    fn insert(&mut self, room: Arc<Room>) {
+        self.next_id = self.next_id.max(room.id + 1);
+        let title = room.title().to_lowercase();
+        self.by_title.insert(title, room.id);
+        self.by_id.insert(room.id, room);
+    }
+
+    fn retitle(&mut self, old: &str, new: &str, id: u64) {
+        self.by_title.remove(&old.to_lowercase());
+        self.by_title.insert(new.to_lowercase(), id);
+    }
+
+    fn remove(&mut self, id: u64, title: &str) {
+        self.by_id.remove(&id);
+        self.by_title.remove(&title.to_lowercase());
+    }
+
+    fn find(&self, room_ref: &RoomRef) -> Option<&Arc<Room>> {
+        let id = match room_ref {
+            RoomRef::Id(id) => Some(*id),
+            RoomRef::Title(title) => self.by_title.get(&title.trim().to_lowercase()).copied(),
+        };
+        self.by_id.get(&id?)
+    }
+
+    /// 102 unless no room but `except` has `title` (case-insensitively).
+    fn check_title_free(&self, title: &str, except: Option<u64>) -> Result<(), ApiError> {
+        match self.by_title.get(&title.to_lowercase()) {
+            Some(id) if Some(*id) != except => Err(ApiError::field(
+                crate::error::ErrorKind::DuplicateRoom,
+                "title",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RoomMap {
+    /// The map as `saved` left it, saving through `store` from now on. A new database (no
+    /// rooms, no id counter yet) starts with the default room, id 1, "Public Chat", public,
+    /// saved at once; after that, deleting it is as lasting as deleting any room.
+    pub fn restore(
+        store: Arc<dyn Store>,
+        saved: Saved,
+        hasher: Hasher,
+        feed_len: usize,
+        history_len: usize,
+    ) -> Result<RoomMap, StoreError> {
+        let map = RoomMap {
+            index: RwLock::new(Index {
+                by_id: BTreeMap::new(),
+                by_title: HashMap::new(),
+                next_id: 1,
+            }),
+            writes: Mutex::new(()),
+            store,
+            hasher,
+            feed_len,
+            history_len,
+        };
+        let mut history = saved.history;
+        let mut index = crate::sync::write(&map.index);
+        for record in saved.rooms {
+            let (id, last_message_id) = (record.room.id, record.last_message_id);
+            let info = Info::restore(record.room).map_err(|problem| map.store.error(problem))?;
+            let kept = history.remove(&id).unwrap_or_default();
+            index.insert(map.new_room(info, kept, last_message_id));
+        }
+        match saved.next_id {
+            Some(next_id) => index.next_id = index.next_id.max(next_id),
+            // A file with rooms but no counter was edited by hand: its rooms decide the ids.
+            None if !index.by_id.is_empty() => {}
+            None => {
+                let now = now_rfc3339();
+                let info = Info {
+                    id: 1,
+                    title: "Public Chat".into(),
+                    description: "Everyone is welcome here.".into(),
+                    visibility: Visibility::Public,
+                    password_hash: None,
+                    created_at: now.clone(),
+                    updated_at: now,
+                    revision: 0,
+                };
+                map.store.save_room(&info.record(), 2)?;
+                index.insert(map.new_room(info, Vec::new(), 0));
+            }
+        }
+        drop(index);
+        Ok(map)
+    }
+
+    /// Writes out the history still queued for the database. Called once, at shutdown.
+    pub fn close(&self) {
+        self.store.close();
+    }
+
+    /// Every room except hidden ones, by id. Users are shown for public rooms only: a
+    /// listing has no token for each private room.
+    pub fn list(&self) -> Vec<RoomView> {
+        let rooms: Vec<Arc<Room>> = read(&self.index).by_id.values().cloned().collect();
+        rooms
+            .iter()
+            .filter_map(|room| {
+                room.with_live(&*self.store, |live, _| {
+                    let visibility = live.info.visibility;
+                    (visibility != Visibility::Hidden && !live.deleted)
+                        .then(|| live.view(visibility == Visibility::Public))
+                })
+            })
+            .collect()
+    }
+
+    /// The access data of the room `room_ref` names, or 101.
+    pub fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError> {
+        let room = read(&self.index)
+            .find(room_ref)
+            .cloned()
+            .ok_or_else(not_found)?;
+        Ok(room.with_live(&*self.store, |live, _| RoomKey {
+            id: live.info.id,
+            visibility: live.info.visibility,
+            password_hash: live.info.password_hash.clone(),
+        }))
+    }
+
+    /// The room with `id` as clients see it, with or without its users.
+    pub fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError> {
+        Ok(self
+            .room(id)?
+            .with_live(&*self.store, |live, _| live.view(with_users)))
+    }
+
+    /// Room `id`'s kept messages with an id above `since`, oldest first, at most `limit`
+    /// of them (the newest), as broadcast.
+    pub fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
+        Ok(self
+            .room(id)?
+            .with_live(&*self.store, |live, _| live.messages(since, limit)))
+    }
+
+    /// How many messages a room keeps (`history_len`).
+    pub fn history_len(&self) -> usize {
+        self.history_len
+    }
+
+    /// Checks `password` against the room's hash, without holding any lock.
+    pub fn password_matches(&self, key: &RoomKey, password: &str) -> bool {
+        match &key.password_hash {
+            Some(hash) => self.hasher.verify(password, hash),
+            None => false,
+        }
+    }
+
+    /// Connects socket `session` to room `id` (101 if the room is gone), so that it hears
+    /// of the room's deletion even before it joins. The socket leaves the room when the
+    /// returned handle is dropped, however its thread ends (a panic included).
+    pub fn attach(
+        &self,
+        id: u64,
+        session: u64,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<Membership, ApiError> {
+        let room = self.room(id)?;
+        room.with_live(&*self.store, |live, _| live.attach(session, subscriber))?;
+        Ok(Membership {
+            room,
+            store: Arc::clone(&self.store),
+            session,
+        })
+    }
+
+    fn room(&self, id: u64) -> Result<Arc<Room>, ApiError> {
+        read(&self.index)
+            .by_id
+            .get(&id)
+            .cloned()
+            .ok_or_else(not_found)
+    }
+}
+
+/// A socket's place in a room: what its session thread joins, speaks, leaves and reads
+/// through. Dropping it detaches the socket and broadcasts its leave if it had joined, so
+/// a session thread that panics does not leave its name behind.
+pub struct Membership {
+    room: Arc<Room>,
+    store: Arc<dyn Store>,
+    session: u64,
+}
+
+impl Membership {
+    /// The room's id.
+    pub fn room_id(&self) -> u64 {
+        self.room.id
+    }
+
+    /// Takes `name` in the room and broadcasts the join; see `fanout` for the rules.
+    pub fn join(&self, name: &str, color: &str, since: Option<u64>) -> Result<Joined, Refusal> {
+        self.room.with_live(&*self.store, |live, after| {
+            live.join(self.session, name, color, since, after)
+        })
+    }
+
+    /// Broadcasts `msg` under the joined name; returns the message's id.
+    pub fn send(&self, msg: &str) -> Result<u64, Refusal> {
+        self.room.with_live(&*self.store, |live, after| {
+            live.send(self.session, msg, after)
+        })
+    }
+
+    /// Gives the name up and broadcasts the leave.
+    pub fn leave(&self) -> Result<(), Refusal> {
+        self.room
+            .with_live(&*self.store, |live, after| live.leave(self.session, after))
+    }
+
+    /// Copies at most `max` unread feed events into `out`.
+    pub fn read(&self, max: usize, out: &mut Vec<Arc<str>>) -> Progress {
+        self.room.with_live(&*self.store, |live, after| {
+            live.read(self.session, max, out, after)
+        })
+    }
+
+    /// Whether the feed has events past `cursor` (no lock taken).
+    pub fn has_news(&self, cursor: u64) -> bool {
+        self.room.has_news(cursor)
+    }
+
+    /// Tells the room this socket's client stopped reading, so that speakers waiting for
+    /// it retry (and close it) instead of waiting.
+    pub fn stalled(&self) {
+        self.room
+            .with_live(&*self.store, |live, after| live.stalled(after));
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.room
+            .with_live(&*self.store, |live, after| live.detach(self.session, after));
+    }
+}
