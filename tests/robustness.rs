@@ -338,6 +338,55 @@ fn a_socket_that_stops_reading_is_closed_with_1008_and_slows_no_one() {
     assert_eq!(slow.expect_close(), 1008);
 }
 
+/// A room whose feed is far smaller than the burst slows its speaker down instead of
+/// dropping anyone: with `send_queue_len` 4, one speaker writes 500 messages without
+/// waiting, and four sockets that keep reading (however far behind their threads fall)
+/// each get all 500 in order, and nobody is closed or leaves. (Issue 10: at 500 x 1,000
+/// msg/s sockets that were reading were closed as slow readers.)
+#[test]
+fn sockets_that_keep_reading_get_every_event_when_the_feed_is_full() {
+    const MESSAGES: usize = 500;
+    let server = TestServer::start_with(|c| c.send_queue_len = 4);
+    let mut speaker = server.ws("/chats/1/ws");
+    speaker.join("speaker");
+    let readers: Vec<Client> = (0..4)
+        .map(|i| {
+            let mut reader = server.ws("/chats/1/ws");
+            reader.join(&format!("reader{i}"));
+            reader
+        })
+        .collect();
+    speaker.next_event_where("the last reader's join", |e| e["name"] == "reader3");
+    let readers: Vec<_> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut reader)| {
+            spawn(format!("reader{i}"), move || {
+                let messages = read_messages(&mut reader, MESSAGES);
+                (messages, reader)
+            })
+        })
+        .collect();
+    for i in 0..MESSAGES {
+        speaker.say(&format!("m{i}"));
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("speaker: m{i}")).collect();
+    assert_eq!(read_messages(&mut speaker, MESSAGES), expected);
+    let mut still_open = Vec::new();
+    for reader in readers {
+        let (messages, reader) = finish(reader);
+        assert!(
+            messages == expected,
+            "a reader missed or reordered messages"
+        );
+        still_open.push(reader);
+    }
+    let users = server.get("/chats/1").json()["users"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(users, 5, "someone was dropped");
+}
+
 /// A socket that never reads (so never answers a ping) is dropped after `pong_timeout` and its
 /// leave is broadcast; a socket that keeps reading (tungstenite answers pings as it reads) is
 /// pinged and stays.

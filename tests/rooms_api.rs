@@ -1213,3 +1213,53 @@ fn sixteen_simultaneous_creates_of_one_title_make_exactly_one_room() {
         .collect();
     assert_eq!(titled, vec![room_without_times(&created[0].json())]);
 }
+
+/// Two PUTs to one room at once both take effect, or the second is refused: a change of
+/// password racing a change of visibility never silently reverts the password (issue 10:
+/// an update read the hash under one lock, hashed, then wrote it back under another).
+#[test]
+fn concurrent_puts_to_one_room_never_revert_each_other() {
+    let server = TestServer::start();
+    for round in 0..20 {
+        let title = format!("Race {round}");
+        let room = server.create_room(&title, "private", Some("password-a"));
+        let id = room["id"].as_u64().expect("a room id").to_string();
+        let token = server.token(&id, "ann", "password-a");
+        let path = format!("/chats/{id}");
+        let start = Barrier::new(2);
+        let (password, visibility) = std::thread::scope(|scope| {
+            let put = |body: Value| {
+                let (start, server, path, token) = (&start, &server, &path, &token);
+                scope.spawn(move || {
+                    start.wait();
+                    server.send("PUT", path, Some(token), Some(&body)).status
+                })
+            };
+            let password = put(json!({"password": "password-b"}));
+            let visibility = put(json!({"visibility": "hidden"}));
+            (password.join().unwrap(), visibility.join().unwrap())
+        });
+        // The password change verifies a token nothing else can kill: it always lands.
+        assert_eq!(password, 200, "round {round}");
+        let login = |secret: &str| {
+            let body = json!({"name": "ann", "secret": secret});
+            server.post(&format!("/chats/{id}/token"), &body).status
+        };
+        assert_eq!(
+            login("password-b"),
+            201,
+            "round {round}: the new password was reverted"
+        );
+        assert_eq!(login("password-a"), 401, "round {round}");
+        // The visibility change landed too, unless its token died first (then 401).
+        let shown = server.get(&path).json()["visibility"].clone();
+        match visibility {
+            200 => assert_eq!(
+                shown, "hidden",
+                "round {round}: the visibility was reverted"
+            ),
+            401 => assert_eq!(shown, "private", "round {round}"),
+            other => panic!("round {round}: PUT visibility answered {other}"),
+        }
+    }
+}

@@ -48,6 +48,9 @@ pub trait Subscriber: Send + Sync {
     fn is_stalled(&self) -> bool;
     /// Wakes the socket's thread if it sleeps. A system call: only after the lock.
     fn wake(&self);
+    /// Tells the socket's thread, asleep or not, that a frame it holds may go now: the
+    /// signal must not be lost if the thread is about to sleep. After the lock.
+    fn retry(&self);
     /// Tells the socket it has been removed from the room, and why. After the lock.
     fn close(&self, reason: CloseReason);
 }
@@ -162,6 +165,7 @@ pub struct Joined {
 #[derive(Default)]
 pub struct Aftermath {
     wake: Vec<Arc<dyn Subscriber>>,
+    retry: Vec<Arc<dyn Subscriber>>,
     close: Vec<(Arc<dyn Subscriber>, CloseReason)>,
     slow: Vec<String>,
     /// A message for the database's history: room id, message id, its text.
@@ -173,6 +177,9 @@ impl Aftermath {
     pub fn finish(self, room_id: u64, store: &dyn Store) {
         for subscriber in self.wake {
             subscriber.wake();
+        }
+        for subscriber in self.retry {
+            subscriber.retry();
         }
         for (subscriber, reason) in self.close {
             subscriber.close(reason);
@@ -457,7 +464,7 @@ impl Live {
     /// Someone's client stopped reading: waiting speakers retry now, so the room drops it
     /// instead of waiting for it.
     pub(super) fn stalled(&mut self, after: &mut Aftermath) {
-        after.wake.append(&mut self.waiting);
+        after.retry.append(&mut self.waiting);
     }
 
     /// The kept messages with an id above `since`, oldest first, at most `limit` (the
@@ -539,7 +546,7 @@ impl Live {
         }
         self.trim();
         if self.events.len() < self.capacity {
-            after.wake.append(&mut self.waiting);
+            after.retry.append(&mut self.waiting);
         }
     }
 

@@ -320,3 +320,265 @@ impl Drop for Membership {
             .with_live(&*self.store, |live, after| live.detach(self.session, after));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NoStore, RoomRecord, SavedRoom};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    /// A map with only the default room, keeping `history_len` messages, saving nothing.
+    fn map(feed_len: usize, history_len: usize) -> RoomMap {
+        let hasher = Hasher::start(4).unwrap();
+        RoomMap::restore(
+            Arc::new(NoStore),
+            Saved::default(),
+            hasher,
+            feed_len,
+            history_len,
+        )
+        .unwrap()
+    }
+
+    fn input(title: &str, visibility: &str, password: Option<&str>) -> RoomInput {
+        RoomInput {
+            title: Some(title.into()),
+            description: None,
+            visibility: Some(visibility.into()),
+            password: password.map(Into::into),
+        }
+    }
+
+    /// A socket that records what the room does to it; stalled or asleep as a test says.
+    #[derive(Default)]
+    struct Probe {
+        stalled: AtomicBool,
+        woken: AtomicUsize,
+        closed: std::sync::Mutex<Option<CloseReason>>,
+    }
+
+    impl Subscriber for Probe {
+        fn is_asleep(&self) -> bool {
+            true
+        }
+        fn is_stalled(&self) -> bool {
+            self.stalled.load(SeqCst)
+        }
+        fn wake(&self) {
+            self.woken.fetch_add(1, SeqCst);
+        }
+        fn retry(&self) {
+            self.woken.fetch_add(1, SeqCst);
+        }
+        fn close(&self, reason: CloseReason) {
+            *crate::sync::lock(&self.closed) = Some(reason);
+        }
+    }
+
+    fn member(rooms: &RoomMap, session: u64, name: &str) -> (Membership, Arc<Probe>) {
+        let probe = Arc::new(Probe::default());
+        let membership = rooms.attach(1, session, probe.clone()).unwrap();
+        membership.join(name, "red", None).unwrap();
+        (membership, probe)
+    }
+
+    /// Reads everything `membership` has not read yet.
+    fn drain(membership: &Membership) -> Vec<String> {
+        let mut out = Vec::new();
+        membership.read(usize::MAX, &mut out);
+        out.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn users(rooms: &RoomMap) -> Vec<String> {
+        let view = rooms.view(1, true).unwrap();
+        view.users
+            .unwrap()
+            .into_iter()
+            .map(|u| u.username)
+            .collect()
+    }
+
+    #[test]
+    fn ids_only_grow() {
+        let rooms = map(16, 0);
+        let a = rooms.create(input("first", "public", None)).unwrap();
+        rooms.delete(a.id).unwrap();
+        let b = rooms.create(input("first", "public", None)).unwrap();
+        assert_eq!((a.id, b.id), (2, 3));
+    }
+
+    #[test]
+    fn a_restored_map_keeps_its_rooms_and_counts_on_from_the_saved_counter() {
+        let saved = Saved {
+            next_id: Some(9),
+            rooms: vec![SavedRoom {
+                room: RoomRecord {
+                    id: 5,
+                    title: "Kept".into(),
+                    description: "".into(),
+                    visibility: "hidden".into(),
+                    password_hash: Some("hash".into()),
+                    created_at: "2026-11-28T15:19:28.123Z".into(),
+                    updated_at: "2026-11-28T15:19:28.123Z".into(),
+                },
+                last_message_id: 41,
+            }],
+            history: [(5, vec![(40, Arc::from("{\"id\":40}"))])].into(),
+        };
+        let rooms =
+            RoomMap::restore(Arc::new(NoStore), saved, Hasher::start(4).unwrap(), 16, 10).unwrap();
+        let key = rooms.key(&RoomRef::Title("kept".into())).unwrap();
+        assert_eq!(
+            (key.id, key.visibility, key.password_hash.as_deref()),
+            (5, Visibility::Hidden, Some("hash"))
+        );
+        assert_eq!(
+            rooms.messages(5, 0, 10).unwrap(),
+            [Arc::from("{\"id\":40}")]
+        );
+        assert_eq!(rooms.key(&RoomRef::Id(1)).unwrap_err().code(), 101);
+        assert_eq!(rooms.create(input("new", "public", None)).unwrap().id, 9);
+    }
+
+    #[test]
+    fn a_saved_room_with_an_unknown_visibility_is_a_store_error() {
+        let mut saved = Saved::default();
+        saved.next_id = Some(3);
+        saved.rooms.push(SavedRoom {
+            room: RoomRecord {
+                id: 2,
+                title: "Odd".into(),
+                description: "".into(),
+                visibility: "secret".into(),
+                password_hash: None,
+                created_at: "t".into(),
+                updated_at: "t".into(),
+            },
+            last_message_id: 0,
+        });
+        let error = RoomMap::restore(Arc::new(NoStore), saved, Hasher::start(4).unwrap(), 16, 10)
+            .err()
+            .unwrap();
+        assert_eq!(error.problem, "room 2 has an unknown visibility \"secret\"");
+    }
+
+    #[test]
+    fn passwords_follow_visibility() {
+        let rooms = map(16, 0);
+        let field = |i| rooms.create(i).unwrap_err().field;
+        assert_eq!(
+            field(input("pub", "public", Some("password1"))),
+            Some("visibility")
+        );
+        assert_eq!(field(input("priv", "private", None)), Some("password"));
+        assert_eq!(
+            field(input("priv", "private", Some("short"))),
+            Some("password")
+        );
+        let room = rooms
+            .create(input("priv", "PRIVATE", Some("password1")))
+            .unwrap();
+        assert_eq!(room.visibility, Visibility::Private);
+        let key = rooms.key(&RoomRef::Title("PRIV".into())).unwrap();
+        assert!(rooms.password_matches(&key, "password1"));
+        assert!(!rooms.password_matches(&key, "password2"));
+    }
+
+    /// A session thread that panics while joined leaves the room all the same: its
+    /// membership detaches it while unwinding, and its leave is broadcast.
+    #[test]
+    fn a_panicking_session_thread_leaves_no_name_behind() {
+        let rooms = Arc::new(map(16, 0));
+        let (listener, _) = member(&rooms, 1, "ann");
+        let shared = Arc::clone(&rooms);
+        let panicked = std::thread::spawn(move || {
+            let (_membership, _) = member(&shared, 2, "bob");
+            panic!("a bug in bob's session");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(users(&rooms), ["ann"]);
+        let seen = drain(&listener);
+        assert!(
+            seen.last().unwrap().contains("bob has left the room."),
+            "{seen:?}"
+        );
+    }
+
+    /// A full feed waits for a member that reads but is behind: the speaker is told Busy,
+    /// nothing is lost, and once the member reads, the speaker is woken and goes on.
+    #[test]
+    fn a_full_feed_waits_for_a_reader_that_is_behind() {
+        let rooms = map(4, 0);
+        let (speaker, speaker_probe) = member(&rooms, 1, "ann");
+        let (reader, reader_probe) = member(&rooms, 2, "bob");
+        drain(&speaker);
+        let mut sent = 0;
+        while speaker.send("hi").is_ok() {
+            drain(&speaker);
+            sent += 1;
+            assert!(sent < 10, "the feed never filled");
+        }
+        assert_eq!(speaker.send("hi"), Err(Refusal::Busy));
+        assert_eq!(*crate::sync::lock(&reader_probe.closed), None);
+        let woken_before = speaker_probe.woken.load(SeqCst);
+        let read = drain(&reader);
+        assert_eq!(
+            read.iter().filter(|e| e.contains("\"msg\":\"hi\"")).count(),
+            sent
+        );
+        assert!(
+            speaker_probe.woken.load(SeqCst) > woken_before,
+            "the speaker was not woken"
+        );
+        assert!(speaker.send("hi").is_ok());
+    }
+
+    /// A full feed closes a laggard whose client stopped reading (1008), broadcasts its
+    /// leave, and the speaker goes on at once.
+    #[test]
+    fn a_full_feed_closes_a_reader_that_stopped_reading() {
+        let rooms = map(4, 0);
+        let (speaker, _) = member(&rooms, 1, "ann");
+        let (_stuck, stuck_probe) = member(&rooms, 2, "bob");
+        stuck_probe.stalled.store(true, SeqCst);
+        for _ in 0..10 {
+            assert!(speaker.send("hi").is_ok());
+            drain(&speaker);
+        }
+        assert_eq!(
+            *crate::sync::lock(&stuck_probe.closed),
+            Some(CloseReason::SlowReader)
+        );
+        assert_eq!(users(&rooms), ["ann"]);
+    }
+
+    /// Message ids count 1, 2, 3 in the room's order, and the history keeps the newest
+    /// `history_len` for `since` to pick from.
+    #[test]
+    fn messages_are_numbered_and_the_newest_are_kept() {
+        let rooms = map(64, 3);
+        let (ann, _) = member(&rooms, 1, "ann");
+        let ids: Vec<u64> = (0..5).map(|_| ann.send("x").unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let kept = |since, limit| -> Vec<bool> {
+            let events = rooms.messages(1, since, limit).unwrap();
+            (3..=5)
+                .map(|id| events.iter().any(|e| e.contains(&format!("\"id\":{id}"))))
+                .collect()
+        };
+        assert_eq!(kept(0, 3), [true, true, true]);
+        assert_eq!(kept(3, 3), [false, true, true]);
+        assert_eq!(kept(0, 1), [false, false, true]);
+        let (_bob, _) = member(&rooms, 2, "bob");
+        let probe = Arc::new(Probe::default());
+        let carl = rooms.attach(1, 3, probe).unwrap();
+        let joined = carl.join("carl", "red", Some(4)).unwrap();
+        assert_eq!(joined.replay.len(), 1);
+        assert!(
+            joined.replay[0].ends_with(",\"id\":5,\"replay\":true}"),
+            "{:?}",
+            joined.replay
+        );
+    }
+}

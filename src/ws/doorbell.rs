@@ -128,6 +128,10 @@ impl Subscriber for Doorbell {
         }
     }
 
+    fn retry(&self) {
+        self.ring();
+    }
+
     fn close(&self, reason: CloseReason) {
         Doorbell::close(
             self,

@@ -111,6 +111,9 @@ struct Chat {
     pending: Option<String>,
     /// Reused for every read of the feed, so delivery allocates nothing per event.
     batch: Vec<Arc<str>>,
+    /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
+    /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
+    input_held: bool,
 }
 
 impl Session {
@@ -147,6 +150,7 @@ impl Session {
                     cursor: None,
                     pending: None,
                     batch: Vec::with_capacity(FEED_BATCH),
+                    input_held: false,
                 };
                 let ending = chat.run();
                 // The leave is broadcast before the goodbye, which may take a while.
@@ -246,9 +250,13 @@ impl Chat {
             if self.pending.is_some() {
                 wake_at = wake_at.min(Instant::now() + PENDING_RETRY);
             }
-            let readable = match self.sleep_until(wake_at, listen, unsent > 0) {
-                Ok(readable) => readable,
-                Err(_) => return Ending::Gone,
+            let readable = if listen && self.input_held {
+                true
+            } else {
+                match self.sleep_until(wake_at, listen, unsent > 0) {
+                    Ok(readable) => readable,
+                    Err(_) => return Ending::Gone,
+                }
             };
             if readable && listen {
                 match self.read_available() {
@@ -341,7 +349,11 @@ impl Chat {
     /// client stops reading us. `Ok(true)` if anything came.
     fn read_available(&mut self) -> Result<bool, Ending> {
         let mut heard = false;
-        while self.pending.is_none() && self.unsent_bytes() < MAX_UNSENT_BYTES {
+        loop {
+            self.input_held = self.pending.is_some() || self.unsent_bytes() >= MAX_UNSENT_BYTES;
+            if self.input_held {
+                break;
+            }
             let message = match self.session.ws.read() {
                 Ok(message) => message,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
