@@ -38,12 +38,14 @@ const running = new Set(); // servers still alive, killed on exit whatever happe
 process.on("exit", () => { for (const s of running) s.child.kill("SIGKILL"); });
 
 /** Starts the binary on `address`/`wsAddress` (port 0: any free port) and resolves once its
- *  ready line tells the real ports. */
+ *  ready line tells the real ports. Its config and database live in a fresh temporary
+ *  directory, removed on stop. */
 async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
   const config = path.join(dir, "config.json");
   writeFileSync(config, JSON.stringify({
     address, ws_address: wsAddress, log_file: null, bcrypt_cost: 4, secret_key: "e2e",
+    db_path: path.join(dir, "chitchat.db"),
   }));
   const child = spawn(BIN, ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
   const server = { child, dir, output: "" };
