@@ -186,11 +186,25 @@ test("two people create a private room, chat, see each other, and one leaves", {
   const bob = await openPerson(server, { width: 390, height: 740 }); // a phone-sized screen
   await alice.locator("#rooms .room-title", { hasText: "Public Chat" }).waitFor();
 
-  // A title the server refuses: its error shows next to the title field.
+  // The limits come from the server: the hints and the title's maxlength say its numbers.
+  assert.equal(await alice.textContent("#create-title-hint"), "(2 to 70 characters)");
+  assert.equal(await alice.getAttribute("#create-title", "maxlength"), "70");
+  assert.equal(await alice.getAttribute("#enter-name", "maxlength"), "32");
+
+  // A title too short: the page says so by the title field, and asks the server nothing.
+  const posts = [];
+  alice.on("request", (r) => { if (r.method() === "POST") posts.push(r.url()); });
   await alice.fill("#create-title", "x");
   await alice.selectOption("#create-visibility", "private");
   await alice.fill("#create-password", password);
   await alice.press("#create-password", "Enter");
+  await alice.locator("#create-title-err", { hasText: "The title needs 2 to 70 characters" }).waitFor();
+  assert.equal(await alice.getAttribute("#create-title", "aria-invalid"), "true");
+  assert.deepEqual(posts, []);
+
+  // A title only the server refuses (all digits): its error shows next to the title field.
+  await alice.fill("#create-title", "2024");
+  await alice.press("#create-title", "Enter");
   await alice.locator("#create-title-err", { hasText: "Invalid content" }).waitFor();
   assert.equal(await alice.getAttribute("#create-title", "aria-invalid"), "true");
 
@@ -234,10 +248,11 @@ test("two people create a private room, chat, see each other, and one leaves", {
   await eventually(bob, people, ["Alice", "Bob (you)"], "Bob's people list");
   await alice.locator("#log li.notice", { hasText: "Bob entered the room." }).waitFor();
 
-  // A third person taking a name already in the room gets the 202 error by the name field.
+  // A third person without a name is stopped by the page; taking a name already in the
+  // room, she gets the server's 202 error by the name field.
   const carol = await openPerson(server);
-  await enter(carol, { room: title, name: "", password });
-  await carol.locator("#enter-name-err", { hasText: "Invalid JSON" }).waitFor(); // 303, field name
+  await enter(carol, { room: title, name: " ", password });
+  await carol.locator("#enter-name-err", { hasText: "A name needs 1 to 32 characters." }).waitFor();
   await enter(carol, { room: title, name: "alice", password });
   await carol.locator("#enter-name-err", { hasText: "Duplicate username" }).waitFor();
   assert.equal(await carol.isVisible("#lobby"), true);
