@@ -5,12 +5,16 @@
 //   1. two people create a private room, enter it, chat, see each other in the people list,
 //      and one leaves; user text (titles, messages) is shown literally, nothing in it runs;
 //      screenshots of the chat view are saved under target/ for people to look at;
-//   2. a dropped socket (server stopped and started again) is reported and rejoined;
-//   3. the token is renewed with GET /chats/<id>/token/renew before it expires.
+//   2. the people list follows join and leave events, with one read of the room per join
+//      of the page's own, not one per event;
+//   3. a dropped socket (server stopped and started again) is reported and rejoined;
+//   4. the token is renewed with GET /chats/<id>/token/renew before it expires.
 //
 // Run with `tests/browser/run.sh` (installs Chromium and playwright-core when missing) or
 // `node --test tests/browser/e2e.mjs`. The binary is $CHITCHAT_BIN, else target/debug/chitchat.
-// Debian's /usr/bin/chromium is used; playwright-core never downloads a browser.
+// Debian's /usr/bin/chromium is used; playwright-core never downloads a browser. Chat
+// clients without a page use Node's WebSocket (Node 20 needs --experimental-websocket, which
+// run.sh adds).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -173,6 +177,44 @@ async function eventually(page, read, expected, what) {
 const lastMessage = async (page) => (await messages(page)).at(-1);
 
 // ---------------------------------------------------------------------------------------
+// Chat clients without a page: a bare WebSocket each, as websocat would be
+// ---------------------------------------------------------------------------------------
+
+/** Opens a socket to room `room` (an id) and joins as `name`; resolves once the join came
+ *  back. `until(match)` waits for a received event that `match` accepts. */
+async function chatClient(server, room, name) {
+  if (typeof WebSocket !== "function") {
+    throw new Error("Node has no WebSocket: use Node 22, or Node 20 with --experimental-websocket (run.sh does)");
+  }
+  const ws = new WebSocket(`ws://${server.host}:${server.wsPort}/chats/${room}/ws`);
+  const client = { ws, name, events: [], waiting: new Set() };
+  ws.onmessage = (m) => {
+    const event = JSON.parse(m.data);
+    client.events.push(event);
+    for (const w of client.waiting) if (w.match(event)) w.done();
+  };
+  client.until = (match, what = "an event") => new Promise((resolve, reject) => {
+    if (client.events.some(match)) return resolve();
+    const w = { match };
+    const timer = setTimeout(() => {
+      client.waiting.delete(w);
+      reject(new Error(`${name} waited ${STEP_MS} ms for ${what}`));
+    }, STEP_MS);
+    w.done = () => { clearTimeout(timer); client.waiting.delete(w); resolve(); };
+    client.waiting.add(w);
+  });
+  client.send = (frame) => ws.send(JSON.stringify(frame));
+  client.close = () => ws.close();
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = () => reject(new Error(`${name} could not open a socket`));
+  });
+  client.send({ event_type: "join", name, color: "#8a3ffc" });
+  await client.until((e) => e.event_type === "join" && e.name === name, "its own join");
+  return client;
+}
+
+// ---------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------
 
@@ -285,6 +327,42 @@ test("two people create a private room, chat, see each other, and one leaves", {
   await eventually(alice, people, ["Alice (you)"], "Alice alone");
 
   for (const page of [alice, bob, carol]) await assertClean(page);
+});
+
+test("the people list follows joins and leaves, reading the room once", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const clients = [];
+  t.after(() => clients.forEach((c) => c.close()));
+  // Someone is in before the page comes: only the page's one read of the room shows her.
+  clients.push(await chatClient(server, 1, "Early"));
+
+  const gail = await openPerson(server);
+  // Reads of the room (GET /chats/<room>) once the page has opened its socket. The one
+  // that looks the room up on entering comes before; the list of rooms is GET /chats.
+  const roomReads = [];
+  let socketOpened = false;
+  gail.on("websocket", () => { socketOpened = true; });
+  gail.on("request", (r) => {
+    const isRoom = /^\/chats\/[^/]+$/.test(new URL(r.url()).pathname);
+    if (socketOpened && r.method() === "GET" && isRoom) roomReads.push(r.url());
+  });
+  await gail.click("#rooms button:has-text('Public Chat')");
+  await enter(gail, { name: "Gail", color: "#1b7f3b" });
+  await waitConnected(gail, "Gail");
+  await eventually(gail, people, ["Early", "Gail (you)"], "the people who were there first");
+
+  // A join storm: five come in at once, then three leave by saying so and two just go.
+  const names = ["Hugo", "Ines", "Jack", "Kim", "Lea"];
+  clients.push(...await Promise.all(names.map((name) => chatClient(server, 1, name))));
+  await eventually(gail, people, ["Early", "Gail (you)", ...names], "all seven");
+  assert.equal(await gail.textContent("#people-h"), "People (7)");
+  for (const c of clients.slice(1, 4)) c.send({ event_type: "leave" });
+  for (const c of clients.slice(4)) c.close();
+  await eventually(gail, people, ["Early", "Gail (you)"], "the five are gone");
+  assert.equal(roomReads.length, 1, "one read of the room after joining, not one per event");
+
+  await assertClean(gail);
 });
 
 test("a dropped connection is reported, then rejoined when the server is back", { timeout: 90_000 }, async (t) => {
