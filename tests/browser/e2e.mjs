@@ -6,7 +6,7 @@
 //      and one leaves; user text (titles, messages) is shown literally, nothing in it runs;
 //      screenshots of the chat view are saved under target/ for people to look at;
 //   2. the people list follows join and leave events, with one read of the room per join
-//      of the page's own, not one per event;
+//      of the page's own, not one per event; the page sends only the fields the server reads;
 //   3. a dropped socket (server stopped and started again) is reported and rejoined;
 //   4. the token is renewed with GET /chats/<id>/token/renew before it expires.
 //
@@ -176,6 +176,13 @@ async function eventually(page, read, expected, what) {
 
 const lastMessage = async (page) => (await messages(page)).at(-1);
 
+/** Every text frame the page sends on its WebSockets, parsed, in order. */
+function framesSent(page) {
+  const frames = [];
+  page.on("websocket", (ws) => ws.on("framesent", (f) => frames.push(JSON.parse(f.payload))));
+  return frames;
+}
+
 // ---------------------------------------------------------------------------------------
 // Chat clients without a page: a bare WebSocket each, as websocat would be
 // ---------------------------------------------------------------------------------------
@@ -338,6 +345,7 @@ test("the people list follows joins and leaves, reading the room once", { timeou
   clients.push(await chatClient(server, 1, "Early"));
 
   const gail = await openPerson(server);
+  const sent = framesSent(gail);
   // Reads of the room (GET /chats/<room>) once the page has opened its socket. The one
   // that looks the room up on entering comes before; the list of rooms is GET /chats.
   const roomReads = [];
@@ -362,6 +370,16 @@ test("the people list follows joins and leaves, reading the room once", { timeou
   await eventually(gail, people, ["Early", "Gail (you)"], "the five are gone");
   assert.equal(roomReads.length, 1, "one read of the room after joining, not one per event");
 
+  // The frames carry only what the server reads: no name or colour on a send or a leave,
+  // and no `since` on a first join.
+  await say(gail, "hello");
+  await eventually(gail, async (p) => (await lastMessage(p))?.text, "hello", "Gail's message");
+  await gail.click("#leave");
+  await eventually(gail, () => sent, [
+    { event_type: "join", name: "Gail", color: "#1b7f3b" },
+    { event_type: "send", msg: "hello" },
+    { event_type: "leave" },
+  ], "the frames the page sent");
   await assertClean(gail);
 });
 
