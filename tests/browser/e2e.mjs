@@ -7,7 +7,8 @@
 //      screenshots of the chat view are saved under target/ for people to look at;
 //   2. the people list follows join and leave events, with one read of the room per join
 //      of the page's own, not one per event; the page sends only the fields the server reads;
-//   3. a dropped socket (server stopped and started again) is reported and rejoined;
+//   3. a dropped socket (server stopped and started again) is reported and rejoined, and
+//      with message ids and `since` no message is shown twice and a gap is reported;
 //   4. the token is renewed with GET /chats/<id>/token/renew before it expires.
 //
 // Run with `tests/browser/run.sh` (installs Chromium and playwright-core when missing) or
@@ -41,15 +42,20 @@ const running = new Set(); // servers still alive, killed on exit whatever happe
 
 process.on("exit", () => { for (const s of running) s.child.kill("SIGKILL"); });
 
+/** A fresh temporary directory for a server's config and database. */
+const scratchDir = () => mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
+
 /** Starts the binary on `address`/`wsAddress` (port 0: any free port) and resolves once its
- *  ready line tells the real ports. Its config and database live in a fresh temporary
- *  directory, removed on stop. */
-async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" } = {}) {
-  const dir = mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
+ *  ready line tells the real ports. Its config and database live in `dir`: a fresh one,
+ *  removed on stop, unless the caller passes (and owns) one, as a restart does. `config`
+ *  adds keys to the config file. */
+async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0",
+                             dir: givenDir, config: extra = {} } = {}) {
+  const dir = givenDir || scratchDir();
   const config = path.join(dir, "config.json");
   writeFileSync(config, JSON.stringify({
     address, ws_address: wsAddress, log_file: null, bcrypt_cost: 4, secret_key: "e2e",
-    db_path: path.join(dir, "chitchat.db"),
+    db_path: path.join(dir, "chitchat.db"), ...extra,
   }));
   const child = spawn(BIN, ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
   const server = { child, dir, output: "" };
@@ -64,7 +70,7 @@ async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" 
       clearTimeout(timer);
     }
     running.delete(server);
-    rmSync(dir, { recursive: true, force: true });
+    if (!givenDir) rmSync(dir, { recursive: true, force: true });
   };
 
   const ready = new Promise((resolve, reject) => {
@@ -156,6 +162,19 @@ function messages(page) {
     text: li.querySelector(".text").textContent,
     time: li.querySelector("time").dateTime,
   })));
+}
+
+/** The message lines as [id, text], the id from their data-id (null without one). */
+function messageIds(page) {
+  return page.$$eval("#log li.message", (lis) => lis.map((li) => [
+    li.dataset.id === undefined ? null : Number(li.dataset.id),
+    li.querySelector(".text").textContent,
+  ]));
+}
+
+/** The texts of the log's notices (joins, leaves, notes from the page). */
+function notices(page) {
+  return page.$$eval("#log li.notice", (lis) => lis.map((li) => li.lastChild.textContent));
 }
 
 function people(page) {
@@ -384,25 +403,72 @@ test("the people list follows joins and leaves, reading the room once", { timeou
 });
 
 test("a dropped connection is reported, then rejoined when the server is back", { timeout: 90_000 }, async (t) => {
-  let server = await startServer();
-  t.after(() => server.stop());
-  const dana = await openPerson(server);
+  // Restarts keep the database (and so the room's messages and their ids): one directory.
+  const dir = scratchDir();
+  const config = { history_len: 3 }; // keeps 3 messages: a longer absence leaves a gap
+  let server = await startServer({ dir, config });
+  t.after(async () => { await server.stop(); rmSync(dir, { recursive: true, force: true }); });
+  const restart = async () => {
+    await server.stop();
+    await dana.locator("#conn.down", { hasText: "Disconnected" }).waitFor();
+    // Same ports again: the page keeps its origin and WebSocket port.
+    server = await startServer({ address: `127.0.0.1:${server.httpPort}`,
+                                 wsAddress: `127.0.0.1:${server.wsPort}`, dir, config });
+  };
+  // A fake clock holds the reconnect back-off until the test lets time run on.
+  const dana = await openPerson(server, undefined, (page) => page.clock.install());
+  const sent = framesSent(dana);
   await dana.click("#rooms button:has-text('Public Chat')");
   await enter(dana, { name: "Dana" });
   await waitConnected(dana, "Dana");
+  await say(dana, "one");
+  await say(dana, "two");
+  await eventually(dana, async (p) => (await lastMessage(p))?.text, "two", "Dana's messages");
 
-  await server.stop();
-  await dana.locator("#conn.down", { hasText: "Disconnected" }).waitFor();
+  // Away while five messages are said; the server keeps the last three of them.
+  await dana.clock.pauseAt(await dana.evaluate(() => Date.now() + 10));
+  await restart();
   assert.equal(await dana.isDisabled("#send-form button"), true);
+  const other = await chatClient(server, 1, "Otto");
+  for (const n of [3, 4, 5, 6, 7]) other.send({ event_type: "send", msg: `m${n}` });
+  await other.until((e) => e.event_type === "send" && e.msg === "m7" && !e.replay, "its m7");
+  other.close();
 
-  // Same ports again: the page keeps its origin and WebSocket port.
-  server = await startServer({ address: `127.0.0.1:${server.httpPort}`,
-                               wsAddress: `127.0.0.1:${server.wsPort}` });
+  await dana.clock.resume();
   await dana.locator("#conn", { hasText: "Connected as Dana." }).waitFor({ timeout: 20_000 });
   await eventually(dana, people, ["Dana (you)"], "Dana is back in the list");
   await say(dana, "back again");
   await eventually(dana, async (p) => (await lastMessage(p))?.text, "back again", "sends again");
-  await assertClean(dana);
+
+  // From here on the server must number messages and honour `since` (SPEC, "Message ids,
+  // history and resuming"). Dana saw 1 and 2; of 3 to 7 the server kept 5 to 7.
+  await eventually(dana, messageIds, [[1, "one"], [2, "two"], [5, "m5"], [6, "m6"], [7, "m7"],
+                                      [8, "back again"]], "every message once, by id");
+  assert.equal((await notices(dana)).filter((n) => n === "2 messages were missed.").length, 1);
+
+  // Away again, with nothing said meanwhile: nothing replayed, nothing missed.
+  await dana.clock.pauseAt(await dana.evaluate(() => Date.now() + 10));
+  await restart();
+  await dana.clock.resume();
+  await dana.locator("#conn", { hasText: "Connected as Dana." }).waitFor({ timeout: 20_000 });
+  await say(dana, "and again");
+  await eventually(dana, messageIds, [[1, "one"], [2, "two"], [5, "m5"], [6, "m6"], [7, "m7"],
+                                      [8, "back again"], [9, "and again"]], "still once each");
+  assert.equal((await notices(dana)).filter((n) => n.endsWith("missed.")).length, 1);
+  const joins = sent.filter((f) => f.event_type === "join");
+  assert.deepEqual(joins.map((f) => f.since), [undefined, 2, 8], "join, then resume twice");
+  await dana.screenshot({ path: path.join(SHOTS, "chat-screenshot-resumed.png") });
+
+  // Someone new gets the kept history, dimmed as replayed, and no word of missed ones.
+  const finn = await openPerson(server);
+  await finn.click("#rooms button:has-text('Public Chat')");
+  await enter(finn, { name: "Finn" });
+  await waitConnected(finn, "Finn");
+  await eventually(finn, messageIds, [[7, "m7"], [8, "back again"], [9, "and again"]],
+                   "the kept history");
+  assert.equal(await finn.locator("#log li.message.replay").count(), 3);
+  assert.deepEqual((await notices(finn)).filter((n) => n.endsWith("missed.")), []);
+  for (const page of [dana, finn]) await assertClean(page);
 });
 
 test("the token is renewed shortly before it expires", { timeout: 60_000 }, async (t) => {
