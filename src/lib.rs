@@ -158,7 +158,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
-        page: web::page(ws_port),
+        page: web::page(&web::PageSettings {
+            ws_port,
+            max_message_bytes: config.max_message_bytes,
+            // lead: wire to the validation constants
+            max_name_chars: 32,
+            max_color_chars: 32,
+            min_title_chars: 2,
+            max_title_chars: 70,
+            max_description_chars: 70,
+            min_password_chars: 8,
+            max_password_bytes: 72,
+        }),
         secret,
         config,
     });

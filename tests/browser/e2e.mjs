@@ -5,12 +5,17 @@
 //   1. two people create a private room, enter it, chat, see each other in the people list,
 //      and one leaves; user text (titles, messages) is shown literally, nothing in it runs;
 //      screenshots of the chat view are saved under target/ for people to look at;
-//   2. a dropped socket (server stopped and started again) is reported and rejoined;
-//   3. the token is renewed with GET /chats/<id>/token/renew before it expires.
+//   2. the people list follows join and leave events, with one read of the room per join
+//      of the page's own, not one per event; the page sends only the fields the server reads;
+//   3. a dropped socket (server stopped and started again) is reported and rejoined, and
+//      with message ids and `since` no message is shown twice and a gap is reported;
+//   4. the token is renewed with GET /chats/<id>/token/renew before it expires.
 //
 // Run with `tests/browser/run.sh` (installs Chromium and playwright-core when missing) or
 // `node --test tests/browser/e2e.mjs`. The binary is $CHITCHAT_BIN, else target/debug/chitchat.
-// Debian's /usr/bin/chromium is used; playwright-core never downloads a browser.
+// Debian's /usr/bin/chromium is used; playwright-core never downloads a browser. Chat
+// clients without a page use Node's WebSocket (Node 20 needs --experimental-websocket, which
+// run.sh adds).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -37,13 +42,20 @@ const running = new Set(); // servers still alive, killed on exit whatever happe
 
 process.on("exit", () => { for (const s of running) s.child.kill("SIGKILL"); });
 
+/** A fresh temporary directory for a server's config and database. */
+const scratchDir = () => mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
+
 /** Starts the binary on `address`/`wsAddress` (port 0: any free port) and resolves once its
- *  ready line tells the real ports. */
-async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" } = {}) {
-  const dir = mkdtempSync(path.join(tmpdir(), "chitchat-e2e-"));
+ *  ready line tells the real ports. Its config and database live in `dir`: a fresh one,
+ *  removed on stop, unless the caller passes (and owns) one, as a restart does. `config`
+ *  adds keys to the config file. */
+async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0",
+                             dir: givenDir, config: extra = {} } = {}) {
+  const dir = givenDir || scratchDir();
   const config = path.join(dir, "config.json");
   writeFileSync(config, JSON.stringify({
     address, ws_address: wsAddress, log_file: null, bcrypt_cost: 4, secret_key: "e2e",
+    db_path: path.join(dir, "chitchat.db"), ...extra,
   }));
   const child = spawn(BIN, ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
   const server = { child, dir, output: "" };
@@ -58,7 +70,7 @@ async function startServer({ address = "127.0.0.1:0", wsAddress = "127.0.0.1:0" 
       clearTimeout(timer);
     }
     running.delete(server);
-    rmSync(dir, { recursive: true, force: true });
+    if (!givenDir) rmSync(dir, { recursive: true, force: true });
   };
 
   const ready = new Promise((resolve, reject) => {
@@ -152,6 +164,19 @@ function messages(page) {
   })));
 }
 
+/** The message lines as [id, text], the id from their data-id (null without one). */
+function messageIds(page) {
+  return page.$$eval("#log li.message", (lis) => lis.map((li) => [
+    li.dataset.id === undefined ? null : Number(li.dataset.id),
+    li.querySelector(".text").textContent,
+  ]));
+}
+
+/** The texts of the log's notices (joins, leaves, notes from the page). */
+function notices(page) {
+  return page.$$eval("#log li.notice", (lis) => lis.map((li) => li.lastChild.textContent));
+}
+
 function people(page) {
   return page.$$eval("#people li", (lis) => lis.map((li) => li.textContent));
 }
@@ -170,6 +195,51 @@ async function eventually(page, read, expected, what) {
 
 const lastMessage = async (page) => (await messages(page)).at(-1);
 
+/** Every text frame the page sends on its WebSockets, parsed, in order. */
+function framesSent(page) {
+  const frames = [];
+  page.on("websocket", (ws) => ws.on("framesent", (f) => frames.push(JSON.parse(f.payload))));
+  return frames;
+}
+
+// ---------------------------------------------------------------------------------------
+// Chat clients without a page: a bare WebSocket each, as websocat would be
+// ---------------------------------------------------------------------------------------
+
+/** Opens a socket to room `room` (an id) and joins as `name`; resolves once the join came
+ *  back. `until(match)` waits for a received event that `match` accepts. */
+async function chatClient(server, room, name) {
+  if (typeof WebSocket !== "function") {
+    throw new Error("Node has no WebSocket: use Node 22, or Node 20 with --experimental-websocket (run.sh does)");
+  }
+  const ws = new WebSocket(`ws://${server.host}:${server.wsPort}/chats/${room}/ws`);
+  const client = { ws, name, events: [], waiting: new Set() };
+  ws.onmessage = (m) => {
+    const event = JSON.parse(m.data);
+    client.events.push(event);
+    for (const w of client.waiting) if (w.match(event)) w.done();
+  };
+  client.until = (match, what = "an event") => new Promise((resolve, reject) => {
+    if (client.events.some(match)) return resolve();
+    const w = { match };
+    const timer = setTimeout(() => {
+      client.waiting.delete(w);
+      reject(new Error(`${name} waited ${STEP_MS} ms for ${what}`));
+    }, STEP_MS);
+    w.done = () => { clearTimeout(timer); client.waiting.delete(w); resolve(); };
+    client.waiting.add(w);
+  });
+  client.send = (frame) => ws.send(JSON.stringify(frame));
+  client.close = () => ws.close();
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = () => reject(new Error(`${name} could not open a socket`));
+  });
+  client.send({ event_type: "join", name, color: "#8a3ffc" });
+  await client.until((e) => e.event_type === "join" && e.name === name, "its own join");
+  return client;
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------
@@ -184,11 +254,25 @@ test("two people create a private room, chat, see each other, and one leaves", {
   const bob = await openPerson(server, { width: 390, height: 740 }); // a phone-sized screen
   await alice.locator("#rooms .room-title", { hasText: "Public Chat" }).waitFor();
 
-  // A title the server refuses: its error shows next to the title field.
+  // The limits come from the server: the hints and the title's maxlength say its numbers.
+  assert.equal(await alice.textContent("#create-title-hint"), "(2 to 70 characters)");
+  assert.equal(await alice.getAttribute("#create-title", "maxlength"), "70");
+  assert.equal(await alice.getAttribute("#enter-name", "maxlength"), "32");
+
+  // A title too short: the page says so by the title field, and asks the server nothing.
+  const posts = [];
+  alice.on("request", (r) => { if (r.method() === "POST") posts.push(r.url()); });
   await alice.fill("#create-title", "x");
   await alice.selectOption("#create-visibility", "private");
   await alice.fill("#create-password", password);
   await alice.press("#create-password", "Enter");
+  await alice.locator("#create-title-err", { hasText: "The title needs 2 to 70 characters" }).waitFor();
+  assert.equal(await alice.getAttribute("#create-title", "aria-invalid"), "true");
+  assert.deepEqual(posts, []);
+
+  // A title only the server refuses (all digits): its error shows next to the title field.
+  await alice.fill("#create-title", "2024");
+  await alice.press("#create-title", "Enter");
   await alice.locator("#create-title-err", { hasText: "Invalid content" }).waitFor();
   assert.equal(await alice.getAttribute("#create-title", "aria-invalid"), "true");
 
@@ -232,10 +316,11 @@ test("two people create a private room, chat, see each other, and one leaves", {
   await eventually(bob, people, ["Alice", "Bob (you)"], "Bob's people list");
   await alice.locator("#log li.notice", { hasText: "Bob entered the room." }).waitFor();
 
-  // A third person taking a name already in the room gets the 202 error by the name field.
+  // A third person without a name is stopped by the page; taking a name already in the
+  // room, she gets the server's 202 error by the name field.
   const carol = await openPerson(server);
-  await enter(carol, { room: title, name: "", password });
-  await carol.locator("#enter-name-err", { hasText: "Invalid JSON" }).waitFor(); // 303, field name
+  await enter(carol, { room: title, name: " ", password });
+  await carol.locator("#enter-name-err", { hasText: "A name needs 1 to 32 characters." }).waitFor();
   await enter(carol, { room: title, name: "alice", password });
   await carol.locator("#enter-name-err", { hasText: "Duplicate username" }).waitFor();
   assert.equal(await carol.isVisible("#lobby"), true);
@@ -270,26 +355,120 @@ test("two people create a private room, chat, see each other, and one leaves", {
   for (const page of [alice, bob, carol]) await assertClean(page);
 });
 
-test("a dropped connection is reported, then rejoined when the server is back", { timeout: 90_000 }, async (t) => {
-  let server = await startServer();
+test("the people list follows joins and leaves, reading the room once", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
   t.after(() => server.stop());
-  const dana = await openPerson(server);
+  const clients = [];
+  t.after(() => clients.forEach((c) => c.close()));
+  // Someone is in before the page comes: only the page's one read of the room shows her.
+  clients.push(await chatClient(server, 1, "Early"));
+
+  const gail = await openPerson(server);
+  const sent = framesSent(gail);
+  // Reads of the room (GET /chats/<room>) once the page has opened its socket. The one
+  // that looks the room up on entering comes before; the list of rooms is GET /chats.
+  const roomReads = [];
+  let socketOpened = false;
+  gail.on("websocket", () => { socketOpened = true; });
+  gail.on("request", (r) => {
+    const isRoom = /^\/chats\/[^/]+$/.test(new URL(r.url()).pathname);
+    if (socketOpened && r.method() === "GET" && isRoom) roomReads.push(r.url());
+  });
+  await gail.click("#rooms button:has-text('Public Chat')");
+  await enter(gail, { name: "Gail", color: "#1b7f3b" });
+  await waitConnected(gail, "Gail");
+  await eventually(gail, people, ["Early", "Gail (you)"], "the people who were there first");
+
+  // A join storm: five come in at once, then three leave by saying so and two just go.
+  const names = ["Hugo", "Ines", "Jack", "Kim", "Lea"];
+  clients.push(...await Promise.all(names.map((name) => chatClient(server, 1, name))));
+  await eventually(gail, people, ["Early", "Gail (you)", ...names], "all seven");
+  assert.equal(await gail.textContent("#people-h"), "People (7)");
+  for (const c of clients.slice(1, 4)) c.send({ event_type: "leave" });
+  for (const c of clients.slice(4)) c.close();
+  await eventually(gail, people, ["Early", "Gail (you)"], "the five are gone");
+  assert.equal(roomReads.length, 1, "one read of the room after joining, not one per event");
+
+  // The frames carry only what the server reads: no name or colour on a send or a leave,
+  // and no `since` on a first join.
+  await say(gail, "hello");
+  await eventually(gail, async (p) => (await lastMessage(p))?.text, "hello", "Gail's message");
+  await gail.click("#leave");
+  await eventually(gail, () => sent, [
+    { event_type: "join", name: "Gail", color: "#1b7f3b" },
+    { event_type: "send", msg: "hello" },
+    { event_type: "leave" },
+  ], "the frames the page sent");
+  await assertClean(gail);
+});
+
+test("a dropped connection is reported, then rejoined when the server is back", { timeout: 90_000 }, async (t) => {
+  // Restarts keep the database (and so the room's messages and their ids): one directory.
+  const dir = scratchDir();
+  const config = { history_len: 3 }; // keeps 3 messages: a longer absence leaves a gap
+  let server = await startServer({ dir, config });
+  t.after(async () => { await server.stop(); rmSync(dir, { recursive: true, force: true }); });
+  const restart = async () => {
+    await server.stop();
+    await dana.locator("#conn.down", { hasText: "Disconnected" }).waitFor();
+    // Same ports again: the page keeps its origin and WebSocket port.
+    server = await startServer({ address: `127.0.0.1:${server.httpPort}`,
+                                 wsAddress: `127.0.0.1:${server.wsPort}`, dir, config });
+  };
+  // A fake clock holds the reconnect back-off until the test lets time run on.
+  const dana = await openPerson(server, undefined, (page) => page.clock.install());
+  const sent = framesSent(dana);
   await dana.click("#rooms button:has-text('Public Chat')");
   await enter(dana, { name: "Dana" });
   await waitConnected(dana, "Dana");
+  await say(dana, "one");
+  await say(dana, "two");
+  await eventually(dana, async (p) => (await lastMessage(p))?.text, "two", "Dana's messages");
 
-  await server.stop();
-  await dana.locator("#conn.down", { hasText: "Disconnected" }).waitFor();
+  // Away while five messages are said; the server keeps the last three of them.
+  await dana.clock.pauseAt(await dana.evaluate(() => Date.now() + 10));
+  await restart();
   assert.equal(await dana.isDisabled("#send-form button"), true);
+  const other = await chatClient(server, 1, "Otto");
+  for (const n of [3, 4, 5, 6, 7]) other.send({ event_type: "send", msg: `m${n}` });
+  await other.until((e) => e.event_type === "send" && e.msg === "m7" && !e.replay, "its m7");
+  other.close();
 
-  // Same ports again: the page keeps its origin and WebSocket port.
-  server = await startServer({ address: `127.0.0.1:${server.httpPort}`,
-                               wsAddress: `127.0.0.1:${server.wsPort}` });
+  await dana.clock.resume();
   await dana.locator("#conn", { hasText: "Connected as Dana." }).waitFor({ timeout: 20_000 });
   await eventually(dana, people, ["Dana (you)"], "Dana is back in the list");
   await say(dana, "back again");
   await eventually(dana, async (p) => (await lastMessage(p))?.text, "back again", "sends again");
-  await assertClean(dana);
+
+  // From here on the server must number messages and honour `since` (SPEC, "Message ids,
+  // history and resuming"). Dana saw 1 and 2; of 3 to 7 the server kept 5 to 7.
+  await eventually(dana, messageIds, [[1, "one"], [2, "two"], [5, "m5"], [6, "m6"], [7, "m7"],
+                                      [8, "back again"]], "every message once, by id");
+  assert.equal((await notices(dana)).filter((n) => n === "2 messages were missed.").length, 1);
+
+  // Away again, with nothing said meanwhile: nothing replayed, nothing missed.
+  await dana.clock.pauseAt(await dana.evaluate(() => Date.now() + 10));
+  await restart();
+  await dana.clock.resume();
+  await dana.locator("#conn", { hasText: "Connected as Dana." }).waitFor({ timeout: 20_000 });
+  await say(dana, "and again");
+  await eventually(dana, messageIds, [[1, "one"], [2, "two"], [5, "m5"], [6, "m6"], [7, "m7"],
+                                      [8, "back again"], [9, "and again"]], "still once each");
+  assert.equal((await notices(dana)).filter((n) => n.endsWith("missed.")).length, 1);
+  const joins = sent.filter((f) => f.event_type === "join");
+  assert.deepEqual(joins.map((f) => f.since), [undefined, 2, 8], "join, then resume twice");
+  await dana.screenshot({ path: path.join(SHOTS, "chat-screenshot-resumed.png") });
+
+  // Someone new gets the kept history, dimmed as replayed, and no word of missed ones.
+  const finn = await openPerson(server);
+  await finn.click("#rooms button:has-text('Public Chat')");
+  await enter(finn, { name: "Finn" });
+  await waitConnected(finn, "Finn");
+  await eventually(finn, messageIds, [[7, "m7"], [8, "back again"], [9, "and again"]],
+                   "the kept history");
+  assert.equal(await finn.locator("#log li.message.replay").count(), 3);
+  assert.deepEqual((await notices(finn)).filter((n) => n.endsWith("missed.")), []);
+  for (const page of [dana, finn]) await assertClean(page);
 });
 
 test("the token is renewed shortly before it expires", { timeout: 60_000 }, async (t) => {

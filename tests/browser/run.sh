@@ -28,4 +28,11 @@ if [ ! -d tests/browser/node_modules ]; then
     (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
-exec node --test tests/browser/e2e.mjs
+# The test's chat clients without a page use Node's own WebSocket: built in from Node 22,
+# behind a flag in Node 20.
+node_flags=()
+if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)'; then
+    node_flags=(--experimental-websocket)
+fi
+
+exec node "${node_flags[@]}" --test tests/browser/e2e.mjs
