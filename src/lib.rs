@@ -7,19 +7,55 @@
 //! reader can follow, and keeps the dependency tree small (no tokio, no futures executor).
 //! The costs (a parked thread per idle socket) are measured in BENCHMARKS.md and kept small
 //! on purpose: one thread per socket that sleeps in `poll(2)` on the socket and on its
-//! queue's doorbell, a queue that allocates only when used, and small buffers.
+//! doorbell, no queue per socket (a room's members read one shared feed), small buffers.
 //!
 //! # Layout, in reading order
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
-//! - [`error`]: every error a client can see: code, message, HTTP status, JSON.
-//! - [`rooms`]: the room map, the one piece of shared state: ids, titles, validation,
-//!   members, each room's recent history, and the fan-out of events to them under one lock.
-//! - [`store`]: the SQLite file behind the room map, so rooms and history survive a restart.
-//! - [`token`]: JWTs (HS256 only), signed with a key derived per room.
-//! - [`hasher`]: bcrypt on low-priority threads, so hashing never slows cheap requests.
-//! - [`http`]: the REST API and the page, on tiny_http worker threads.
-//! - [`ws`]: the WebSocket listener, a thread per socket, and each socket's outbox.
-//! - [`event`]: chat events on the wire; [`clock`]: RFC 3339 times; [`web`]: the page.
+//! - `error`: every error a client can see: code, message, HTTP status, JSON body.
+//! - [`path`]: `/chats/<id-or-title>/...` parsed once, for both listeners.
+//! - `rooms`: the room map: ids, titles, validation, members, each room's feed of events,
+//!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
+//! - `store`: the SQLite file behind the room map, behind a `Store` trait.
+//! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
+//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
+//! - `http`: the REST API and the page, on tiny_http worker threads.
+//! - `ws`: the WebSocket listener, the handshake, a thread per socket.
+//! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
+//!   `sync`: taking locks.
+//!
+//! # One REST request: `PUT /chats/7`
+//! 1. A tiny_http pool thread reads the request; an HTTP worker thread takes it in
+//!    `http::serve` and calls `http::handle`.
+//! 2. `http::route` splits the path (`path::split`) into `Route::UpdateRoom(RoomRef::Id(7))`.
+//! 3. `http::update_room`: `rooms.key` (the index's read lock, then room 7's lock, to copy
+//!    its id, visibility and hash), `require_token` (`token::presented`, `token::verify`:
+//!    no lock), `read_json` (the body through a byte cap), then `rooms.update`.
+//! 4. `rooms::catalog`: validate; copy the room's description (room lock); hash a new
+//!    password on a `hasher` thread (no lock held); take the writers' lock; check that
+//!    nobody changed the room meanwhile (else start again); write the room to SQLite
+//!    (only the writers' lock is held: chat goes on); apply it in memory (room lock, and
+//!    the index's write lock for a new title).
+//! 5. `Reply::json(200, RoomView)`, written by `http::respond`. Any `Err(ApiError)` on the
+//!    way becomes its JSON error reply in one place (`impl From<ApiError> for Reply`).
+//!
+//! # One chat message: `{"event_type":"send","msg":"hi"}`
+//! 1. The speaker's session thread (`ws::session`) wakes in `poll`: its socket is readable.
+//!    `read_available` reads the text frame, `ClientEvent::parse` checks it, `handle` calls
+//!    `Membership::send`.
+//! 2. `rooms::fanout`, under the room's lock (memory work only): the name is the one this
+//!    socket joined with, never the frame's; the feed has room (or a reader whose client
+//!    stopped reading is closed, or the speaker is told to wait); the next message id; the
+//!    event serialised once; appended to the feed; kept in the history. Members asleep are
+//!    noted, not woken.
+//! 3. The lock released, `Aftermath::finish` rings the noted members' doorbells (one eventfd
+//!    write each) and queues the message for the history writer thread (SQLite, batched).
+//! 4. Each member's session thread wakes on its doorbell, copies the new events out of the
+//!    feed (`Membership::read`: the room's lock, briefly), encodes them as text frames into
+//!    its own buffer (`ws::frame`) and writes them to its socket as it takes them.
+//!
+//! Threads crossed: the speaker's session thread, then each member's (through its
+//! doorbell); the disk is reached on the history writer's thread, off the path. Locks: the
+//! room's lock, once for the speaker and once per member per batch of events.
 //!
 //! [`start`] builds one [`State`], hands it to both listeners, and returns a [`Running`]
 //! server; `main` only parses arguments, sets up logging and waits for a signal.
@@ -68,7 +104,7 @@ pub struct State {
     pub secret: String,
     /// Every room and its members.
     pub rooms: RoomMap,
-    /// The web page, with the WebSocket port filled in.
+    /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
 }
 
@@ -158,18 +194,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
-        page: web::page(&web::PageSettings {
+        page: web::page(&web::PageSettings::for_server(
             ws_port,
-            max_message_bytes: config.max_message_bytes,
-            // lead: wire to the validation constants
-            max_name_chars: 32,
-            max_color_chars: 32,
-            min_title_chars: 2,
-            max_title_chars: 70,
-            max_description_chars: 70,
-            min_password_chars: 8,
-            max_password_bytes: 72,
-        }),
+            config.max_message_bytes,
+        )),
         secret,
         config,
     });

@@ -40,6 +40,27 @@ pub struct PageSettings {
     pub max_password_bytes: usize,
 }
 
+impl PageSettings {
+    /// The settings of a server whose WebSocket listener is on `ws_port`, taken from the
+    /// constants the server itself validates with.
+    pub fn for_server(ws_port: u16, max_message_bytes: usize) -> PageSettings {
+        use crate::rooms::{
+            MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
+        };
+        PageSettings {
+            ws_port,
+            max_message_bytes,
+            max_name_chars: crate::event::MAX_NAME_CHARS,
+            max_color_chars: crate::event::MAX_COLOR_CHARS,
+            min_title_chars: *TITLE_CHARS.start(),
+            max_title_chars: *TITLE_CHARS.end(),
+            max_description_chars: MAX_DESCRIPTION_CHARS,
+            min_password_chars: MIN_PASSWORD_CHARS,
+            max_password_bytes: MAX_PASSWORD_BYTES,
+        }
+    }
+}
+
 /// The page for a server with these settings.
 pub fn page(settings: &PageSettings) -> String {
     let json = serde_json::to_string(settings)

@@ -38,7 +38,9 @@ mod view;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use catalog::RoomInput;
+pub use catalog::{
+    RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
+};
 pub use fanout::{CloseReason, Joined, Progress, Refusal, Subscriber};
 pub use view::{RoomKey, RoomView, Visibility};
 
@@ -442,20 +444,22 @@ mod tests {
 
     #[test]
     fn a_saved_room_with_an_unknown_visibility_is_a_store_error() {
-        let mut saved = Saved::default();
-        saved.next_id = Some(3);
-        saved.rooms.push(SavedRoom {
-            room: RoomRecord {
-                id: 2,
-                title: "Odd".into(),
-                description: "".into(),
-                visibility: "secret".into(),
-                password_hash: None,
-                created_at: "t".into(),
-                updated_at: "t".into(),
-            },
-            last_message_id: 0,
-        });
+        let saved = Saved {
+            next_id: Some(3),
+            rooms: vec![SavedRoom {
+                room: RoomRecord {
+                    id: 2,
+                    title: "Odd".into(),
+                    description: "".into(),
+                    visibility: "secret".into(),
+                    password_hash: None,
+                    created_at: "t".into(),
+                    updated_at: "t".into(),
+                },
+                last_message_id: 0,
+            }],
+            history: Default::default(),
+        };
         let error = RoomMap::restore(Arc::new(NoStore), saved, Hasher::start(4).unwrap(), 16, 10)
             .err()
             .unwrap();
