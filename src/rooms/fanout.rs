@@ -404,8 +404,9 @@ impl Live {
                 self.history.pop_front();
             }
             self.history.push_back((id, Arc::clone(&text)));
-            after.persist = Some((self.info.id, id, text));
         }
+        // Even when nothing is kept, the store learns the id, so ids survive a restart.
+        after.persist = Some((self.info.id, id, text));
         Ok(id)
     }
 
