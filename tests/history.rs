@@ -326,19 +326,6 @@ fn on_the_wire_id_follows_time_and_replay_comes_last() {
 /// The database file, in the binary's working directory.
 const DB: &str = "chitchat.db";
 
-/// Starts the binary in `data`'s directory on free ports, its database `chitchat.db` there.
-fn spawn_binary(data: &Scratch) -> Binary {
-    let config = json!({
-        "address": "127.0.0.1:0",
-        "ws_address": "127.0.0.1:0",
-        "log_file": null,
-        "log_level": "warn",
-        "bcrypt_cost": 4,
-        "db_path": DB,
-    });
-    Binary::spawn_with_config(data, &config, &[("SECRET_KEY", "history-test-secret")])
-}
-
 /// Waits until the database at `db` holds `count` messages of room `room_id` and that room's
 /// last message id is `count`: the history writer commits a moment after the broadcast. Reads
 /// the file read-only, as another process would.
@@ -382,7 +369,7 @@ fn say_five(ws: std::net::SocketAddr) -> Vec<Value> {
 /// After a restart on the same database: a socket that joins gets the five messages said
 /// before it, then its messages go on from id 6; `/messages` has all seven.
 fn assert_ids_go_on_after_restart(data: &Scratch, before: &[Value]) {
-    let mut server = spawn_binary(data);
+    let mut server = Binary::spawn_on_database(data, "history-test-secret");
     let (http, ws) = server.ready();
     let mut bob = ws_connect(ws, "/chats/1/ws");
     send_join(&mut bob, "bob");
@@ -402,7 +389,7 @@ fn assert_ids_go_on_after_restart(data: &Scratch, before: &[Value]) {
 #[test]
 fn ids_continue_by_one_after_kill_9_and_restart() {
     let data = Scratch::new("history-ids-kill-9");
-    let mut server = spawn_binary(&data);
+    let mut server = Binary::spawn_on_database(&data, "history-test-secret");
     let (_, ws) = server.ready();
     let said = say_five(ws);
     await_saved(&data.path(DB), 1, 5);
@@ -417,7 +404,7 @@ fn ids_continue_by_one_after_kill_9_and_restart() {
 #[test]
 fn ids_continue_by_one_after_sigterm_and_restart() {
     let data = Scratch::new("history-ids-sigterm");
-    let mut server = spawn_binary(&data);
+    let mut server = Binary::spawn_on_database(&data, "history-test-secret");
     let (_, ws) = server.ready();
     let said = say_five(ws);
     server.signal("TERM");

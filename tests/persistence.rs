@@ -279,20 +279,6 @@ fn history_len_0_keeps_no_history() {
 // ---------------------------------------------------------------------------------------------
 // The binary: crashes and start-up errors
 
-/// Starts the binary in `data`'s directory with the secret every restart has, on free ports,
-/// its database `chitchat.db` in that directory.
-fn spawn_binary(data: &DataDir) -> Binary {
-    let config = json!({
-        "address": "127.0.0.1:0",
-        "ws_address": "127.0.0.1:0",
-        "log_file": null,
-        "log_level": "warn",
-        "bcrypt_cost": 4,
-        "db_path": "chitchat.db",
-    });
-    Binary::spawn_with_config(data, &config, &[("SECRET_KEY", SECRET)])
-}
-
 /// `POST /chats` that tolerates the server dying: `None` if the connection fails or is cut
 /// before the whole response arrives.
 fn try_create_room(addr: SocketAddr, title: &str) -> Option<(u16, Value)> {
@@ -320,7 +306,7 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
     const CLIENTS: usize = 8;
     const KILL_AFTER: usize = 200;
     let data = DataDir::new("kill-9");
-    let mut server = spawn_binary(&data);
+    let mut server = Binary::spawn_on_database(&data, SECRET);
     let (http, _) = server.ready();
     let (created, answered) = mpsc::channel::<Value>();
     let clients: Vec<_> = (0..CLIENTS)
@@ -354,7 +340,7 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
     }
     rooms.extend(answered.try_iter());
 
-    let mut restarted = spawn_binary(&data);
+    let mut restarted = Binary::spawn_on_database(&data, SECRET);
     let (http, _) = restarted.ready();
     let listed = http_request(http, "GET", "/chats", &[], None).json();
     let by_id: HashMap<u64, &Value> = listed
@@ -372,7 +358,7 @@ fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
 /// Runs the binary on `data` and asserts that it exits with code 2, its last line of stderr
 /// being `chitchat: database chitchat.db: <problem>`.
 fn assert_start_fails(data: &DataDir, problem: &str) {
-    let Exit { status, stderr, .. } = spawn_binary(data).wait_exit();
+    let Exit { status, stderr, .. } = Binary::spawn_on_database(data, SECRET).wait_exit();
     assert_eq!(status.code(), Some(2), "stderr: {stderr}");
     let expected = format!("chitchat: database chitchat.db: {problem}");
     assert_eq!(stderr.lines().last(), Some(&*expected), "stderr: {stderr}");
@@ -406,7 +392,7 @@ fn a_locked_database_exits_2() {
 #[test]
 fn a_second_server_on_the_same_database_exits_2() {
     let data = DataDir::new("second-server");
-    let mut first = spawn_binary(&data);
+    let mut first = Binary::spawn_on_database(&data, SECRET);
     first.ready();
     assert_start_fails(&data, "in use by another ChitChat server");
 }
@@ -430,7 +416,7 @@ fn a_database_from_a_newer_chitchat_exits_2() {
 #[test]
 fn the_binary_keeps_rooms_and_history_across_sigterm_and_restart() {
     let data = DataDir::new("binary-restart");
-    let mut server = spawn_binary(&data);
+    let mut server = Binary::spawn_on_database(&data, SECRET);
     let (http, ws) = server.ready();
     let (status, created) = try_create_room(http, "Kept room").expect("a response");
     assert_eq!(status, 201);
@@ -441,7 +427,7 @@ fn the_binary_keeps_rooms_and_history_across_sigterm_and_restart() {
     assert_eq!(server.wait_exit().status.code(), Some(0));
     assert!(data.path(DB).exists());
 
-    let mut server = spawn_binary(&data);
+    let mut server = Binary::spawn_on_database(&data, SECRET);
     let (http, ws) = server.ready();
     let room = http_request(http, "GET", "/chats/2", &[], None);
     assert_eq!(room.json(), created);

@@ -625,6 +625,21 @@ impl Binary {
         Binary::spawn(dir, &["--config", &path], env)
     }
 
+    /// Starts the binary in `dir` on free ports with its database `chitchat.db` there,
+    /// quiet logs, bcrypt at its cheapest and `secret` as `SECRET_KEY`, so that restarts on
+    /// the same directory keep rooms, history and tokens.
+    pub fn spawn_on_database(dir: &Scratch, secret: &str) -> Binary {
+        let config = json!({
+            "address": "127.0.0.1:0",
+            "ws_address": "127.0.0.1:0",
+            "log_file": null,
+            "log_level": "warn",
+            "bcrypt_cost": 4,
+            "db_path": "chitchat.db",
+        });
+        Binary::spawn_with_config(dir, &config, &[("SECRET_KEY", secret)])
+    }
+
     /// Waits for the ready line on stdout, checks it is exactly `ChitChat <version> started at
     /// http://<addr> (ws://<addr>)`, and returns the HTTP and WebSocket addresses it names.
     pub fn ready(&mut self) -> (SocketAddr, SocketAddr) {
