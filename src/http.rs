@@ -288,7 +288,7 @@ fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<R
         .filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
-    // bcrypt runs here, on this worker thread, with no lock held.
+    // This worker waits, holding no lock, while a `hasher` thread runs bcrypt.
     if !state.rooms.password_matches(&key, &secret) {
         log::info!("room {}: wrong password for a token", key.id);
         return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));

@@ -90,10 +90,11 @@ use rooms::RoomMap;
 use store::StoreError;
 use ws::WsServer;
 
-/// HTTP worker threads. bcrypt (tens of milliseconds) runs on them, so there are enough
-/// that a burst of token requests does not hold up cheap requests behind it.
+/// HTTP worker threads. A token request's worker waits for bcrypt (tens of milliseconds, on
+/// a `hasher` thread), so there are enough that a burst of token requests does not hold up
+/// cheap requests behind it.
 const HTTP_WORKERS: usize = 16;
-/// An HTTP worker's stack: JSON bodies are capped and bcrypt needs little.
+/// An HTTP worker's stack: JSON bodies are capped, and bcrypt runs elsewhere.
 const HTTP_WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Everything the request handlers and sockets share, built once in [`start`].
