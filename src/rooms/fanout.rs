@@ -24,16 +24,24 @@
 //!
 //! Leaves of sockets that end (closed, dropped, deleted) are appended even to a full feed:
 //! there is at most one per socket, so the bound stays a bound.
+//!
+//! # Two locks per room
+//! The room's lock ([`Room::live`]) orders its events and guards its members; the feed has
+//! a read-write lock of its own ([`Room::feed`]), written only by a holder of the room's
+//! lock (so in the room's one order) and read by every member without the room's lock: 500
+//! members taking one mutex for each event made them queue behind each other. Each socket
+//! keeps its cursor in its [`Subscriber`], where the room reads it to trim the feed and to
+//! find laggards. Lock order: the room's lock, then the feed's; readers take the feed's only.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::clock::now_rfc3339;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::{as_replay, join_message, leave_message, EventType, ServerEvent};
 use crate::store::Store;
-use crate::sync::lock;
+use crate::sync::{lock, read, write};
 
 use super::catalog::Info;
 use super::view::{RoomView, UserView};
@@ -41,6 +49,10 @@ use super::view::{RoomView, UserView};
 /// A socket's side of the room: how the room sees, wakes and closes one socket. In
 /// practice one WebSocket's doorbell (`ws::doorbell`).
 pub trait Subscriber: Send + Sync {
+    /// The sequence number of the next feed event the socket reads.
+    fn cursor(&self) -> u64;
+    /// Moves the cursor: set by the room at a join, then by the socket as it reads.
+    fn set_cursor(&self, seq: u64);
     /// Whether the socket's thread is asleep waiting for events: only those are woken.
     fn is_asleep(&self) -> bool;
     /// Whether the client is not reading: bytes are waiting for its kernel send buffer,
@@ -89,8 +101,25 @@ pub struct Room {
     /// The lock that orders the room's events. Held for memory work only: never across disk
     /// I/O, bcrypt, a log line or a system call (see `rooms` for the rules).
     live: Mutex<Live>,
-    /// The feed's next sequence number (`Live::head`), published for lock-free reads.
+    /// The feed, shared with `live`, which alone writes it.
+    feed: Arc<RwLock<Feed>>,
+    /// The feed's next sequence number, published for a check without any lock.
     head: AtomicU64,
+    /// Set while speakers wait for room in the feed: readers at its front then free it.
+    waiting: AtomicBool,
+}
+
+/// The room's recent events, read by every member from its own cursor.
+pub(super) struct Feed {
+    /// `events[0]` has sequence number `first_seq`.
+    events: VecDeque<Arc<str>>,
+    first_seq: u64,
+}
+
+impl Feed {
+    fn head(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
 }
 
 /// Everything behind a room's lock.
@@ -101,9 +130,8 @@ pub(super) struct Live {
     pub(super) deleted: bool,
     /// Connected sockets by session id (so in connection order), joined or not.
     sockets: BTreeMap<u64, Socket>,
-    /// The feed: `events[0]` has sequence number `first_seq`.
-    events: VecDeque<Arc<str>>,
-    first_seq: u64,
+    /// The room's feed (see [`Room::feed`]).
+    feed: Arc<RwLock<Feed>>,
     /// The most events the feed holds before speakers wait (`send_queue_len`).
     capacity: usize,
     /// The last `history_len` `send` events with their ids, oldest first.
@@ -117,9 +145,8 @@ pub(super) struct Live {
 
 /// A socket connected to the room.
 struct Socket {
+    /// Its doorbell, and its cursor in the feed.
     subscriber: Arc<dyn Subscriber>,
-    /// The sequence number of the next feed event this socket reads.
-    cursor: u64,
     /// Set while the socket has joined under a name; a socket has at most one.
     member: Option<Member>,
     /// After a leave: the socket still reads the events before its leave, up to here.
@@ -132,7 +159,7 @@ impl Socket {
         self.member.is_some()
             || self
                 .reads_until
-                .is_some_and(|until| self.cursor < until.min(head))
+                .is_some_and(|until| self.subscriber.cursor() < until.min(head))
     }
 }
 
@@ -143,22 +170,13 @@ struct Member {
     last_activity: String,
 }
 
-/// Where a socket stands in its room's feed after a read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// It has read the feed up to this sequence number (see [`Room::has_news`]).
-    At(u64),
-    /// It is not joined and has nothing left to read: feed events are not for it.
-    Idle,
-    /// It is no longer in the room (dropped as a slow reader, or the room was deleted).
-    Gone,
-}
-
 /// What a join hands back to its socket.
 pub struct Joined {
     /// The kept messages it asked for, as replayed (`"replay":true`), oldest first: to be
     /// sent before anything from the feed.
     pub replay: Vec<String>,
+    /// Where in the feed it reads from: its own join.
+    pub cursor: u64,
 }
 
 /// Work to do once the room's lock is released.
@@ -208,14 +226,18 @@ impl Room {
             history.pop_front();
         }
         let last_message_id = history.back().map_or(0, |(id, _)| *id).max(last_message_id);
+        let feed = Arc::new(RwLock::new(Feed {
+            events: VecDeque::new(),
+            first_seq: 0,
+        }));
         Room {
             id,
+            feed: Arc::clone(&feed),
             live: Mutex::new(Live {
                 info,
                 deleted: false,
                 sockets: BTreeMap::new(),
-                events: VecDeque::new(),
-                first_seq: 0,
+                feed,
                 // A feed of one event could never hold a join and the leave it may need.
                 capacity: capacity.max(2),
                 history,
@@ -224,6 +246,7 @@ impl Room {
                 waiting: Vec::new(),
             }),
             head: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
         }
     }
 
@@ -238,6 +261,7 @@ impl Room {
             let mut live = lock(&self.live);
             let result = work(&mut live, &mut after);
             self.head.store(live.head(), SeqCst);
+            self.waiting.store(!live.waiting.is_empty(), SeqCst);
             result
         };
         after.finish(self.id, store);
@@ -254,12 +278,39 @@ impl Room {
     pub fn has_news(&self, cursor: u64) -> bool {
         self.head.load(SeqCst) > cursor
     }
+
+    /// Copies at most `max` feed events from `cursor` (before `until`) into `out`, without
+    /// the room's lock. Returns the cursor after them, and whether the socket was at the
+    /// feed's front (one of those a full feed waits for).
+    pub(super) fn read(
+        &self,
+        cursor: u64,
+        until: u64,
+        max: usize,
+        out: &mut Vec<Arc<str>>,
+    ) -> (u64, bool) {
+        let feed = read(&self.feed);
+        let start = cursor.max(feed.first_seq);
+        let end = until
+            .min(feed.head())
+            .min(start.saturating_add(max as u64))
+            .max(start);
+        let from = usize::try_from(start - feed.first_seq).unwrap_or(usize::MAX);
+        let to = usize::try_from(end - feed.first_seq).unwrap_or(usize::MAX);
+        out.extend(feed.events.range(from..to).cloned());
+        (end, start == feed.first_seq)
+    }
+
+    /// Whether speakers wait for room in the feed.
+    pub(super) fn has_waiting(&self) -> bool {
+        self.waiting.load(SeqCst)
+    }
 }
 
 impl Live {
     /// The sequence number the next feed event gets.
     fn head(&self) -> u64 {
-        self.first_seq + self.events.len() as u64
+        read(&self.feed).head()
     }
 
     /// The room as clients see it, with or without its members.
@@ -295,12 +346,11 @@ impl Live {
         if self.deleted {
             return Err(ApiError::new(ErrorKind::RoomNotFound));
         }
-        let cursor = self.head();
+        subscriber.set_cursor(self.head());
         self.sockets.insert(
             session,
             Socket {
                 subscriber,
-                cursor,
                 member: None,
                 reads_until: None,
             },
@@ -326,7 +376,7 @@ impl Live {
                 .close
                 .push((socket.subscriber, CloseReason::RoomDeleted));
         }
-        self.events.clear();
+        write(&self.feed).events.clear();
         self.waiting.clear();
     }
 
@@ -364,7 +414,7 @@ impl Live {
         );
         let seq = self.push(join, after);
         let socket = self.socket(session)?;
-        socket.cursor = seq;
+        socket.subscriber.set_cursor(seq);
         socket.reads_until = None;
         socket.member = Some(Member {
             username: name.to_owned(),
@@ -378,7 +428,10 @@ impl Live {
             .filter(|(id, _)| *id > since)
             .map(|(_, text)| as_replay(text))
             .collect();
-        Ok(Joined { replay })
+        Ok(Joined {
+            replay,
+            cursor: seq,
+        })
     }
 
     /// Broadcasts `msg` under the name `session` joined with (201 if it has none), as the
@@ -411,8 +464,9 @@ impl Live {
     }
 
     /// Takes `session`'s name away and broadcasts its leave (201 if it had none: never
-    /// joined, already left, or dropped as a slow reader).
-    pub(super) fn leave(&mut self, session: u64, after: &mut Aftermath) -> Result<(), Refusal> {
+    /// joined, already left, or dropped as a slow reader). Returns where the socket stops
+    /// reading the feed: its own leave.
+    pub(super) fn leave(&mut self, session: u64, after: &mut Aftermath) -> Result<u64, Refusal> {
         self.member(session)?;
         self.make_space(session, after)?;
         let socket = self.socket(session)?;
@@ -423,43 +477,12 @@ impl Live {
             socket.reads_until = Some(head);
         }
         self.push_leave(&member, after);
-        Ok(())
+        Ok(head)
     }
 
-    /// Copies the feed events `session` has not read yet, at most `max`, into `out`, and
-    /// says where that leaves it.
-    pub(super) fn read(
-        &mut self,
-        session: u64,
-        max: usize,
-        out: &mut Vec<Arc<str>>,
-        after: &mut Aftermath,
-    ) -> Progress {
-        let (first, head) = (self.first_seq, self.head());
-        let Some(socket) = self.sockets.get_mut(&session) else {
-            return Progress::Gone;
-        };
-        let until = match (&socket.member, socket.reads_until) {
-            (Some(_), _) => head,
-            (None, Some(until)) => until.min(head),
-            (None, None) => return Progress::Idle,
-        };
-        let start = socket.cursor.max(first);
-        let end = until.min(start.saturating_add(max as u64));
-        let from = usize::try_from(start - first).unwrap_or(usize::MAX);
-        let to = usize::try_from(end.saturating_sub(first)).unwrap_or(usize::MAX);
-        out.extend(self.events.range(from..to.max(from)).cloned());
-        socket.cursor = end;
-        let progress = if socket.member.is_some() {
-            Progress::At(end)
-        } else if end >= until {
-            socket.reads_until = None;
-            Progress::Idle
-        } else {
-            Progress::At(end)
-        };
+    /// A reader at the front of a full feed moved on: waiting speakers may go now.
+    pub(super) fn read_on(&mut self, after: &mut Aftermath) {
         self.release_waiting(after);
-        progress
     }
 
     /// Someone's client stopped reading: waiting speakers retry now, so the room drops it
@@ -484,18 +507,23 @@ impl Live {
     /// has read, then closes laggards whose clients stopped reading. [`Refusal::Busy`] (with
     /// `session` registered to be woken) if a laggard that reads is still behind.
     fn make_space(&mut self, session: u64, after: &mut Aftermath) -> Result<(), Refusal> {
-        if self.events.len() < self.capacity {
+        if self.has_space() {
             return Ok(());
         }
         self.trim();
-        if self.events.len() < self.capacity {
+        if self.has_space() {
             return Ok(());
         }
-        let (oldest, head) = (self.first_seq, self.head());
+        let (oldest, head) = {
+            let feed = read(&self.feed);
+            (feed.first_seq, feed.head())
+        };
         let slow: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|(_, s)| s.reads(head) && s.cursor <= oldest && s.subscriber.is_stalled())
+            .filter(|(_, s)| {
+                s.reads(head) && s.subscriber.cursor() <= oldest && s.subscriber.is_stalled()
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
@@ -510,7 +538,7 @@ impl Live {
             }
         }
         self.trim();
-        if self.events.len() < self.capacity {
+        if self.has_space() {
             return Ok(());
         }
         if let Some(socket) = self.sockets.get(&session) {
@@ -525,6 +553,11 @@ impl Live {
         Err(Refusal::Busy)
     }
 
+    /// Whether the feed may take one more event.
+    fn has_space(&self) -> bool {
+        read(&self.feed).events.len() < self.capacity
+    }
+
     /// Drops the feed events every reading socket has read.
     fn trim(&mut self) {
         let head = self.head();
@@ -532,11 +565,12 @@ impl Live {
             .sockets
             .values()
             .filter(|s| s.reads(head))
-            .map(|s| s.cursor)
+            .map(|s| s.subscriber.cursor())
             .min()
             .unwrap_or(head);
-        while self.first_seq < read_by_all && self.events.pop_front().is_some() {
-            self.first_seq += 1;
+        let mut feed = write(&self.feed);
+        while feed.first_seq < read_by_all && feed.events.pop_front().is_some() {
+            feed.first_seq += 1;
         }
     }
 
@@ -546,7 +580,7 @@ impl Live {
             return;
         }
         self.trim();
-        if self.events.len() < self.capacity {
+        if self.has_space() {
             after.retry.append(&mut self.waiting);
         }
     }
@@ -554,8 +588,11 @@ impl Live {
     /// Appends an event to the feed and has the sleeping readers woken. Returns its
     /// sequence number.
     fn push(&mut self, text: Arc<str>, after: &mut Aftermath) -> u64 {
-        let seq = self.head();
-        self.events.push_back(text);
+        let seq = {
+            let mut feed = write(&self.feed);
+            feed.events.push_back(text);
+            feed.head() - 1
+        };
         let head = seq + 1;
         for socket in self.sockets.values() {
             if socket.reads(head) && socket.subscriber.is_asleep() {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use catalog::{
     RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
 };
-pub use fanout::{CloseReason, Joined, Progress, Refusal, Subscriber};
+pub use fanout::{CloseReason, Joined, Refusal, Subscriber};
 pub use view::{RoomKey, RoomView, Visibility};
 
 use crate::clock::now_rfc3339;
@@ -244,11 +244,13 @@ impl RoomMap {
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<Membership, ApiError> {
         let room = self.room(id)?;
-        room.with_live(&*self.store, |live, _| live.attach(session, subscriber))?;
+        let attached = Arc::clone(&subscriber);
+        room.with_live(&*self.store, |live, _| live.attach(session, attached))?;
         Ok(Membership {
             room,
             store: Arc::clone(&self.store),
             session,
+            subscriber,
         })
     }
 
@@ -268,6 +270,8 @@ pub struct Membership {
     room: Arc<Room>,
     store: Arc<dyn Store>,
     session: u64,
+    /// The socket's doorbell, which holds its cursor in the feed.
+    subscriber: Arc<dyn Subscriber>,
 }
 
 impl Membership {
@@ -290,17 +294,24 @@ impl Membership {
         })
     }
 
-    /// Gives the name up and broadcasts the leave.
-    pub fn leave(&self) -> Result<(), Refusal> {
+    /// Gives the name up and broadcasts the leave; returns where the socket's reading of
+    /// the feed ends (at its own leave).
+    pub fn leave(&self) -> Result<u64, Refusal> {
         self.room
             .with_live(&*self.store, |live, after| live.leave(self.session, after))
     }
 
-    /// Copies at most `max` unread feed events into `out`.
-    pub fn read(&self, max: usize, out: &mut Vec<Arc<str>>) -> Progress {
-        self.room.with_live(&*self.store, |live, after| {
-            live.read(self.session, max, out, after)
-        })
+    /// Copies at most `max` feed events from `cursor`, stopping before `until`, into `out`,
+    /// without the room's lock; records and returns the cursor after them. A reader at the
+    /// front of a feed that speakers wait for lets them go.
+    pub fn read(&self, cursor: u64, until: u64, max: usize, out: &mut Vec<Arc<str>>) -> u64 {
+        let (end, at_front) = self.room.read(cursor, until, max, out);
+        self.subscriber.set_cursor(end);
+        if end > cursor && at_front && self.room.has_waiting() {
+            self.room
+                .with_live(&*self.store, |live, after| live.read_on(after));
+        }
+        end
     }
 
     /// Whether the feed has events past `cursor` (no lock taken).
@@ -354,12 +365,19 @@ mod tests {
     /// A socket that records what the room does to it; stalled or asleep as a test says.
     #[derive(Default)]
     struct Probe {
+        cursor: std::sync::atomic::AtomicU64,
         stalled: AtomicBool,
         woken: AtomicUsize,
         closed: std::sync::Mutex<Option<CloseReason>>,
     }
 
     impl Subscriber for Probe {
+        fn cursor(&self) -> u64 {
+            self.cursor.load(SeqCst)
+        }
+        fn set_cursor(&self, seq: u64) {
+            self.cursor.store(seq, SeqCst);
+        }
         fn is_asleep(&self) -> bool {
             true
         }
@@ -387,7 +405,8 @@ mod tests {
     /// Reads everything `membership` has not read yet.
     fn drain(membership: &Membership) -> Vec<String> {
         let mut out = Vec::new();
-        membership.read(usize::MAX, &mut out);
+        let cursor = membership.subscriber.cursor();
+        membership.read(cursor, u64::MAX, usize::MAX, &mut out);
         out.iter().map(|t| t.to_string()).collect()
     }
 

@@ -5,11 +5,12 @@
 //! at once, which std alone cannot do (see `session`). The doorbell is rung only when the
 //! thread has *armed* it (said it is about to sleep), so a busy socket costs no system call
 //! per event, and whoever rings does so after releasing the room's lock
-//! ([`Subscriber::wake`]). A socket has no queue of its own: it reads its room's feed.
+//! ([`Subscriber::wake`]). A socket has no queue of its own: it reads its room's feed, and
+//! its cursor there is kept here, where the room can see it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::Arc;
 
 use rustix::event::{eventfd, EventfdFlags};
@@ -33,6 +34,8 @@ pub enum Closing {
 pub struct Doorbell(Arc<Inner>);
 
 struct Inner {
+    /// The next event of its room's feed the socket reads (see `rooms::Subscriber`).
+    cursor: AtomicU64,
     /// Set by the session thread just before it sleeps; whoever has news next rings.
     armed: AtomicBool,
     /// Set while bytes wait for a full kernel send buffer: the client is not reading.
@@ -51,6 +54,7 @@ impl Doorbell {
     pub fn new() -> io::Result<Doorbell> {
         let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         Ok(Doorbell(Arc::new(Inner {
+            cursor: AtomicU64::new(0),
             armed: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             closing: AtomicU8::new(0),
@@ -114,6 +118,14 @@ impl Doorbell {
 }
 
 impl Subscriber for Doorbell {
+    fn cursor(&self) -> u64 {
+        self.0.cursor.load(SeqCst)
+    }
+
+    fn set_cursor(&self, seq: u64) {
+        self.0.cursor.store(seq, SeqCst);
+    }
+
     fn is_asleep(&self) -> bool {
         self.0.armed.load(SeqCst)
     }

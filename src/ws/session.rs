@@ -41,7 +41,7 @@ use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
-use crate::rooms::{Membership, Progress, Refusal};
+use crate::rooms::{Membership, Refusal};
 use crate::State;
 
 /// Feed events are encoded into the unsent buffer only while it holds less than this, so
@@ -100,13 +100,22 @@ pub struct Session {
     ws: WebSocket<Duplex>,
 }
 
+/// A socket's place in its room's feed.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    /// The next event to read.
+    cursor: u64,
+    /// Where reading stops: its own leave, after a leave.
+    until: Option<u64>,
+}
+
 /// The chat loop's state, once the socket is in its room.
 struct Chat {
     session: Session,
     membership: Membership,
-    /// The feed position read up to, while the socket reads the feed (joined, or draining
-    /// what came before its leave).
-    cursor: Option<u64>,
+    /// Where the socket reads its room's feed, while it does: joined, or still taking what
+    /// came before its leave.
+    reading: Option<Reading>,
     /// A frame the room had no room for yet: retried before anything else is read.
     pending: Option<String>,
     /// Reused for every read of the feed, so delivery allocates nothing per event.
@@ -147,7 +156,7 @@ impl Session {
                 let mut chat = Chat {
                     session: self,
                     membership,
-                    cursor: None,
+                    reading: None,
                     pending: None,
                     batch: Vec::with_capacity(FEED_BATCH),
                     input_held: false,
@@ -284,18 +293,21 @@ impl Chat {
 
     /// Encodes unread feed events into the unsent buffer while it is small.
     fn move_feed_events(&mut self) {
-        while self.unsent_bytes() < MAX_UNSENT_BYTES {
+        while let Some(reading) = self.reading {
+            if self.unsent_bytes() >= MAX_UNSENT_BYTES {
+                return;
+            }
             self.batch.clear();
-            let progress = self.membership.read(FEED_BATCH, &mut self.batch);
-            self.cursor = match progress {
-                Progress::At(cursor) => Some(cursor),
-                Progress::Idle | Progress::Gone => None,
-            };
+            let until = reading.until.unwrap_or(u64::MAX);
+            let cursor = self
+                .membership
+                .read(reading.cursor, until, FEED_BATCH, &mut self.batch);
             let duplex = self.session.ws.get_mut();
             for text in self.batch.drain(..) {
                 duplex.push_text(text.as_bytes());
             }
-            if !matches!(progress, Progress::At(_)) || !self.has_news() {
+            self.reading = (cursor < until).then_some(Reading { cursor, ..reading });
+            if !self.has_news() {
                 return;
             }
         }
@@ -303,8 +315,8 @@ impl Chat {
 
     /// Whether the room has events this socket has not read yet.
     fn has_news(&self) -> bool {
-        self.cursor
-            .is_some_and(|cursor| self.membership.has_news(cursor))
+        self.reading
+            .is_some_and(|r| self.membership.has_news(r.cursor))
     }
 
     fn unsent_bytes(&self) -> usize {
@@ -414,7 +426,10 @@ impl Chat {
                 for text in &joined.replay {
                     duplex.push_text(text.as_bytes());
                 }
-                self.cursor = None;
+                self.reading = Some(Reading {
+                    cursor: joined.cursor,
+                    until: None,
+                });
                 log::info!("socket {id} joined room {room_id} as {name}");
             }
             // The room uses the name this socket joined with, never one from the frame.
@@ -422,7 +437,11 @@ impl Chat {
                 self.membership.send(&msg)?;
             }
             ClientEvent::Leave => {
-                self.membership.leave()?;
+                let until = self.membership.leave()?;
+                self.reading = self.reading.map(|r| Reading {
+                    until: Some(until),
+                    ..r
+                });
                 log::info!("socket {id} left room {room_id}");
             }
         }
