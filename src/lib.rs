@@ -133,14 +133,14 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
-    let (read_timeout, write_timeout) = (Some(config.read_timeout), Some(config.write_timeout));
-    let http = tiny_http::Server::from_listener_with_timeouts(
-        http_listener,
-        None,
-        read_timeout,
-        write_timeout,
-    )
-    .map_err(|e| bind_error(&config.address, e.to_string()))?;
+    let http_options = tiny_http::ServerOptions {
+        read_timeout: Some(config.read_timeout),
+        write_timeout: Some(config.write_timeout),
+        // main's logger keeps only `chitchat*` targets; the accept thread's lines are ours.
+        log_target: "chitchat::http",
+    };
+    let http = tiny_http::Server::from_listener_with_options(http_listener, None, http_options)
+        .map_err(|e| bind_error(&config.address, e.to_string()))?;
     let ws_listener = TcpListener::bind(&config.ws_address)
         .map_err(|e| bind_error(&config.ws_address, e.to_string()))?;
     let ws_port = ws_listener
