@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, TIMEOUT};
+use common::{read_response, Scratch, TIMEOUT};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 
@@ -194,6 +194,49 @@ fn try_ws_handshake(addr: SocketAddr) -> Option<()> {
     Some(())
 }
 
+/// A keep-alive connection that has had one `GET /healthz` answered 200, so the server has
+/// surely accepted it and counts it as open.
+fn open_served_connection(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let response = read_response(stream.try_clone().unwrap());
+    assert_eq!(response.status, 200, "{}", response.body);
+    stream
+}
+
+/// The server's threads now, from `/proc`.
+fn thread_count(server: &Chitchat) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("read the server's /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+/// A raw HTTP response split into status, headers and body.
+fn parse_raw_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
+    let raw = std::str::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {raw:?}"));
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("a header line has a colon");
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
 /// With its descriptors limited to 200 and idle connections to both ports holding them
 /// all, the server cannot accept (or, on the WebSocket side, cannot set up what it
 /// accepted); once they close, `GET /healthz` and a WebSocket handshake succeed again.
@@ -244,4 +287,102 @@ fn rest_and_websocket_listeners_come_back_after_descriptors_run_out() {
                 .then_some(())
         },
     );
+}
+
+/// With `max_http_connections: 3` and three keep-alive connections open, a fourth gets 503
+/// with error 601 at once (the held connections would keep their threads for the 60 s
+/// read timeout) and is closed gracefully: the whole response, a clean end of stream, and
+/// the server still reading what the client sends rather than resetting. Refused
+/// connections cost the server no thread. Once one of the three closes, a new connection
+/// is served again.
+#[test]
+fn http_connections_past_max_http_connections_get_503_at_once() {
+    let server = Chitchat::start(
+        "listeners-limit",
+        &config(json!({"max_http_connections": 3})),
+        None,
+    );
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| open_served_connection(server.http))
+        .collect();
+    let threads_before = thread_count(&server);
+
+    let started = Instant::now();
+    let mut fourth = TcpStream::connect(server.http).expect("connect a fourth time");
+    fourth.set_read_timeout(Some(TIMEOUT)).unwrap();
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    fourth
+        .read_to_end(&mut raw)
+        .expect("the refusal and then the end of the stream, not a reset");
+    let elapsed = started.elapsed();
+    // A refused socket closed at once would answer these with a reset (and a reset can
+    // destroy a response the client has not read yet); the server drains them instead.
+    fourth
+        .write_all(b"more")
+        .and_then(|()| fourth.write_all(b"more"))
+        .expect("the server still reads a refused connection after its response");
+    let (status, headers, body) = parse_raw_response(&raw);
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        "{\"status\":false,\"error\":{\"code\":601,\"error\":\"Limit error: Too many connections\"}}\n"
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("content-type"), Some("application/json"));
+    assert_eq!(header("connection"), Some("close"));
+    assert_eq!(
+        header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert!(elapsed < Duration::from_secs(5), "the 503 took {elapsed:?}");
+
+    let refused: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(server.http).expect("connect past the limit"))
+        .collect();
+    for mut stream in refused {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("a refusal");
+        assert_eq!(parse_raw_response(&raw).0, 503);
+    }
+    assert!(
+        thread_count(&server) <= threads_before,
+        "refusals started threads: {threads_before} before, {} after",
+        thread_count(&server)
+    );
+
+    held.pop();
+    let health = poll(
+        &server,
+        "a new connection to be served after one closed",
+        || try_healthz(server.http).filter(|(status, _)| *status == 200),
+    );
+    assert_eq!(health, (200, json!({"status": true})));
+}
+
+/// `max_http_connections: 0` turns the limit off: twenty keep-alive connections open at
+/// once are all served, and so is one more.
+#[test]
+fn max_http_connections_of_0_serves_every_connection() {
+    let server = Chitchat::start(
+        "listeners-no-limit",
+        &config(json!({"max_http_connections": 0})),
+        None,
+    );
+    let held: Vec<TcpStream> = (0..20)
+        .map(|_| open_served_connection(server.http))
+        .collect();
+    assert_eq!(
+        try_healthz(server.http),
+        Some((200, json!({"status": true})))
+    );
+    drop(held);
 }

@@ -104,6 +104,7 @@ use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -119,7 +120,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
-pub use util::AcceptBackoff;
+pub use util::{AcceptBackoff, ConnectionLimit};
 
 mod client;
 mod common;
@@ -155,6 +156,10 @@ pub struct Server {
 struct Counters {
     /// Failed accepts (see `Server::accept_errors`).
     accept_errors: AtomicU64,
+    /// Connections open now (see `Server::num_connections`).
+    open_connections: AtomicUsize,
+    /// Connections refused past the limit (see `Server::connection_refusals`).
+    connection_refusals: AtomicU64,
 }
 
 enum Message {
@@ -206,6 +211,8 @@ pub struct ServerOptions {
     /// The `log` target of the accept thread's lines (default `"tiny_http"`), so an
     /// application that keeps only its own targets still sees them.
     pub log_target: &'static str,
+    /// At most this many connections open at once; `None` (upstream's behaviour): no limit.
+    pub connection_limit: Option<ConnectionLimit>,
 }
 
 impl Default for ServerOptions {
@@ -214,6 +221,7 @@ impl Default for ServerOptions {
             read_timeout: None,
             write_timeout: None,
             log_target: "tiny_http",
+            connection_limit: None,
         }
     }
 }
@@ -312,6 +320,7 @@ impl Server {
             read_timeout,
             write_timeout,
             log_target,
+            connection_limit,
         } = options;
         let listener = listener.into();
         // building the "close" variable
@@ -354,6 +363,7 @@ impl Server {
         let messages = MessagesQueue::with_capacity(8);
 
         let counters = Arc::new(Counters::default());
+        let refuser = connection_limit.map(util::Refuser::start).transpose()?;
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
         let inside_counters = counters.clone();
@@ -368,9 +378,18 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // ChitChat patch: past the limit, answered at once by this thread.
+                        let open = inside_counters.open_connections.load(Relaxed);
+                        if let Some(refuser) = refuser.as_ref().filter(|r| r.is_full(open)) {
+                            inside_counters.connection_refusals.fetch_add(1, Relaxed);
+                            refuser.refuse(sock);
+                            backoff.succeeded();
+                            continue;
+                        }
+                        let open = util::OpenConnection::new(&inside_counters);
                         sock.set_timeouts(read_timeout, write_timeout);
                         let streams = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                            None => RefinedTcpStream::new(sock, open),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -380,7 +399,7 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock, open)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
@@ -458,9 +477,17 @@ impl Server {
     }
 
     /// Returns the number of clients currently connected to the server.
+    ///
+    /// ChitChat patch: upstream panicked (`unimplemented!()`). A connection counts from
+    /// its accept until its socket is closed; refused connections do not count.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.counters.open_connections.load(Relaxed)
+    }
+
+    /// ChitChat patch: how many connections have been refused past the
+    /// `ServerOptions::connection_limit` since the server started.
+    pub fn connection_refusals(&self) -> u64 {
+        self.counters.connection_refusals.load(Relaxed)
     }
 
     /// ChitChat patch: how many times accepting a connection has failed since the server

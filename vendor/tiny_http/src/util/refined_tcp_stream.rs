@@ -1,10 +1,12 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
+use crate::util::OpenConnection;
 
 pub(crate) enum Stream {
     Http(Connection),
@@ -88,10 +90,15 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // ChitChat patch: counts the connection as open until both halves are dropped
+    _open: Arc<OpenConnection>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
+    pub(crate) fn new<S>(
+        stream: S,
+        open: Arc<OpenConnection>,
+    ) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
@@ -103,12 +110,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            _open: Arc::clone(&open),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            _open: open,
         };
 
         Ok((read, write))
