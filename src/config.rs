@@ -59,6 +59,9 @@ pub struct Config {
     /// How many `send` events each room keeps for sockets that join later (`history_len`);
     /// 0 keeps none.
     pub history_len: usize,
+    /// HTTP connections open at once (`max_http_connections`); past it a new one is
+    /// answered 503, code 601, and closed (SPEC, "Limits"). 0 turns the limit off.
+    pub max_http_connections: usize,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(60),
             db_path: Some(PathBuf::from("chitchat.db")),
             history_len: 50,
+            max_http_connections: 1024,
         }
     }
 }
@@ -167,6 +171,7 @@ impl Config {
             "pong_timeout_s" => self.pong_timeout = seconds(value)?,
             "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
             "history_len" => self.history_len = whole(value)?,
+            "max_http_connections" => self.max_http_connections = whole(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -355,6 +360,15 @@ mod tests {
         // The history is replayed straight to the socket, not through the feed: no bound.
         let (config, _) = load(r#"{"history_len":300,"send_queue_len":4}"#, &[]).unwrap();
         assert_eq!((config.history_len, config.send_queue_len), (300, 4));
+    }
+
+    #[test]
+    fn max_http_connections_defaults_to_1024_and_0_turns_it_off() {
+        assert_eq!(load("{}", &[]).unwrap().0.max_http_connections, 1024);
+        let (config, _) = load(r#"{"max_http_connections":0}"#, &[]).unwrap();
+        assert_eq!(config.max_http_connections, 0);
+        let err = load(r#"{"max_http_connections":-3}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("max_http_connections"));
     }
 
     #[test]

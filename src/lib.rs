@@ -178,14 +178,33 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
-    let (read_timeout, write_timeout) = (Some(config.read_timeout), Some(config.write_timeout));
-    let http = tiny_http::Server::from_listener_with_timeouts(
-        http_listener,
-        None,
-        read_timeout,
-        write_timeout,
-    )
-    .map_err(|e| bind_error(&config.address, e.to_string()))?;
+    let http_options = tiny_http::ServerOptions {
+        read_timeout: Some(config.read_timeout),
+        write_timeout: Some(config.write_timeout),
+        // main's logger keeps only `chitchat*` targets; the accept thread's lines are ours.
+        log_target: "chitchat::http",
+        // SPEC, Limits: past `max_http_connections` a new connection gets 503, code 601, at
+        // once from tiny_http's accept thread, not a queued pool thread; 0 turns it off. The
+        // body has the shape and key order of every error body (`error.rs`).
+        connection_limit: (config.max_http_connections > 0).then(|| {
+            let body = concat!(
+                r#"{"status":false,"error":{"code":601,"#,
+                r#""error":"Limit error: Too many connections"}}"#,
+                "\n"
+            );
+            tiny_http::ConnectionLimit {
+                max: config.max_http_connections,
+                refusal: format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            }
+        }),
+    };
+    let http = tiny_http::Server::from_listener_with_options(http_listener, None, http_options)
+        .map_err(|e| bind_error(&config.address, e.to_string()))?;
     let ws_listener = TcpListener::bind(&config.ws_address)
         .map_err(|e| bind_error(&config.ws_address, e.to_string()))?;
     let ws_port = ws_listener

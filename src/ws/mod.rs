@@ -37,8 +37,6 @@ use session::Session;
 const STACK_BYTES: usize = 512 * 1024;
 /// How long shutdown waits for sockets to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// A pause after a failed `accept` (out of descriptors, say), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The running WebSocket side.
 pub struct WsServer {
@@ -76,16 +74,25 @@ impl WsServer {
         self.addr
     }
 
+    /// Accepts until shutdown. A failed `accept` (out of descriptors, say) never ends the
+    /// loop: it waits, 5 ms doubling to 1 s, and logs once per burst of failures. The policy
+    /// is tiny_http's `AcceptBackoff`, the one the REST listener's accept thread follows,
+    /// so both listeners behave alike with one implementation.
     fn accept_loop(self: &Arc<Self>, listener: &TcpListener, state: &Arc<State>) {
+        let mut backoff = tiny_http::AcceptBackoff::new("WebSocket listener", module_path!());
         for stream in listener.incoming() {
             if self.stopping.load(SeqCst) {
                 return;
             }
             match stream {
-                Ok(stream) => self.spawn_session(stream, state),
+                Ok(stream) => {
+                    backoff.succeeded();
+                    self.spawn_session(stream, state);
+                }
                 Err(e) => {
-                    log::error!("accepting a WebSocket connection failed: {e}");
-                    std::thread::sleep(ACCEPT_BACKOFF);
+                    if let Some(pause) = backoff.failed(&e) {
+                        std::thread::sleep(pause);
+                    }
                 }
             }
         }

@@ -103,6 +103,8 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -118,6 +120,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::{AcceptBackoff, ConnectionLimit};
 
 mod client;
 mod common;
@@ -143,6 +146,20 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // ChitChat patch: what the accept thread counts
+    counters: Arc<Counters>,
+}
+
+/// ChitChat patch: what the accept thread counts, read through `Server`'s methods.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Failed accepts (see `Server::accept_errors`).
+    accept_errors: AtomicU64,
+    /// Connections open now (see `Server::num_connections`).
+    open_connections: AtomicUsize,
+    /// Connections refused past the limit (see `Server::connection_refusals`).
+    connection_refusals: AtomicU64,
 }
 
 enum Message {
@@ -180,6 +197,33 @@ pub struct ServerConfig {
 
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
+}
+
+/// ChitChat patch: how a server built by `Server::from_listener_with_options` treats the
+/// connections it accepts.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The read timeout of every accepted connection; `None` (upstream's behaviour) lets an
+    /// idle client hold its connection thread forever.
+    pub read_timeout: Option<Duration>,
+    /// The write timeout of every accepted connection.
+    pub write_timeout: Option<Duration>,
+    /// The `log` target of the accept thread's lines (default `"tiny_http"`), so an
+    /// application that keeps only its own targets still sees them.
+    pub log_target: &'static str,
+    /// At most this many connections open at once; `None` (upstream's behaviour): no limit.
+    pub connection_limit: Option<ConnectionLimit>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            read_timeout: None,
+            write_timeout: None,
+            log_target: "tiny_http",
+            connection_limit: None,
+        }
+    }
 }
 
 /// Configuration of the server for SSL.
@@ -258,6 +302,26 @@ impl Server {
         read_timeout: Option<std::time::Duration>,
         write_timeout: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let options = ServerOptions {
+            read_timeout,
+            write_timeout,
+            ..ServerOptions::default()
+        };
+        Self::from_listener_with_options(listener, ssl_config, options)
+    }
+
+    /// ChitChat patch: like `from_listener`, with the connection options of `options`.
+    pub fn from_listener_with_options<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        options: ServerOptions,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let ServerOptions {
+            read_timeout,
+            write_timeout,
+            log_target,
+            connection_limit,
+        } = options;
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -298,20 +362,34 @@ impl Server {
         // and ClientConnection objects are pushed in the messages queue
         let messages = MessagesQueue::with_capacity(8);
 
+        let counters = Arc::new(Counters::default());
+        let refuser = connection_limit.map(util::Refuser::start).transpose()?;
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inside_counters = counters.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // ChitChat patch: no error ends this thread; it waits and tries again.
+            let mut backoff = AcceptBackoff::new("HTTP listener", log_target);
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // ChitChat patch: past the limit, answered at once by this thread.
+                        let open = inside_counters.open_connections.load(Relaxed);
+                        if let Some(refuser) = refuser.as_ref().filter(|r| r.is_full(open)) {
+                            inside_counters.connection_refusals.fetch_add(1, Relaxed);
+                            refuser.refuse(sock);
+                            backoff.succeeded();
+                            continue;
+                        }
+                        let open = util::OpenConnection::new(&inside_counters);
                         sock.set_timeouts(read_timeout, write_timeout);
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                        let streams = match ssl {
+                            None => RefinedTcpStream::new(sock, open),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -321,18 +399,22 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock, open)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        // ChitChat patch: splitting the socket needs a second descriptor,
+                        // which a server out of descriptors does not get.
+                        streams.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable)
+                        })
                     }
                     Err(e) => Err(e),
                 };
 
-                match new_client {
+                let spawned = match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
@@ -351,13 +433,20 @@ impl Server {
                                     }
                                 }
                             }
-                        }));
+                        }))
                     }
+                    Err(e) => Err(e),
+                };
 
+                // ChitChat patch: upstream logged the error, handed it to `recv()` and ended
+                // this thread, so the first `EMFILE` stopped the listener for good.
+                match spawned {
+                    Ok(()) => backoff.succeeded(),
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        if let Some(pause) = backoff.failed(&e) {
+                            inside_counters.accept_errors.fetch_add(1, Relaxed);
+                            thread::sleep(pause);
+                        }
                     }
                 }
             }
@@ -369,6 +458,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            counters,
         })
     }
 
@@ -387,9 +477,24 @@ impl Server {
     }
 
     /// Returns the number of clients currently connected to the server.
+    ///
+    /// ChitChat patch: upstream panicked (`unimplemented!()`). A connection counts from
+    /// its accept until its socket is closed; refused connections do not count.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.counters.open_connections.load(Relaxed)
+    }
+
+    /// ChitChat patch: how many connections have been refused past the
+    /// `ServerOptions::connection_limit` since the server started.
+    pub fn connection_refusals(&self) -> u64 {
+        self.counters.connection_refusals.load(Relaxed)
+    }
+
+    /// ChitChat patch: how many times accepting a connection has failed since the server
+    /// started (out of descriptors, say), each one followed by a wait (see
+    /// `AcceptBackoff`). Aborted connections (`ECONNABORTED`) are not counted.
+    pub fn accept_errors(&self) -> u64 {
+        self.counters.accept_errors.load(Relaxed)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.

@@ -1,3 +1,6 @@
+pub use self::accept_backoff::AcceptBackoff;
+pub use self::connection_limit::ConnectionLimit;
+pub(crate) use self::connection_limit::{OpenConnection, Refuser};
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -9,6 +12,8 @@ pub use self::task_pool::TaskPool;
 
 use std::str::FromStr;
 
+mod accept_backoff;
+mod connection_limit;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;

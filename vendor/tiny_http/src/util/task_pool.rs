@@ -58,7 +58,8 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            // ChitChat patch: a thread that cannot start now is started on demand later.
+            let _ = pool.add_thread(None);
         }
 
         pool
@@ -66,24 +67,28 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
+    ///
+    /// ChitChat patch: fails, dropping `code`, when that thread cannot be started (upstream
+    /// panicked, which ended the accept thread).
+    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) -> std::io::Result<()> {
         let mut queue = self.sharing.todo.lock().unwrap();
 
         // ChitChat patch: queue only when an idle thread is left for this task. Upstream
         // queued whenever any thread was idle, so a burst of connections waited behind
         // threads busy with keep-alive connections for as long as those lasted.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            self.add_thread(Some(code))
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
+            Ok(())
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) -> std::io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -126,7 +131,8 @@ impl TaskPool {
 
                 task();
             }
-        });
+        })?;
+        Ok(())
     }
 }
 
