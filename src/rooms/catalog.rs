@@ -125,12 +125,13 @@ impl RoomMap {
             updated_at: now,
             revision: 0,
         };
-        self.store
+        self.services
+            .store
             .save_room(&info.record(), id + 1)
             .map_err(unsaved)?;
         let room = self.new_room(info, Vec::new(), 0);
         // The creator holds no token yet: a private room's users are not shown (there are none).
-        let view = room.with_live(&*self.store, |live, _| {
+        let view = room.with_live(&self.services, |live, _| {
             live.view(visibility == Visibility::Public)
         });
         write(&self.index).insert(room);
@@ -158,7 +159,7 @@ impl RoomMap {
             .transpose()?;
         let room = self.room(id)?;
         for _ in 0..UPDATE_TRIES {
-            let current = room.with_live(&*self.store, |live, _| live.info.clone());
+            let current = room.with_live(&self.services, |live, _| live.info.clone());
             let new_visibility = visibility.unwrap_or(current.visibility);
             let password_hash = self.hash_for(
                 new_visibility,
@@ -167,7 +168,7 @@ impl RoomMap {
             )?;
             let _writing = lock(&self.writes);
             let (revision, deleted) =
-                room.with_live(&*self.store, |live, _| (live.info.revision, live.deleted));
+                room.with_live(&self.services, |live, _| (live.info.revision, live.deleted));
             if deleted {
                 return Err(not_found());
             }
@@ -189,16 +190,17 @@ impl RoomMap {
             info.updated_at = now_rfc3339();
             info.revision += 1;
             let next_id = read(&self.index).next_id;
-            self.store
+            self.services
+                .store
                 .save_room(&info.record(), next_id)
                 .map_err(unsaved)?;
-            let old_title = room.with_live(&*self.store, |live, _| {
+            let old_title = room.with_live(&self.services, |live, _| {
                 std::mem::replace(&mut live.info, info.clone()).title
             });
             if old_title != info.title {
                 write(&self.index).retitle(&old_title, &info.title, id);
             }
-            return Ok(room.with_live(&*self.store, |live, _| live.view(true)));
+            return Ok(room.with_live(&self.services, |live, _| live.view(true)));
         }
         log::warn!("room {id}: {UPDATE_TRIES} concurrent updates in a row; this one gave up");
         Err(ApiError::new(ErrorKind::StorageUnavailable))
@@ -210,8 +212,8 @@ impl RoomMap {
     pub fn delete(&self, id: u64) -> Result<(), ApiError> {
         let _writing = lock(&self.writes);
         let room = self.room(id)?;
-        self.store.delete_room(id).map_err(unsaved)?;
-        let title = room.with_live(&*self.store, |live, after: &mut Aftermath| {
+        self.services.store.delete_room(id).map_err(unsaved)?;
+        let title = room.with_live(&self.services, |live, after: &mut Aftermath| {
             live.close_all(after);
             live.info.title.clone()
         });

@@ -43,6 +43,8 @@ use crate::event::{as_replay, join_message, leave_message, EventType, ServerEven
 use crate::store::Store;
 use crate::sync::{lock, read, write};
 
+use super::waker::Waker;
+
 use super::catalog::Info;
 use super::view::{RoomView, UserView};
 
@@ -179,10 +181,21 @@ pub struct Joined {
     pub cursor: u64,
 }
 
+/// What a room's work after its lock needs: the store (history) and the waker thread.
+#[derive(Clone)]
+pub struct Services {
+    /// Where messages are saved.
+    pub store: Arc<dyn Store>,
+    /// Who rings doorbells for chat messages.
+    pub waker: Waker,
+}
+
 /// Work to do once the room's lock is released.
 #[derive(Default)]
 pub struct Aftermath {
     wake: Vec<Arc<dyn Subscriber>>,
+    /// Whether `wake` goes to the waker thread (chat messages) or is rung at once.
+    wake_later: bool,
     retry: Vec<Arc<dyn Subscriber>>,
     close: Vec<(Arc<dyn Subscriber>, CloseReason)>,
     slow: Vec<String>,
@@ -192,9 +205,13 @@ pub struct Aftermath {
 
 impl Aftermath {
     /// Wakes, closes, logs and persists what the locked work left for it.
-    pub fn finish(self, room_id: u64, store: &dyn Store) {
-        for subscriber in self.wake {
-            subscriber.wake();
+    pub fn finish(self, room_id: u64, services: &Services) {
+        if self.wake_later {
+            services.waker.wake(self.wake);
+        } else {
+            for subscriber in self.wake {
+                subscriber.wake();
+            }
         }
         for subscriber in self.retry {
             subscriber.retry();
@@ -206,7 +223,7 @@ impl Aftermath {
             log::warn!("room {room_id}: {name} stopped reading; closing it");
         }
         if let Some((room_id, id, text)) = self.persist {
-            store.append_message(room_id, id, &text);
+            services.store.append_message(room_id, id, &text);
         }
     }
 }
@@ -253,7 +270,7 @@ impl Room {
     /// Runs `work` under the room's lock, then does what it left in its [`Aftermath`].
     pub(super) fn with_live<T>(
         &self,
-        store: &dyn Store,
+        services: &Services,
         work: impl FnOnce(&mut Live, &mut Aftermath) -> T,
     ) -> T {
         let mut after = Aftermath::default();
@@ -264,7 +281,7 @@ impl Room {
             self.waiting.store(!live.waiting.is_empty(), SeqCst);
             result
         };
-        after.finish(self.id, store);
+        after.finish(self.id, services);
         result
     }
 
@@ -460,6 +477,7 @@ impl Live {
         }
         // Even when nothing is kept, the store learns the id, so ids survive a restart.
         after.persist = Some((self.info.id, id, text));
+        after.wake_later = true;
         Ok(id)
     }
 

@@ -6,7 +6,8 @@
 //!   handle on the room it chats in;
 //! - `catalog`: create, update, delete, validation, and the order of disk and memory;
 //! - `fanout`: one room's members, its feed of events, history and message ids;
-//! - `view`: what the API shows ([`RoomView`]: no hash, by construction).
+//! - `view`: what the API shows ([`RoomView`]: no hash, by construction);
+//! - `waker`: the thread that rings members' doorbells for chat messages.
 //!
 //! # Locks, and what may happen while each is held
 //! - **A room's lock** (`fanout::Room`) orders that room's events: one lock, so every
@@ -34,6 +35,7 @@
 mod catalog;
 mod fanout;
 mod view;
+mod waker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,15 +54,16 @@ use crate::store::{Saved, Store, StoreError};
 use crate::sync::read;
 
 use catalog::{not_found, Info};
-use fanout::Room;
+use fanout::{Room, Services};
+use waker::Waker;
 
 /// Every room, and the locks described in the module docs.
 pub struct RoomMap {
     index: RwLock<Index>,
     /// The writers' lock: one catalogue change (disk write included) at a time.
     writes: Mutex<()>,
-    /// Where rooms and history are saved.
-    store: Arc<dyn Store>,
+    /// Where rooms and history are saved, and the waker thread.
+    services: Services,
     /// Hashes and checks room passwords, on threads of its own (see `hasher`).
     hasher: Hasher,
     /// How many events a room's feed holds before speakers wait (`send_queue_len`).
@@ -128,6 +131,8 @@ impl RoomMap {
         feed_len: usize,
         history_len: usize,
     ) -> Result<RoomMap, StoreError> {
+        let waker = Waker::start()
+            .map_err(|e| store.error(format!("cannot start the room waker thread: {e}")))?;
         let map = RoomMap {
             index: RwLock::new(Index {
                 by_id: BTreeMap::new(),
@@ -135,7 +140,7 @@ impl RoomMap {
                 next_id: 1,
             }),
             writes: Mutex::new(()),
-            store,
+            services: Services { store, waker },
             hasher,
             feed_len,
             history_len,
@@ -144,7 +149,8 @@ impl RoomMap {
         let mut index = crate::sync::write(&map.index);
         for record in saved.rooms {
             let (id, last_message_id) = (record.room.id, record.last_message_id);
-            let info = Info::restore(record.room).map_err(|problem| map.store.error(problem))?;
+            let info =
+                Info::restore(record.room).map_err(|problem| map.services.store.error(problem))?;
             let kept = history.remove(&id).unwrap_or_default();
             index.insert(map.new_room(info, kept, last_message_id));
         }
@@ -164,7 +170,7 @@ impl RoomMap {
                     updated_at: now,
                     revision: 0,
                 };
-                map.store.save_room(&info.record(), 2)?;
+                map.services.store.save_room(&info.record(), 2)?;
                 index.insert(map.new_room(info, Vec::new(), 0));
             }
         }
@@ -174,7 +180,7 @@ impl RoomMap {
 
     /// Writes out the history still queued for the database. Called once, at shutdown.
     pub fn close(&self) {
-        self.store.close();
+        self.services.store.close();
     }
 
     /// Every room except hidden ones, by id. Users are shown for public rooms only: a
@@ -184,7 +190,7 @@ impl RoomMap {
         rooms
             .iter()
             .filter_map(|room| {
-                room.with_live(&*self.store, |live, _| {
+                room.with_live(&self.services, |live, _| {
                     let visibility = live.info.visibility;
                     (visibility != Visibility::Hidden && !live.deleted)
                         .then(|| live.view(visibility == Visibility::Public))
@@ -199,7 +205,7 @@ impl RoomMap {
             .find(room_ref)
             .cloned()
             .ok_or_else(not_found)?;
-        Ok(room.with_live(&*self.store, |live, _| RoomKey {
+        Ok(room.with_live(&self.services, |live, _| RoomKey {
             id: live.info.id,
             visibility: live.info.visibility,
             password_hash: live.info.password_hash.clone(),
@@ -210,7 +216,7 @@ impl RoomMap {
     pub fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError> {
         Ok(self
             .room(id)?
-            .with_live(&*self.store, |live, _| live.view(with_users)))
+            .with_live(&self.services, |live, _| live.view(with_users)))
     }
 
     /// Room `id`'s kept messages with an id above `since`, oldest first, at most `limit`
@@ -218,7 +224,7 @@ impl RoomMap {
     pub fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
         Ok(self
             .room(id)?
-            .with_live(&*self.store, |live, _| live.messages(since, limit)))
+            .with_live(&self.services, |live, _| live.messages(since, limit)))
     }
 
     /// How many messages a room keeps (`history_len`).
@@ -245,10 +251,10 @@ impl RoomMap {
     ) -> Result<Membership, ApiError> {
         let room = self.room(id)?;
         let attached = Arc::clone(&subscriber);
-        room.with_live(&*self.store, |live, _| live.attach(session, attached))?;
+        room.with_live(&self.services, |live, _| live.attach(session, attached))?;
         Ok(Membership {
             room,
-            store: Arc::clone(&self.store),
+            services: self.services.clone(),
             session,
             subscriber,
         })
@@ -268,7 +274,7 @@ impl RoomMap {
 /// a session thread that panics does not leave its name behind.
 pub struct Membership {
     room: Arc<Room>,
-    store: Arc<dyn Store>,
+    services: Services,
     session: u64,
     /// The socket's doorbell, which holds its cursor in the feed.
     subscriber: Arc<dyn Subscriber>,
@@ -282,14 +288,14 @@ impl Membership {
 
     /// Takes `name` in the room and broadcasts the join; see `fanout` for the rules.
     pub fn join(&self, name: &str, color: &str, since: Option<u64>) -> Result<Joined, Refusal> {
-        self.room.with_live(&*self.store, |live, after| {
+        self.room.with_live(&self.services, |live, after| {
             live.join(self.session, name, color, since, after)
         })
     }
 
     /// Broadcasts `msg` under the joined name; returns the message's id.
     pub fn send(&self, msg: &str) -> Result<u64, Refusal> {
-        self.room.with_live(&*self.store, |live, after| {
+        self.room.with_live(&self.services, |live, after| {
             live.send(self.session, msg, after)
         })
     }
@@ -297,8 +303,9 @@ impl Membership {
     /// Gives the name up and broadcasts the leave; returns where the socket's reading of
     /// the feed ends (at its own leave).
     pub fn leave(&self) -> Result<u64, Refusal> {
-        self.room
-            .with_live(&*self.store, |live, after| live.leave(self.session, after))
+        self.room.with_live(&self.services, |live, after| {
+            live.leave(self.session, after)
+        })
     }
 
     /// Copies at most `max` feed events from `cursor`, stopping before `until`, into `out`,
@@ -309,7 +316,7 @@ impl Membership {
         self.subscriber.set_cursor(end);
         if end > cursor && at_front && self.room.has_waiting() {
             self.room
-                .with_live(&*self.store, |live, after| live.read_on(after));
+                .with_live(&self.services, |live, after| live.read_on(after));
         }
         end
     }
@@ -323,14 +330,15 @@ impl Membership {
     /// it retry (and close it) instead of waiting.
     pub fn stalled(&self) {
         self.room
-            .with_live(&*self.store, |live, after| live.stalled(after));
+            .with_live(&self.services, |live, after| live.stalled(after));
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.room
-            .with_live(&*self.store, |live, after| live.detach(self.session, after));
+        self.room.with_live(&self.services, |live, after| {
+            live.detach(self.session, after)
+        });
     }
 }
 
