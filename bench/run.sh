@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release server and the load generator (benches/load.rs), raises
 # the open-files limit, runs every scenario against a real server over loopback, and
-# rewrites BENCHMARKS.md. Takes about three minutes on two cores.
+# rewrites BENCHMARKS.md. Takes about six minutes on two cores (the scale scenario alone
+# over two: its join storm, then a minute idle).
 #
 # Arguments are passed to the generator, e.g. `bench/run.sh --only fanout --seconds 3`
 # (see the top of benches/load.rs). CHITCHAT_BIN overrides the server binary.
@@ -20,8 +21,11 @@ if [ -z "$generator" ]; then
   exit 1
 fi
 
-# 5,000 client sockets plus 5,000 server sockets: each process needs well over the usual
-# 1,024 descriptors. The server inherits this limit from the generator.
+# The scale scenario holds 9,000 sockets: two descriptors each in the generator (the
+# socket and the clone that ends its reader) and in the server (the socket and its
+# eventfd), about 18,200 per process, well over the usual 1,024. The server inherits
+# this limit from the generator; with a hard limit below that, the scenario scales down
+# and says so.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 "$generator" \

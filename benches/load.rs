@@ -8,8 +8,11 @@
 //! - `load/ws.rs`: WebSocket members (a joined socket with a reading thread) and the bench
 //!   message that lets every receiver detect loss, duplicates and reordering;
 //! - `load/http.rs`: a keep-alive HTTP/1.1 client, and the `wrk` runner;
-//! - one file per scenario, numbered as in the issue: `rest.rs` (1), `fanout.rs` (2),
-//!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6);
+//! - one file per scenario, numbered as in the issues: `rest.rs` (1), `fanout.rs` (2),
+//!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6), `slowdisk.rs`
+//!   (7: a fan-out while rooms are created on a disk whose flushes take 30 ms),
+//!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full) and
+//!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -19,13 +22,19 @@
 //!
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
-//! rest,fanout,idle,churn,tokens,footprint`, `--seconds N` (length of each timed run,
-//! default 10), `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database), `--send-queue-len N` (put in the server's
+//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale`, `--seconds N` (length
+//! of each timed run, default 10; slowdisk has two, each overload run one),
+//! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk and
+//! overload always run with one, scale never), `--send-queue-len N` (put in the server's
 //! config; default: the server's own), `--fanout 500x200,300x100` (these fan-out shapes,
 //! subscribers x messages/s, instead of the issue's four), `--idle-room-size N` (sockets
-//! per room in the idle scenario, default 500), `--prelude CMD` (a command that ran before
-//! this one, listed in the report; repeatable). `--bench`, which `cargo bench` adds, is
-//! ignored.
+//! per room in the idle scenario, default 500), `--burn N` (CPU burner threads beside
+//! each overload run, default one per core), `--overload-runs N` (default 5),
+//! `--scale-idle-seconds N` (how long the scale scenario's sockets stay silent, default
+//! 60), `--glibc-tunables STRING` (`GLIBC_TUNABLES` in every server's environment, e.g.
+//! `glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2`), `--prelude CMD` (a command
+//! that ran before this one, listed in the report; repeatable). `--bench`, which `cargo
+//! bench` adds, is ignored.
 
 // The modules live in benches/load/ so that cargo sees one bench target, `load`.
 #[path = "load/churn.rs"]
@@ -38,12 +47,18 @@ mod footprint;
 mod http;
 #[path = "load/idle.rs"]
 mod idle;
+#[path = "load/overload.rs"]
+mod overload;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/rest.rs"]
 mod rest;
+#[path = "load/scale.rs"]
+mod scale;
 #[path = "load/server.rs"]
 mod server;
+#[path = "load/slowdisk.rs"]
+mod slowdisk;
 #[path = "load/stats.rs"]
 mod stats;
 #[path = "load/tokens.rs"]
@@ -62,7 +77,17 @@ use server::ServerOptions;
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario, in report order.
-const SCENARIOS: [&str; 6] = ["rest", "fanout", "idle", "churn", "tokens", "footprint"];
+const SCENARIOS: [&str; 9] = [
+    "rest",
+    "fanout",
+    "idle",
+    "churn",
+    "tokens",
+    "footprint",
+    "slowdisk",
+    "overload",
+    "scale",
+];
 
 /// Which HTTP client drives the REST throughput run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,6 +111,10 @@ struct Args {
     preludes: Vec<String>,
     fanout: Option<Vec<String>>,
     idle_room_size: usize,
+    burn: usize,
+    overload_runs: usize,
+    scale_idle_seconds: f64,
+    glibc_tunables: Option<String>,
 }
 
 fn parse_args() -> Res<Args> {
@@ -101,6 +130,10 @@ fn parse_args() -> Res<Args> {
         preludes: Vec::new(),
         fanout: None,
         idle_room_size: idle::ROOM_SIZE,
+        burn: overload::burn_threads(),
+        overload_runs: overload::RUNS,
+        scale_idle_seconds: scale::IDLE_SECONDS,
+        glibc_tunables: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -133,6 +166,10 @@ fn parse_args() -> Res<Args> {
             "--no-db" => args.no_db = true,
             "--prelude" => args.preludes.push(value()?),
             "--idle-room-size" => args.idle_room_size = value()?.parse()?,
+            "--burn" => args.burn = value()?.parse()?,
+            "--overload-runs" => args.overload_runs = value()?.parse()?,
+            "--scale-idle-seconds" => args.scale_idle_seconds = value()?.parse()?,
+            "--glibc-tunables" => args.glibc_tunables = Some(value()?),
             "--fanout" => {
                 args.fanout = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
             }
@@ -163,6 +200,8 @@ fn main() -> ExitCode {
         send_queue_len: args.send_queue_len,
         no_db: args.no_db,
         work_dir: PathBuf::from("target/bench"),
+        glibc_tunables: args.glibc_tunables.clone(),
+        wrapper: Vec::new(),
     };
     let started = Instant::now();
     let load_before = server::load_average();
@@ -221,6 +260,18 @@ fn main() -> ExitCode {
         let (table, found_version) = footprint::run(&options, binary_meta.len());
         version = found_version.unwrap_or(version.clone());
         vec![table]
+    });
+    run("slowdisk", &mut || vec![slowdisk::run(&options, seconds)]);
+    run("overload", &mut || {
+        vec![overload::run(
+            &options,
+            seconds,
+            args.overload_runs,
+            args.burn,
+        )]
+    });
+    run("scale", &mut || {
+        vec![scale::run(&options, args.scale_idle_seconds)]
     });
 
     let context = Context {

@@ -13,8 +13,14 @@
 //!
 //! The run starts only after every join has reached every socket (n(n+1)/2 join events),
 //! so the join storm does not land inside the measured window.
+//!
+//! The pieces are shared with the scenarios that put a fan-out under other pressure
+//! (`slowdisk.rs`, `overload.rs`): [`FullRoom`] joins the room, sends one phase at a time
+//! and waits for its deliveries; [`Figures`] sums up one phase from the members' tallies.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -107,10 +113,13 @@ pub fn run(options: &ServerOptions, shape: &Shape, seconds: f64) -> Table {
 
 /// What one sender did.
 #[derive(Default)]
-struct Sent {
-    count: u64,
-    max_late_us: u64,
-    error: Option<String>,
+pub struct Sent {
+    /// Messages sent.
+    pub count: u64,
+    /// How late against its schedule the latest message went, µs.
+    pub max_late_us: u64,
+    /// Why the sender stopped early, if it did.
+    pub error: Option<String>,
 }
 
 fn measure(
@@ -128,91 +137,28 @@ fn measure(
         "public",
         None,
     )?;
-    let per_sender = (seconds * f64::from(shape.rate) / senders as f64).floor() as usize;
-    let mut crowd = Crowd::new(senders, per_sender);
-    let counters = std::sync::Arc::clone(&crowd.counters);
-
-    let joining = Instant::now();
-    let mut writers: Vec<Socket> = Vec::new();
-    let opened = (0..n).try_for_each(|i| -> Res<()> {
-        writers.extend(crowd.join(server.ws, room, format!("s{i}"), i < senders)?);
-        Ok(())
-    });
-    let joins_expected = (n as u64) * (n as u64 + 1) / 2;
-    let joined = opened.is_ok()
-        && wait_until(JOIN_TIMEOUT, || {
-            counters.acked.load(Ordering::SeqCst) == n
-                && counters.joins_seen.load(Ordering::Relaxed) >= joins_expected
-        });
-    let join_time = joining.elapsed();
-    if let Err(e) = opened {
-        let opened = crowd.len();
-        crowd.finish();
-        return Err(format!("opening socket {} of {n}: {e}", opened + 1).into());
-    }
-    if !joined {
-        let tallies = crowd.finish();
-        let acked = counters.acked.load(Ordering::SeqCst);
-        let seen = counters.joins_seen.load(Ordering::Relaxed);
-        let closed = tallies
-            .iter()
-            .filter(|t| t.closed_by_server.is_some())
-            .count();
-        return Err(format!(
-            "room not joined within {JOIN_TIMEOUT:?}: {acked}/{n} joins acknowledged, {seen}/{joins_expected} join events delivered, {closed} sockets closed by the server"
-        )
-        .into());
-    }
-
-    // The schedule: sender j's message i is due at t0 + j * period / senders + i * period.
-    let period = Duration::from_secs_f64(senders as f64 / f64::from(shape.rate));
+    let per_sender = messages_per_sender(seconds, shape.rate, senders);
+    let mut full = FullRoom::join(server.ws, room, n, senders, senders, per_sender)?;
     let listed_before = crate::listed_users(server.http, room)?;
     let window = CpuWindow::start(&server)?;
-    let t0 = Instant::now() + Duration::from_millis(100);
-    let epoch = counters.epoch;
-    let t0_us = u64::try_from(t0.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
-    let handles: Vec<_> = writers
-        .into_iter()
-        .enumerate()
-        .map(|(j, writer)| {
-            let start = t0 + period.mul_f64(j as f64 / senders as f64);
-            let sender = u32::try_from(j).unwrap_or(u32::MAX);
-            thread::Builder::new()
-                .name(format!("sender{j}"))
-                .stack_size(ws::MEMBER_STACK_BYTES)
-                .spawn(move || send_on_schedule(writer, sender, start, period, per_sender, epoch))
-        })
-        .collect::<Result<_, _>>()?;
-    let sent: Vec<Sent> = handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or_default())
-        .collect();
-    let sent_total: u64 = sent.iter().map(|s| s.count).sum();
-    let expected = sent_total * n as u64;
-
-    // Drain: wait until everything arrived, or until deliveries stall.
-    let (mut last, mut last_change, draining) = (0, Instant::now(), Instant::now());
-    while draining.elapsed() < DRAIN_LIMIT {
-        let delivered = counters.delivered.load(Ordering::Relaxed);
-        if delivered >= expected {
-            break;
-        }
-        if delivered != last {
-            (last, last_change) = (delivered, Instant::now());
-        } else if last_change.elapsed() >= DRAIN_STALL {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    let phase = full.send(0, shape.rate, seconds)?;
     let (cpu, server_after) = window.finish(&server)?;
     let listed_after = crate::listed_users(server.http, room)?;
     let logged = server.logged();
-    let tallies = crowd.finish();
+    let join_time = full.join_time;
+    let tallies = full.finish();
     server.stop();
 
-    report(
-        table, shape, senders, &sent, &tallies, expected, t0_us, join_time,
+    let figures = Figures::of(&tallies, &phase);
+    table.info(
+        "subscribers (of which send)",
+        format!("{} ({senders})", stats::count(n as u64)),
     );
+    table.info(
+        "time to connect and join all",
+        format!("{:.1} s", join_time.as_secs_f64()),
+    );
+    figures.report(table, "", shape.p99_target_us);
     table.check(
         "users the server lists in the room, before / after",
         format!("{listed_before} / {listed_after}"),
@@ -232,134 +178,425 @@ fn measure(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    table: &mut Table,
-    shape: &Shape,
-    senders: usize,
-    sent: &[Sent],
-    tallies: &[Tally],
-    expected: u64,
-    t0_us: u64,
-    join_time: Duration,
-) {
-    let n = shape.subscribers;
-    let distinct: u64 = tallies.iter().flat_map(|t| t.distinct.iter()).sum();
-    let duplicates: u64 = tallies.iter().map(|t| t.duplicates).sum();
-    let out_of_order: u64 = tallies.iter().map(|t| t.out_of_order).sum();
-    let unexpected: u64 = tallies.iter().map(|t| t.unexpected).sum();
-    let missing = expected.saturating_sub(distinct);
-    let closed: Vec<u16> = tallies.iter().filter_map(|t| t.closed_by_server).collect();
-    let errors: Vec<&String> = tallies.iter().filter_map(|t| t.error.as_ref()).collect();
-    let sent_total: u64 = sent.iter().map(|s| s.count).sum();
-    let complete: Vec<&Tally> = tallies
-        .iter()
-        .filter(|t| t.distinct.iter().zip(sent).all(|(d, s)| *d == s.count) && t.duplicates == 0)
-        .collect();
-    let orders: HashSet<u64> = complete.iter().map(|t| t.order_hash).collect();
-    let last_us = tallies
-        .iter()
-        .map(|t| t.last_receive_us)
-        .max()
-        .unwrap_or(t0_us);
-    let span_s = (last_us.saturating_sub(t0_us) as f64 / 1e6).max(1e-6);
+/// How many messages each of `senders` sends in `seconds` at `rate` messages/s together.
+pub fn messages_per_sender(seconds: f64, rate: u32, senders: usize) -> usize {
+    (seconds * f64::from(rate) / senders.max(1) as f64).floor() as usize
+}
 
-    table.info(
-        "subscribers (of which send)",
-        format!("{} ({senders})", stats::count(n as u64)),
-    );
-    table.info(
-        "time to connect and join all",
-        format!("{:.1} s", join_time.as_secs_f64()),
-    );
-    table.info("messages sent", stats::count(sent_total));
-    table.info(
-        "expected deliveries (sent x subscribers)",
-        stats::count(expected),
-    );
-    table.info(
-        "delivered",
-        stats::count(distinct + duplicates + unexpected),
-    );
-    table.check("missing", stats::count(missing), "0", missing == 0);
-    table.check(
-        "duplicates",
-        stats::count(duplicates + unexpected),
-        "0",
-        duplicates + unexpected == 0,
-    );
-    table.check(
-        "out of order",
-        stats::count(out_of_order),
-        "0",
-        out_of_order == 0,
-    );
-    table.check(
-        "sockets closed or failed during the run",
-        stats::count((closed.len() + errors.len()) as u64),
-        "0",
-        closed.is_empty() && errors.is_empty(),
-    );
-    table.check(
-        "delivery orders among complete sockets",
-        format!(
-            "{} order(s) across {} sockets",
-            orders.len(),
-            complete.len()
-        ),
-        "1 across all",
-        orders.len() == 1 && complete.len() == n,
-    );
-    let target = shape.p99_target_us.map(|us| format!("< {}", ms(us)));
-    if missing > 0 {
-        let withheld = format!("withheld: {} deliveries missing", stats::count(missing));
-        table.info("latency p50", withheld.clone());
-        match &target {
-            Some(t) => table.check("latency p99", withheld.clone(), t, false),
-            None => table.info("latency p99", withheld.clone()),
+/// A room full of joined members, the first few of which can also send.
+pub struct FullRoom {
+    crowd: Crowd,
+    writers: Vec<Socket>,
+    subscribers: usize,
+    per_sender: usize,
+    /// From the first connect until every join event had reached every member.
+    pub join_time: Duration,
+}
+
+impl FullRoom {
+    /// Connects `subscribers` sockets to `room` one after another, joins each, and waits
+    /// until every join event has reached every member. The first `writers` members also
+    /// get a write handle. Members track `senders` senders (writers x phases) of up to
+    /// `per_sender` messages each.
+    pub fn join(
+        addr: SocketAddr,
+        room: u64,
+        subscribers: usize,
+        writers: usize,
+        senders: usize,
+        per_sender: usize,
+    ) -> Res<FullRoom> {
+        let n = subscribers;
+        let mut crowd = Crowd::new(senders, per_sender);
+        let counters = std::sync::Arc::clone(&crowd.counters);
+        let joining = Instant::now();
+        let mut handles: Vec<Socket> = Vec::new();
+        let opened = (0..n).try_for_each(|i| -> Res<()> {
+            handles.extend(crowd.join(addr, room, format!("s{i}"), i < writers)?);
+            Ok(())
+        });
+        let joins_expected = (n as u64) * (n as u64 + 1) / 2;
+        let joined = opened.is_ok()
+            && wait_until(JOIN_TIMEOUT, || {
+                counters.acked.load(Ordering::SeqCst) == n
+                    && counters.joins_seen.load(Ordering::Relaxed) >= joins_expected
+            });
+        let join_time = joining.elapsed();
+        if let Err(e) = opened {
+            let opened = crowd.len();
+            crowd.finish();
+            return Err(format!("opening socket {} of {n}: {e}", opened + 1).into());
         }
-        table.info("latency max", withheld);
-    } else {
+        if !joined {
+            let tallies = crowd.finish();
+            let acked = counters.acked.load(Ordering::SeqCst);
+            let seen = counters.joins_seen.load(Ordering::Relaxed);
+            let closed = tallies
+                .iter()
+                .filter(|t| t.closed_by_server.is_some())
+                .count();
+            return Err(format!(
+                "room not joined within {JOIN_TIMEOUT:?}: {acked}/{n} joins acknowledged, {seen}/{joins_expected} join events delivered, {closed} sockets closed by the server"
+            )
+            .into());
+        }
+        Ok(FullRoom {
+            crowd,
+            writers: handles,
+            subscribers: n,
+            per_sender,
+            join_time,
+        })
+    }
+
+    /// Sends `rate` messages a second for `seconds` from the writers, numbered as senders
+    /// `first_sender..first_sender + writers`, then waits for the deliveries
+    /// ([`FullRoom::drain`]).
+    pub fn send(&mut self, first_sender: usize, rate: u32, seconds: f64) -> Res<Phase> {
+        let phase = self.send_only(first_sender, rate, seconds)?;
+        self.drain(&phase);
+        Ok(phase)
+    }
+
+    /// Sends, and returns as soon as the last message is out. Each writer keeps its own
+    /// fixed schedule: sender j's message i is due at t0 + j * period / writers + i * period.
+    pub fn send_only(&mut self, first_sender: usize, rate: u32, seconds: f64) -> Res<Phase> {
+        let writers = std::mem::take(&mut self.writers);
+        let count = writers.len().max(1);
+        let per_sender = messages_per_sender(seconds, rate, count).min(self.per_sender);
+        let counters = &self.crowd.counters;
+        let delivered_before = counters.delivered.load(Ordering::Relaxed);
+        let period = Duration::from_secs_f64(count as f64 / f64::from(rate.max(1)));
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let epoch = counters.epoch;
+        let t0_us = u64::try_from(t0.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        let handles: Vec<_> = writers
+            .into_iter()
+            .enumerate()
+            .map(|(j, writer)| {
+                let start = t0 + period.mul_f64(j as f64 / count as f64);
+                let sender = u32::try_from(first_sender + j).unwrap_or(u32::MAX);
+                thread::Builder::new()
+                    .name(format!("sender{sender}"))
+                    .stack_size(ws::MEMBER_STACK_BYTES)
+                    .spawn(move || {
+                        send_on_schedule(writer, sender, start, period, per_sender, epoch)
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut sent = Vec::new();
+        for handle in handles {
+            let (writer, done) = handle.join().map_err(|_| "a sender thread panicked")?;
+            self.writers.push(writer);
+            sent.push(done);
+        }
+        Ok(Phase {
+            senders: first_sender..first_sender + sent.len(),
+            sent,
+            subscribers: self.subscribers,
+            t0_us,
+            delivered_before,
+        })
+    }
+
+    /// Waits until every delivery of `phase` has arrived, or deliveries stall for
+    /// [`DRAIN_STALL`], or [`DRAIN_LIMIT`] passes.
+    pub fn drain(&self, phase: &Phase) {
+        let counters = &self.crowd.counters;
+        let expected = phase.expected();
+        let (mut last, mut last_change, draining) = (0, Instant::now(), Instant::now());
+        while draining.elapsed() < DRAIN_LIMIT {
+            let delivered = counters
+                .delivered
+                .load(Ordering::Relaxed)
+                .saturating_sub(phase.delivered_before);
+            if delivered >= expected {
+                break;
+            }
+            if delivered != last {
+                (last, last_change) = (delivered, Instant::now());
+            } else if last_change.elapsed() >= DRAIN_STALL {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Shuts every member's socket and collects what each saw.
+    pub fn finish(self) -> Vec<Tally> {
+        self.crowd.finish()
+    }
+}
+
+/// One sending phase: who sent what, to how many.
+pub struct Phase {
+    /// The sender numbers this phase used.
+    pub senders: Range<usize>,
+    /// What each of them did, in sender order.
+    pub sent: Vec<Sent>,
+    /// Members in the room, each of which should receive every message.
+    pub subscribers: usize,
+    /// When the first message was due, µs on the members' clock.
+    pub t0_us: u64,
+    /// Deliveries counted (all members, all phases) before this phase began.
+    delivered_before: u64,
+}
+
+impl Phase {
+    /// Messages sent, all senders together.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.iter().map(|s| s.count).sum()
+    }
+
+    /// Deliveries due: every message to every member.
+    pub fn expected(&self) -> u64 {
+        self.sent_total() * self.subscribers as u64
+    }
+}
+
+/// One phase summed up over every member.
+pub struct Figures {
+    /// Messages sent.
+    pub sent: u64,
+    /// Deliveries due (sent x members).
+    pub expected: u64,
+    /// Distinct deliveries of this phase's messages.
+    pub distinct: u64,
+    /// Due and never delivered.
+    pub missing: u64,
+    /// Deliveries seen twice, or of messages never sent (whole run, every phase).
+    pub duplicates: u64,
+    /// Deliveries out of order (whole run).
+    pub out_of_order: u64,
+    /// Close codes of the sockets the server closed during the run (whole run, every
+    /// phase; not while the scenario was shutting them at the end).
+    pub closed: Vec<u16>,
+    /// Sockets the server closed while the scenario was shutting them at the end.
+    pub closed_at_teardown: usize,
+    /// Sockets that failed without a close frame (whole run).
+    pub errors: Vec<String>,
+    /// Distinct delivery orders among the complete members. The order hash covers the
+    /// whole run, so after several phases a member that missed an earlier one counts
+    /// as an order of its own.
+    pub orders: usize,
+    /// Members that saw every message of this phase exactly once.
+    pub complete: usize,
+    /// Members in the room.
+    pub subscribers: usize,
+    /// Latency of this phase's deliveries; `None` when there were none.
+    pub latency: Option<stats::Summary>,
+    /// This phase's distinct deliveries over the time from its first due message to
+    /// its last arrival.
+    pub deliveries_per_s: f64,
+    /// The senders' worst lateness against their schedule, µs.
+    pub worst_late_us: u64,
+    /// Why a sender stopped early, if one did.
+    pub sender_error: Option<String>,
+}
+
+impl Figures {
+    /// Sums up `phase` from the members' tallies.
+    pub fn of(tallies: &[Tally], phase: &Phase) -> Figures {
+        fn of_phase<'t>(t: &'t Tally, senders: &Range<usize>) -> Vec<&'t ws::FromSender> {
+            senders.clone().filter_map(|s| t.from.get(s)).collect()
+        }
+        let mine = |t| of_phase(t, &phase.senders);
+        let distinct: u64 = tallies
+            .iter()
+            .flat_map(|t| mine(t).into_iter().map(|f| f.distinct))
+            .sum();
+        let complete: Vec<&Tally> = tallies
+            .iter()
+            .filter(|t| {
+                let got = mine(t);
+                t.duplicates == 0
+                    && got.len() == phase.sent.len()
+                    && got
+                        .iter()
+                        .zip(&phase.sent)
+                        .all(|(f, s)| f.distinct == s.count)
+            })
+            .collect();
+        let orders: HashSet<u64> = complete.iter().map(|t| t.order_hash).collect();
+        let last_us = tallies
+            .iter()
+            .flat_map(|t| mine(t).into_iter().map(|f| f.last_receive_us))
+            .max()
+            .unwrap_or(phase.t0_us);
+        let span_s = (last_us.saturating_sub(phase.t0_us) as f64 / 1e6).max(1e-6);
         let latencies: Vec<u32> = tallies
             .iter()
-            .flat_map(|t| t.latencies.iter().copied())
+            .flat_map(|t| {
+                mine(t)
+                    .into_iter()
+                    .flat_map(|f| f.latencies.iter().copied())
+            })
             .collect();
-        if let Some(summary) = stats::summarize(latencies) {
-            table.info("latency p50", ms(summary.p50_us));
-            match (&target, shape.p99_target_us) {
-                (Some(t), Some(us)) => {
-                    table.check("latency p99", ms(summary.p99_us), t, summary.p99_us < us)
-                }
-                _ => table.info("latency p99", ms(summary.p99_us)),
-            }
-            table.info("latency max", ms(summary.max_us));
+        let expected = phase.expected();
+        Figures {
+            sent: phase.sent_total(),
+            expected,
+            distinct,
+            missing: expected.saturating_sub(distinct),
+            duplicates: tallies.iter().map(|t| t.duplicates + t.unexpected).sum(),
+            out_of_order: tallies.iter().map(|t| t.out_of_order).sum(),
+            closed: tallies
+                .iter()
+                .filter(|t| !t.closed_at_teardown)
+                .filter_map(|t| t.closed_by_server)
+                .collect(),
+            closed_at_teardown: tallies
+                .iter()
+                .filter(|t| t.closed_at_teardown && t.closed_by_server.is_some())
+                .count(),
+            errors: tallies.iter().filter_map(|t| t.error.clone()).collect(),
+            orders: orders.len(),
+            complete: complete.len(),
+            subscribers: phase.subscribers,
+            latency: stats::summarize(latencies),
+            deliveries_per_s: distinct as f64 / span_s,
+            worst_late_us: phase.sent.iter().map(|s| s.max_late_us).max().unwrap_or(0),
+            sender_error: phase.sent.iter().find_map(|s| s.error.clone()),
         }
     }
-    table.info("deliveries/s", stats::rate(distinct as f64 / span_s));
-    let late = sent.iter().map(|s| s.max_late_us).max().unwrap_or(0);
-    table.info("senders' worst lateness against schedule", ms(late));
-    if !closed.is_empty() {
-        let mut codes: Vec<u16> = closed.clone();
+
+    /// The close codes, each with how many sockets got it: `1008 x 3, 1001 x 1`; `none`.
+    pub fn close_codes(&self) -> String {
+        let mut codes = self.closed.clone();
         codes.sort_unstable();
-        codes.dedup();
-        table.note(format!(
-            "{} sockets were closed by the server, close codes {codes:?}.",
-            closed.len()
-        ));
+        let mut out: Vec<String> = Vec::new();
+        for chunk in codes.chunk_by(|a, b| a == b) {
+            if let Some(code) = chunk.first() {
+                out.push(format!("{code} x {}", chunk.len()));
+            }
+        }
+        if out.is_empty() {
+            "none".into()
+        } else {
+            out.join(", ")
+        }
     }
-    if let Some(first) = errors.first() {
-        table.note(format!(
-            "{} sockets failed; the first: {first}",
-            errors.len()
-        ));
+
+    /// Adds the delivery rows to `table`, each figure's name starting with `prefix`; the
+    /// p99 is checked against `p99_target_us` when there is one. Latency is withheld when
+    /// any delivery is missing.
+    pub fn report(&self, table: &mut Table, prefix: &str, p99_target_us: Option<u64>) {
+        let name = |figure: &str| format!("{prefix}{figure}");
+        table.info(&name("messages sent"), stats::count(self.sent));
+        table.info(
+            &name("expected deliveries (sent x subscribers)"),
+            stats::count(self.expected),
+        );
+        table.info(
+            &name("delivered"),
+            stats::count(self.distinct + self.duplicates),
+        );
+        table.check(
+            &name("missing"),
+            stats::count(self.missing),
+            "0",
+            self.missing == 0,
+        );
+        table.check(
+            &name("duplicates"),
+            stats::count(self.duplicates),
+            "0",
+            self.duplicates == 0,
+        );
+        table.check(
+            &name("out of order"),
+            stats::count(self.out_of_order),
+            "0",
+            self.out_of_order == 0,
+        );
+        table.check(
+            &name("sockets closed or failed during the run"),
+            stats::count((self.closed.len() + self.errors.len()) as u64),
+            "0",
+            self.closed.is_empty() && self.errors.is_empty(),
+        );
+        table.check(
+            &name("delivery orders among complete sockets"),
+            format!("{} order(s) across {} sockets", self.orders, self.complete),
+            "1 across all",
+            self.orders == 1 && self.complete == self.subscribers,
+        );
+        self.latency_rows(table, prefix, p99_target_us);
+        table.info(&name("deliveries/s"), stats::rate(self.deliveries_per_s));
+        table.info(
+            &name("senders' worst lateness against schedule"),
+            ms(self.worst_late_us),
+        );
+        self.notes(table);
     }
-    if let Some(error) = sent.iter().find_map(|s| s.error.as_ref()) {
-        table.note(format!("A sender failed: {error}"));
+
+    /// The p50, p99 and max rows; withheld, with the reason, when deliveries are missing.
+    pub fn latency_rows(&self, table: &mut Table, prefix: &str, p99_target_us: Option<u64>) {
+        let name = |figure: &str| format!("{prefix}{figure}");
+        let target = p99_target_us.map(|us| format!("< {}", ms(us)));
+        match self.latency.filter(|_| self.missing == 0) {
+            None => {
+                let withheld = if self.missing > 0 {
+                    format!(
+                        "withheld: {} deliveries missing",
+                        stats::count(self.missing)
+                    )
+                } else {
+                    "no deliveries".to_string()
+                };
+                table.info(&name("latency p50"), withheld.clone());
+                match &target {
+                    Some(t) => table.check(&name("latency p99"), withheld.clone(), t, false),
+                    None => table.info(&name("latency p99"), withheld.clone()),
+                }
+                table.info(&name("latency max"), withheld);
+            }
+            Some(summary) => {
+                table.info(&name("latency p50"), ms(summary.p50_us));
+                match (&target, p99_target_us) {
+                    (Some(t), Some(us)) => table.check(
+                        &name("latency p99"),
+                        ms(summary.p99_us),
+                        t,
+                        summary.p99_us < us,
+                    ),
+                    _ => table.info(&name("latency p99"), ms(summary.p99_us)),
+                }
+                table.info(&name("latency max"), ms(summary.max_us));
+            }
+        }
+    }
+
+    /// Notes under the table on closed and failed sockets and on a failed sender.
+    pub fn notes(&self, table: &mut Table) {
+        if self.closed_at_teardown > 0 {
+            table.note(format!(
+                "{} sockets got a close frame from the server while the scenario was shutting the sockets at the end (not counted above).",
+                self.closed_at_teardown
+            ));
+        }
+        if !self.closed.is_empty() {
+            table.note(format!(
+                "{} sockets were closed by the server, close codes: {}.",
+                self.closed.len(),
+                self.close_codes()
+            ));
+        }
+        if let Some(first) = self.errors.first() {
+            table.note(format!(
+                "{} sockets failed; the first: {first}",
+                self.errors.len()
+            ));
+        }
+        if let Some(error) = &self.sender_error {
+            table.note(format!("A sender failed: {error}"));
+        }
     }
 }
 
 /// Sends `count` bench messages, message `i` at `start + i * period`, stamped with its
-/// due time; a late message goes at once, and the lateness is recorded.
+/// due time; a late message goes at once, and the lateness is recorded. Hands the writer
+/// back for the next phase.
 fn send_on_schedule(
     mut writer: Socket,
     sender: u32,
@@ -367,7 +604,7 @@ fn send_on_schedule(
     period: Duration,
     count: usize,
     epoch: Instant,
-) -> Sent {
+) -> (Socket, Sent) {
     let mut sent = Sent::default();
     for i in 0..count {
         let due = start + period.mul_f64(i as f64);
@@ -385,5 +622,5 @@ fn send_on_schedule(
         }
         sent.count += 1;
     }
-    sent
+    (writer, sent)
 }

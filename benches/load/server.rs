@@ -9,6 +9,11 @@
 //!
 //! Memory, threads and CPU time are read from `/proc/<pid>/status` and `/proc/<pid>/stat`,
 //! the same figures `ps` and `top` show, so anyone can check them by hand.
+//!
+//! A scenario may start the server under a wrapper (`strace`, for the slow disk): the
+//! wrapper is the process spawned, the server its child. [`Server::pid`] is always the
+//! server's own process, so `/proc` figures and SIGTERM go to it and not to the wrapper,
+//! and stopping or dropping a [`Server`] ends both.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -37,12 +42,20 @@ pub struct ServerOptions {
     pub no_db: bool,
     /// Where configs and logs are written (`target/bench`).
     pub work_dir: PathBuf,
+    /// `GLIBC_TUNABLES` for the server's environment (`--glibc-tunables`), to compare
+    /// allocator settings side by side; `None` leaves the environment as it is.
+    pub glibc_tunables: Option<String>,
+    /// A command the server runs under, e.g. `strace -f ...`: its words come before the
+    /// server's path. Empty: the server is spawned directly.
+    pub wrapper: Vec<String>,
 }
 
 /// A running server process; killed on drop if [`Server::stop`] was not called.
 pub struct Server {
+    /// The process spawned: the server, or the wrapper it runs under.
     child: Child,
-    /// The process id, for `/proc` and `kill`.
+    /// The server's own process id, for `/proc` and `kill` (the wrapper's child when there
+    /// is a wrapper).
     pub pid: u32,
     /// The REST listener, as the ready line tells it.
     pub http: SocketAddr,
@@ -116,7 +129,18 @@ impl Server {
         ];
 
         let started = Instant::now();
-        let mut child = Command::new(&options.binary)
+        let mut command = match options.wrapper.split_first() {
+            None => Command::new(&options.binary),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&options.binary);
+                command
+            }
+        };
+        if let Some(tunables) = &options.glibc_tunables {
+            command.env("GLIBC_TUNABLES", tunables);
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -156,8 +180,18 @@ impl Server {
             }
         };
         let ready_after = started.elapsed();
-        let (version, http, ws) = match parse_ready_line(&line) {
-            Ok(parts) => parts,
+        let parsed = parse_ready_line(&line).and_then(|parts| {
+            // The ready line comes from the server itself, so by now a wrapper has
+            // started it and it is the wrapper's one child.
+            let pid = if options.wrapper.is_empty() {
+                child.id()
+            } else {
+                only_child(child.id())?
+            };
+            Ok((parts, pid))
+        });
+        let ((version, http, ws), pid) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -165,7 +199,7 @@ impl Server {
             }
         };
         Ok(Server {
-            pid: child.id(),
+            pid,
             child,
             http,
             ws,
@@ -182,9 +216,30 @@ impl Server {
         sample(self.pid)
     }
 
+    /// The wrapper's process id, when the server runs under one.
+    pub fn wrapper_pid(&self) -> Option<u32> {
+        (self.pid != self.child.id()).then(|| self.child.id())
+    }
+
+    /// Open file descriptors of the server (entries of `/proc/<pid>/fd`).
+    pub fn descriptors(&self) -> Res<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count())
+    }
+
     /// Whether the process is still alive.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL to the server, when it is not the process we spawned (a wrapper that is
+    /// killed does not always take its child with it).
+    fn kill_wrapped(&self) {
+        if self.pid != self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid.to_string())
+                .status();
+        }
     }
 
     /// Counts the warnings and errors logged so far. Read it before tearing a scenario's
@@ -210,6 +265,7 @@ impl Server {
                 Ok(Some(status)) => break status.success(),
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
                 _ => {
+                    self.kill_wrapped();
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     break false;
@@ -239,10 +295,44 @@ impl Logged {
 impl Drop for Server {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_wrapped();
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         remove_database(&self.db_path);
+    }
+}
+
+/// The one child process of `parent`, found by scanning `/proc/*/stat` for its parent id.
+fn only_child(parent: u32) -> Res<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the parenthesised command name: state, then the parent's id.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    match children.as_slice() {
+        [only] => Ok(*only),
+        other => Err(format!(
+            "the wrapper (pid {parent}) has {} children, not 1",
+            other.len()
+        )
+        .into()),
     }
 }
 
@@ -338,9 +428,18 @@ fn count_log_lines(path: &Path, report: &mut Logged) {
     }
 }
 
-/// Busy time of the whole machine so far, in clock ticks (the first line of `/proc/stat`
-/// less idle and iowait), and context switches so far (`ctxt`).
-fn machine_stat() -> (u64, u64) {
+/// The whole machine's CPU so far, from `/proc/stat`.
+#[derive(Clone, Copy, Default)]
+struct MachineStat {
+    /// Busy time in clock ticks, summed over cores (the first line less idle and iowait).
+    busy: u64,
+    /// All time in clock ticks, summed over cores.
+    total: u64,
+    /// Context switches so far (`ctxt`).
+    switches: u64,
+}
+
+fn machine_stat() -> MachineStat {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let switches = stat
         .lines()
@@ -357,7 +456,11 @@ fn machine_stat() -> (u64, u64) {
         .collect();
     let total: u64 = fields.iter().take(8).sum();
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), switches)
+    MachineStat {
+        busy: total.saturating_sub(idle),
+        total,
+        switches,
+    }
 }
 
 /// Where the machine's CPU went during a measured window: the server, this generator, and
@@ -367,8 +470,9 @@ pub struct CpuWindow {
     started: Instant,
     server: ProcSample,
     generator: ProcSample,
-    machine: u64,
-    switches: u64,
+    /// The wrapper the server runs under, if any (its pid and CPU ticks then).
+    wrapper: Option<(u32, u64)>,
+    machine: MachineStat,
 }
 
 impl CpuWindow {
@@ -378,8 +482,10 @@ impl CpuWindow {
             started: Instant::now(),
             server: server.sample()?,
             generator: sample(std::process::id())?,
-            machine: machine_stat().0,
-            switches: machine_stat().1,
+            wrapper: server
+                .wrapper_pid()
+                .map(|pid| (pid, sample(pid).map_or(0, |s| s.cpu_ticks))),
+            machine: machine_stat(),
         })
     }
 
@@ -392,13 +498,20 @@ impl CpuWindow {
         let server_ticks = server_now.cpu_ticks.saturating_sub(self.server.cpu_ticks);
         let generator_ticks = (generator_now.cpu_ticks + generator_now.children_ticks)
             .saturating_sub(self.generator.cpu_ticks + self.generator.children_ticks);
-        let (machine_now, switches_now) = machine_stat();
-        let machine = machine_now.saturating_sub(self.machine);
+        let wrapper_ticks = self
+            .wrapper
+            .map(|(pid, before)| sample(pid).map_or(0, |s| s.cpu_ticks.saturating_sub(before)));
+        let now = machine_stat();
+        let machine = now.busy.saturating_sub(self.machine.busy);
+        let total = now.total.saturating_sub(self.machine.total).max(1);
+        let ours = server_ticks + generator_ticks + wrapper_ticks.unwrap_or(0);
         let shares = CpuShares {
-            switches_per_s: switches_now.saturating_sub(self.switches) as f64 / wall,
+            wrapper: wrapper_ticks.map(per_core),
+            switches_per_s: now.switches.saturating_sub(self.machine.switches) as f64 / wall,
+            host_idle: 100.0 - 100.0 * machine as f64 / total as f64,
             server: per_core(server_ticks),
             generator: per_core(generator_ticks),
-            other: per_core(machine.saturating_sub(server_ticks + generator_ticks)),
+            other: per_core(machine.saturating_sub(ours)),
         };
         Ok((shares, server_now))
     }
@@ -411,11 +524,16 @@ pub struct CpuShares {
     pub server: f64,
     /// This generator, with `wrk` when it ran.
     pub generator: f64,
+    /// The wrapper the server runs under (`strace`), when there is one.
+    pub wrapper: Option<f64>,
     /// Every other process on the machine.
     pub other: f64,
     /// Context switches per second, whole machine (`ctxt` in `/proc/stat`): with a thread
     /// per socket on both sides, most of the cost of a delivery is here.
     pub switches_per_s: f64,
+    /// Idle time of the whole machine (idle plus iowait), in percent of all its cores:
+    /// near 0 when the cores are full.
+    pub host_idle: f64,
 }
 
 impl CpuShares {
@@ -424,15 +542,31 @@ impl CpuShares {
 
     /// Adds the CPU row to `table`, and a warning note when other processes competed.
     pub fn report(&self, table: &mut crate::report::Table) {
-        table.info(
-            CPU_ROW,
-            format!(
-                "{:.0} % / {:.0} % / {:.0} %",
-                self.server, self.generator, self.other
+        self.report_as(table, "");
+    }
+
+    /// [`CpuShares::report`] with each figure's name starting with `prefix`.
+    pub fn report_as(&self, table: &mut crate::report::Table, prefix: &str) {
+        match self.wrapper {
+            None => table.info(
+                &format!("{prefix}{CPU_ROW}"),
+                format!(
+                    "{:.0} % / {:.0} % / {:.0} %",
+                    self.server, self.generator, self.other
+                ),
             ),
-        );
+            Some(wrapper) => table.info(
+                &format!(
+                    "{prefix}CPU: server / its wrapper / load generator / other processes (100 % = one core)"
+                ),
+                format!(
+                    "{:.0} % / {:.0} % / {:.0} % / {:.0} %",
+                    self.server, wrapper, self.generator, self.other
+                ),
+            ),
+        }
         table.info(
-            "context switches/s (whole machine)",
+            &format!("{prefix}context switches/s (whole machine)"),
             crate::stats::rate(self.switches_per_s),
         );
         if self.other > Self::OTHER_LIMIT {

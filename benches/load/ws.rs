@@ -101,9 +101,29 @@ pub enum Event {
 }
 
 /// Classifies one text frame. Bench messages take a fast path (a substring search, no
-/// JSON parse) because a member may get a thousand a second on a shared core.
+/// JSON parse) because a member may get a thousand a second on a shared core; so do
+/// joins and leaves in the server's field order (a join storm of n sockets delivers
+/// n(n+1)/2 of them), with the full parse as the fallback.
 pub fn parse_event(text: &str) -> Event {
     const MARK: &str = r#""msg":"b|"#;
+    for (prefix, join) in [
+        (r#"{"event_type":"join","name":""#, true),
+        (r#"{"event_type":"leave","name":""#, false),
+    ] {
+        let name = text
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(name, _)| name)
+            .filter(|name| !name.contains('\\'));
+        if let Some(name) = name {
+            let name = name.to_string();
+            return if join {
+                Event::Join { name }
+            } else {
+                Event::Leave { name }
+            };
+        }
+    }
     if let Some(at) = text.find(MARK) {
         let rest = &text[at + MARK.len() - 2..];
         if let Some(end) = rest.find('"') {
@@ -189,25 +209,36 @@ impl Counters {
 /// What one member saw, handed back when its thread ends.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// Distinct bench messages seen, per sender.
-    pub distinct: Vec<u64>,
+    /// What arrived from each sender, by sender number. A scenario that sends in phases
+    /// gives each phase senders of their own, so each phase can be summarised apart.
+    pub from: Vec<FromSender>,
     /// Bench messages seen more than once.
     pub duplicates: u64,
     /// Bench messages with a lower number than one already seen from the same sender.
     pub out_of_order: u64,
     /// Bench messages with a sender or number the scenario never sent.
     pub unexpected: u64,
-    /// Send-to-receive latency of each first delivery, µs.
-    pub latencies: Vec<u32>,
     /// A hash of the order bench messages arrived in: equal for members that saw the
     /// same messages in the same order (SPEC: one order for the whole room).
     pub order_hash: u64,
-    /// When the last bench message arrived, µs on the [`Counters`] clock.
-    pub last_receive_us: u64,
     /// The close code, if the server closed this socket.
     pub closed_by_server: Option<u16>,
+    /// Whether that close came while the scenario was shutting its sockets (a leave
+    /// storm of its own making), not during the measurement.
+    pub closed_at_teardown: bool,
     /// The first read error or error event, if any.
     pub error: Option<String>,
+}
+
+/// What one member saw of one sender's bench messages.
+#[derive(Clone, Debug, Default)]
+pub struct FromSender {
+    /// Distinct messages seen.
+    pub distinct: u64,
+    /// Send-to-receive latency of each first delivery, µs.
+    pub latencies: Vec<u32>,
+    /// When the last one arrived, µs on the [`Counters`] clock.
+    pub last_receive_us: u64,
 }
 
 /// A running member: its thread, and a clone of its stream to end it with.
@@ -248,7 +279,6 @@ pub fn spawn_member(
 struct Track {
     seen: Vec<u64>,
     highest: Option<u32>,
-    distinct: u64,
 }
 
 fn receive(
@@ -263,10 +293,10 @@ fn receive(
         .map(|_| Track {
             seen: vec![0; words],
             highest: None,
-            distinct: 0,
         })
         .collect();
     let mut tally = Tally {
+        from: vec![FromSender::default(); senders],
         order_hash: 0xcbf2_9ce4_8422_2325,
         ..Tally::default()
     };
@@ -276,6 +306,7 @@ fn receive(
             Ok(Message::Text(text)) => text,
             Ok(Message::Close(frame)) => {
                 tally.closed_by_server = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                tally.closed_at_teardown = counters.stopping.load(Ordering::SeqCst);
                 break;
             }
             Ok(_) => continue,
@@ -295,8 +326,10 @@ fn receive(
             } => {
                 let now_us = micros_since(counters.epoch);
                 let slot = usize::try_from(seq).ok().filter(|s| *s < per_sender);
-                let track = usize::try_from(sender).ok().and_then(|s| tracks.get_mut(s));
-                let (Some(slot), Some(track)) = (slot, track) else {
+                let index = usize::try_from(sender).ok();
+                let track = index.and_then(|s| tracks.get_mut(s));
+                let from = index.and_then(|s| tally.from.get_mut(s));
+                let (Some(slot), Some(track), Some(from)) = (slot, track, from) else {
                     tally.unexpected += 1;
                     continue;
                 };
@@ -306,20 +339,19 @@ fn receive(
                     continue;
                 }
                 track.seen[word] |= bit;
-                track.distinct += 1;
+                from.distinct += 1;
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 if track.highest.is_some_and(|h| seq < h) {
                     tally.out_of_order += 1;
                 }
                 track.highest = Some(track.highest.map_or(seq, |h| h.max(seq)));
-                tally
-                    .latencies
+                from.latencies
                     .push(sample_us(std::time::Duration::from_micros(
                         now_us.saturating_sub(sent_us),
                     )));
+                from.last_receive_us = now_us;
                 tally.order_hash = (tally.order_hash ^ (u64::from(sender) << 32 | u64::from(seq)))
                     .wrapping_mul(0x0100_0000_01b3);
-                tally.last_receive_us = now_us;
             }
             Event::Join { name } => {
                 counters.joins_seen.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +371,6 @@ fn receive(
     if tally.closed_by_server.is_some() && !counters.stopping.load(Ordering::SeqCst) {
         counters.lost.fetch_add(1, Ordering::SeqCst);
     }
-    tally.distinct = tracks.iter().map(|t| t.distinct).collect();
     tally
 }
 
