@@ -296,15 +296,16 @@ impl Room {
         self.head.load(SeqCst) > cursor
     }
 
-    /// Copies at most `max` feed events from `cursor` (before `until`) into `out`, without
-    /// the room's lock. Returns the cursor after them, and whether the socket was at the
+    /// Hands at most `max` feed events from `cursor` (before `until`) to `each`, in order,
+    /// under the feed's read lock only (`each` encodes a frame into the socket's buffer:
+    /// memory work). Returns the cursor after them, and whether the socket was at the
     /// feed's front (one of those a full feed waits for).
     pub(super) fn read(
         &self,
         cursor: u64,
         until: u64,
         max: usize,
-        out: &mut Vec<Arc<str>>,
+        mut each: impl FnMut(&str),
     ) -> (u64, bool) {
         let feed = read(&self.feed);
         let start = cursor.max(feed.first_seq);
@@ -314,7 +315,7 @@ impl Room {
             .max(start);
         let from = usize::try_from(start - feed.first_seq).unwrap_or(usize::MAX);
         let to = usize::try_from(end - feed.first_seq).unwrap_or(usize::MAX);
-        out.extend(feed.events.range(from..to).cloned());
+        feed.events.range(from..to).for_each(|text| each(text));
         (end, start == feed.first_seq)
     }
 

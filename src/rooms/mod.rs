@@ -308,11 +308,11 @@ impl Membership {
         })
     }
 
-    /// Copies at most `max` feed events from `cursor`, stopping before `until`, into `out`,
+    /// Hands at most `max` feed events from `cursor`, stopping before `until`, to `each`,
     /// without the room's lock; records and returns the cursor after them. A reader at the
     /// front of a feed that speakers wait for lets them go.
-    pub fn read(&self, cursor: u64, until: u64, max: usize, out: &mut Vec<Arc<str>>) -> u64 {
-        let (end, at_front) = self.room.read(cursor, until, max, out);
+    pub fn read(&self, cursor: u64, until: u64, max: usize, each: impl FnMut(&str)) -> u64 {
+        let (end, at_front) = self.room.read(cursor, until, max, each);
         self.subscriber.set_cursor(end);
         if end > cursor && at_front && self.room.has_waiting() {
             self.room
@@ -414,8 +414,10 @@ mod tests {
     fn drain(membership: &Membership) -> Vec<String> {
         let mut out = Vec::new();
         let cursor = membership.subscriber.cursor();
-        membership.read(cursor, u64::MAX, usize::MAX, &mut out);
-        out.iter().map(|t| t.to_string()).collect()
+        membership.read(cursor, u64::MAX, usize::MAX, |text| {
+            out.push(text.to_owned())
+        });
+        out
     }
 
     fn users(rooms: &RoomMap) -> Vec<String> {

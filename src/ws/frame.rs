@@ -17,9 +17,9 @@ use tungstenite::protocol::CloseFrame;
 
 /// How long a closing socket is given to take its close frame and say goodbye.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// An unsent buffer that grew past this is freed once it is empty again, so a burst (a
-/// room of 1,000 joining fills each socket's buffer with 1,000 join events) does not leave
-/// every idle socket holding a large buffer. One chat event fits.
+/// An unsent buffer that grew past this is freed when its socket goes idle, so a burst (a
+/// room of 1,000 joining sends each socket 1,000 join events) does not leave every idle
+/// socket holding a large buffer. One chat event fits.
 const KEEP_UNSENT_BYTES: usize = 512;
 
 /// The stream a session's `WebSocket` runs on. See the module docs.
@@ -113,10 +113,15 @@ impl Duplex {
                 Err(e) => return Err(e),
             }
         }
-        if self.unsent.capacity() > KEEP_UNSENT_BYTES {
+        Ok(Sent::All)
+    }
+
+    /// Frees a large, empty buffer: called when the socket goes idle, not after every
+    /// write, so a busy socket does not allocate a buffer per burst.
+    pub fn shrink_when_idle(&mut self) {
+        if self.unsent.is_empty() && self.unsent.capacity() > KEEP_UNSENT_BYTES {
             self.unsent = Vec::new();
         }
-        Ok(Sent::All)
     }
 
     /// Writes what is unsent on the now blocking socket, within [`CLOSE_GRACE`], then

@@ -44,10 +44,14 @@ use crate::event::ClientEvent;
 use crate::rooms::{Membership, Refusal};
 use crate::State;
 
-/// Feed events are encoded into the unsent buffer only while it holds less than this, so
-/// a client that does not read stops its cursor, and its room sees it fall behind.
+/// The client's frames are not read while this much waits to be written to it: a client
+/// that sends without reading our answers is slowed down by its own TCP window.
 const MAX_UNSENT_BYTES: usize = 64 * 1024;
-/// Feed events taken per read of the room: one short hold of its lock for a burst.
+/// Feed events are written out whenever this much is encoded, so a burst (a join storm)
+/// never grows a socket's buffer much past it; when the socket takes no more, the rest
+/// waits in the feed, where the room sees the socket fall behind.
+const FLUSH_BYTES: usize = 8 * 1024;
+/// Feed events taken per hold of the feed's read lock.
 const FEED_BATCH: usize = 64;
 /// How often a frame waiting for room in a full feed is retried even if nobody rang: a
 /// safety net only, the room wakes waiting speakers itself.
@@ -118,8 +122,6 @@ struct Chat {
     reading: Option<Reading>,
     /// A frame the room had no room for yet: retried before anything else is read.
     pending: Option<String>,
-    /// Reused for every read of the feed, so delivery allocates nothing per event.
-    batch: Vec<Arc<str>>,
     /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
     /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
     input_held: bool,
@@ -158,7 +160,6 @@ impl Session {
                     membership,
                     reading: None,
                     pending: None,
-                    batch: Vec::with_capacity(FEED_BATCH),
                     input_held: false,
                 };
                 let ending = chat.run();
@@ -237,6 +238,7 @@ impl Chat {
             // Sleep only with nothing left to move: the doorbell is armed first, so news
             // from now on rings it.
             if unsent == 0 {
+                self.session.ws.get_mut().shrink_when_idle();
                 self.session.doorbell.arm();
                 if self.has_news() {
                     self.session.doorbell.disarm();
@@ -291,21 +293,25 @@ impl Chat {
         }
     }
 
-    /// Encodes unread feed events into the unsent buffer while it is small.
+    /// Moves unread feed events to the client: encodes them as frames into the socket's
+    /// buffer (no allocation per event) and writes them out every [`FLUSH_BYTES`]. Stops
+    /// when the socket takes no more: the rest waits in the feed.
     fn move_feed_events(&mut self) {
         while let Some(reading) = self.reading {
-            if self.unsent_bytes() >= MAX_UNSENT_BYTES {
-                return;
+            if self.unsent_bytes() >= FLUSH_BYTES {
+                match self.session.ws.get_mut().send_some() {
+                    Ok(Sent::All) => {}
+                    // Blocked, or broken: the caller's own write finds out which.
+                    Ok(Sent::Blocked) | Err(_) => return,
+                }
             }
-            self.batch.clear();
             let until = reading.until.unwrap_or(u64::MAX);
+            let duplex = self.session.ws.get_mut();
             let cursor = self
                 .membership
-                .read(reading.cursor, until, FEED_BATCH, &mut self.batch);
-            let duplex = self.session.ws.get_mut();
-            for text in self.batch.drain(..) {
-                duplex.push_text(text.as_bytes());
-            }
+                .read(reading.cursor, until, FEED_BATCH, |text| {
+                    duplex.push_text(text.as_bytes())
+                });
             self.reading = (cursor < until).then_some(Reading { cursor, ..reading });
             if !self.has_news() {
                 return;
