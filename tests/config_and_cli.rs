@@ -11,7 +11,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 
-use common::{http_request, ws_connect, Binary, Exit, Response, Scratch, TestServer};
+use common::{error_body, http_request, ws_connect, Binary, Exit, Response, Scratch, TestServer};
 use serde_json::{json, Value};
 
 /// A configuration that starts on free ports, logs to the console only, with a fixed secret.
@@ -537,5 +537,73 @@ fn static_paths_cannot_escape_the_static_dir() {
             !response.body.contains("top secret"),
             "GET {path} escaped static_dir"
         );
+    }
+}
+
+/// A symbolic link inside `static_dir` that leads out of it (here to /etc/passwd) is a 404
+/// with the JSON not-found body, the same answer as a missing file, and shows nothing of
+/// the file: static_dir serves nothing outside itself.
+#[test]
+fn static_symlink_leading_out_of_the_static_dir_is_not_found() {
+    let scratch = Scratch::new("static-link-out");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", public.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", public.join("etc")).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    for path in [
+        "/static/passwd",
+        "/static/etc/passwd",
+        "/static/missing.txt",
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status, 404, "GET {path}: {}", response.body);
+        assert_eq!(response.json(), error_body(404, None), "GET {path}");
+    }
+}
+
+/// A symbolic link that stays inside `static_dir` is served like the file it names.
+#[test]
+fn static_symlink_to_a_file_inside_the_static_dir_is_served() {
+    let scratch = Scratch::new("static-link-in");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(public.join("css")).unwrap();
+    std::fs::write(public.join("css/site.css"), "body {}\n").unwrap();
+    std::os::unix::fs::symlink("css/site.css", public.join("style.css")).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    let response = server.get("/static/style.css");
+    assert_eq!(response.status, 200, "body: {}", response.body);
+    assert_eq!(response.header("Content-Type"), Some("text/css"));
+    assert_eq!(response.body, "body {}\n");
+}
+
+/// `static_dir` may itself be reached through a symbolic link (`/srv/www -> /data/www`):
+/// its files are inside it once both are resolved.
+#[test]
+fn static_dir_behind_a_symlink_still_serves_its_files() {
+    let scratch = Scratch::new("static-dir-link");
+    let real = scratch.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("hello.txt"), "hello\n").unwrap();
+    let link = scratch.path("www");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(link));
+    let response = server.get("/static/hello.txt");
+    assert_eq!(response.status, 200, "body: {}", response.body);
+    assert_eq!(response.body, "hello\n");
+}
+
+/// A `..` in the path is a 404 with the JSON not-found body, the same as a missing file.
+#[test]
+fn static_path_with_dot_dot_is_not_found() {
+    let scratch = Scratch::new("static-dot-dot");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    scratch.write("private.txt", "top secret\n");
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    for path in ["/static/../private.txt", "/static/%2e%2e/private.txt"] {
+        let response = server.get(path);
+        assert_eq!(response.status, 404, "GET {path}: {}", response.body);
+        assert_eq!(response.json(), error_body(404, None), "GET {path}");
     }
 }
