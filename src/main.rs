@@ -14,13 +14,31 @@ use simplelog::{
     ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger,
 };
 
-const USAGE: &str = "usage: chitchat [--config PATH]   (default ./config.json)";
+const USAGE: &str = "\
+usage: chitchat [--config PATH]   run the server (default ./config.json)
+       chitchat --version        print `chitchat <version>` and exit
+       chitchat --help           print this and exit";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// Run the server with the configuration file at this path.
+    Run(PathBuf),
+    /// `--help`: print the usage.
+    Help,
+    /// `--version`: print `chitchat <version>`.
+    Version,
+}
 
 fn main() -> ExitCode {
     let config_path = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(path)) => path,
-        Ok(None) => {
+        Ok(Command::Run(path)) => path,
+        Ok(Command::Help) => {
             println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("chitchat {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -81,17 +99,18 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `Ok(Some(path))` to run, `Ok(None)` for `--help`, `Err` for anything else.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, String> {
+/// Reads the arguments after the program name; `Err` names what is wrong.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut path = PathBuf::from("config.json");
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => path = args.next().ok_or("--config needs a path")?.into(),
-            "--help" | "-h" => return Ok(None),
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Some(path))
+    Ok(Command::Run(path))
 }
 
 /// Console (stderr) always; the log file too when one is configured. Only ChitChat's own
@@ -120,4 +139,27 @@ fn init_logging(config: &Config) -> Result<(), String> {
         loggers.push(WriteLogger::new(config.log_level, log_config, file));
     }
     CombinedLogger::init(loggers).map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn arguments_select_the_command() {
+        assert_eq!(parse(&[]), Ok(Command::Run("config.json".into())));
+        assert_eq!(
+            parse(&["--config", "a.json"]),
+            Ok(Command::Run("a.json".into()))
+        );
+        assert_eq!(parse(&["--version"]), Ok(Command::Version));
+        assert_eq!(parse(&["-V"]), Ok(Command::Version));
+        assert_eq!(parse(&["--help"]), Ok(Command::Help));
+        assert!(parse(&["--config"]).is_err());
+        assert!(parse(&["--verbose"]).is_err());
+    }
 }

@@ -104,6 +104,31 @@ fn server_answers_on_the_ports_of_the_ready_line() {
     client.join("alice");
 }
 
+/// `--version` prints `chitchat <version>` on stdout, nothing else, and exits 0 without
+/// reading any configuration (here a broken `./config.json` that would stop start-up).
+#[test]
+fn version_flag_prints_the_version_and_exits_0() {
+    let scratch = Scratch::new("version");
+    scratch.write("config.json", r#"{"no_such_key": true}"#);
+    let Exit { status, output, .. } = Binary::spawn(&scratch, &["--version"], &[]).wait_exit();
+    assert_eq!(status.code(), Some(0), "output:\n{output}");
+    assert_eq!(output, format!("chitchat {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// `--help` exits 0 and its usage names `--config` and `--version`.
+#[test]
+fn help_flag_names_config_and_version() {
+    let scratch = Scratch::new("help");
+    let Exit { status, output, .. } = Binary::spawn(&scratch, &["--help"], &[]).wait_exit();
+    assert_eq!(status.code(), Some(0), "output:\n{output}");
+    for flag in ["--config", "--version"] {
+        assert!(
+            output.contains(flag),
+            "--help does not name {flag}:\n{output}"
+        );
+    }
+}
+
 /// `--config PATH` is read instead of `./config.json` (here a broken one that would stop
 /// start-up).
 #[test]
