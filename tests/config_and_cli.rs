@@ -153,6 +153,25 @@ fn config_json_in_the_working_directory_is_the_default() {
     assert_healthy(http);
 }
 
+/// Without `--config` and without `./config.json` the server runs on the built-in defaults
+/// ("every key is optional"), and an info line says so. `PORT` and `WS_PORT` (0: any free
+/// port) keep it off 8080 and 8081, which another server on this machine may hold.
+#[test]
+fn missing_default_config_file_means_the_defaults_with_an_info_line() {
+    let scratch = Scratch::new("no-default-config");
+    let mut server = Binary::spawn(&scratch, &[], &[("PORT", "0"), ("WS_PORT", "0")]);
+    let (http, ws) = server.ready();
+    server.wait_for_line("an info line about the defaults", |l| {
+        !l.stdout && l.text.contains("INFO") && l.text.contains("built-in defaults")
+    });
+    assert_healthy(http);
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
+    client.join("alice");
+    // The default `db_path` and `log_file`, relative to the working directory.
+    assert!(scratch.path("chitchat.db").exists(), "no chitchat.db");
+    assert!(scratch.path("chitchat.log").exists(), "no chitchat.log");
+}
+
 /// The Go version's keys `Address`, `ReadTimeout`, `WriteTimeout` and `Static` are accepted.
 #[test]
 fn go_config_keys_are_accepted_as_aliases() {
@@ -230,6 +249,19 @@ fn unreadable_config_file_exits_2_naming_the_file() {
     let scratch = Scratch::new("unreadable");
     let missing = scratch.dir.join("missing.json").display().to_string();
     assert_exits_2_naming(&scratch, &["--config", &missing], &[], &[&missing]);
+}
+
+/// `--config config.json` names the default file explicitly: if it is missing, that is exit
+/// code 2 naming it, not the defaults (only the implicit default may be absent).
+#[test]
+fn missing_config_file_named_with_the_flag_exits_2_even_if_it_is_the_default_name() {
+    let scratch = Scratch::new("explicit-missing");
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", "config.json"],
+        &[],
+        &["config.json"],
+    );
 }
 
 /// A configuration file that is not JSON stops start-up with exit code 2, naming it.
