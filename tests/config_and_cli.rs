@@ -93,6 +93,42 @@ fn ready_line_is_printed_once() {
     assert_eq!(ready_lines, 1, "output:\n{output}");
 }
 
+/// Through start, requests, a chat and shutdown, even at `debug`, stdout carries exactly one
+/// line, the ready line; every log line goes to stderr ("prints one line when it is ready").
+#[test]
+fn stdout_carries_only_the_ready_line() {
+    let scratch = Scratch::new("stdout-only-ready");
+    let mut config = quiet_config();
+    config["log_level"] = json!("debug");
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
+    let (http, ws) = server.ready();
+    assert_healthy(http);
+    assert_eq!(get(http, "/nope").status, 404);
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
+    client.join("alice");
+    server.signal("TERM");
+    assert_eq!(client.expect_close(), 1001);
+    let exit = server.wait_exit();
+    assert_eq!(exit.status.code(), Some(0), "output:\n{}", exit.output);
+    // The output is both streams interleaved; stdout is what is left after taking out
+    // the stderr lines.
+    let mut stderr: Vec<&str> = exit.stderr.lines().collect();
+    let mut stdout = vec![];
+    for line in exit.output.lines() {
+        match stderr.iter().position(|l| *l == line) {
+            Some(i) => drop(stderr.remove(i)),
+            None => stdout.push(line),
+        }
+    }
+    assert_eq!(stdout.len(), 1, "stdout:\n{}", stdout.join("\n"));
+    assert!(stdout[0].contains(" started at http://"), "{stdout:?}");
+    assert!(
+        exit.stderr.lines().count() > 3,
+        "no debug log on stderr:\n{}",
+        exit.stderr
+    );
+}
+
 /// The ports the ready line names are the ones the REST API and the WebSocket answer on.
 #[test]
 fn server_answers_on_the_ports_of_the_ready_line() {
