@@ -1,8 +1,13 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
 .PHONY: run build test bench
 
-run: build
-	./target/release/chitchat --config config.json
+# Quiet on purpose: `make run` shows what the server prints (README, "Run it"), not make's
+# echo of each command or cargo's status lines; errors and warnings still show. make stays
+# the server's parent whatever the recipe says (`exec` changes nothing), so a Ctrl-C, which
+# reaches make too, makes the shell report 130 while the server itself exits 0.
+run:
+	@cargo build --release --quiet
+	@./target/release/chitchat --config config.json
 
 build:
 	cargo build --release

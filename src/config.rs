@@ -8,7 +8,8 @@
 //! code 2. Nothing falls back silently (the Go version tried `../config.json`).
 //!
 //! Relative paths (`db_path`, `log_file`, `static_dir`) are relative to the working
-//! directory the server is started in.
+//! directory the server is started in. With no file at all ([`Config::from_env`]: `main`
+//! when no `--config` is given and `./config.json` does not exist) every key has its default.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,15 @@ impl Config {
         }
         config.apply_env(env)?;
         Ok((config, warnings))
+    }
+
+    /// The defaults with the environment applied, no file read: what `chitchat` runs with
+    /// when no `--config` is given and `./config.json` does not exist. The same as loading a
+    /// file holding `{}` (a unit test keeps it so).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        config.apply_env(env)?;
+        Ok(config)
     }
 
     /// Sets one key from the file; the error is what is wrong with it.
@@ -369,6 +379,22 @@ mod tests {
         assert_eq!(config.max_http_connections, 0);
         let err = load(r#"{"max_http_connections":-3}"#, &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("max_http_connections"));
+    }
+
+    #[test]
+    fn from_env_is_the_same_as_an_empty_file() {
+        let env = [("PORT", "9090"), ("SECRET_KEY", "env")];
+        let (from_file, warnings) = load("{}", &env).unwrap();
+        assert!(warnings.is_empty());
+        let from_env = Config::from_env(|name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(format!("{from_env:?}"), format!("{from_file:?}"));
+        let err = Config::from_env(|_| Some("eighty".into())).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("PORT"));
     }
 
     #[test]

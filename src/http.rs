@@ -384,6 +384,11 @@ fn read_json<T: DeserializeOwned>(
 }
 
 /// Serves a file from `static_dir`, refusing any path that could leave it.
+///
+/// Two checks: the name may hold only plain components (no `..`, no root), and the file it
+/// leads to, once every symbolic link is resolved, must lie inside the directory (itself
+/// resolved). So a link inside `static_dir` that points at `/etc/passwd` is a 404, the same
+/// answer as a missing file, while a link to another file inside is served.
 fn static_file(state: &State, name: &str) -> Result<Reply, ApiError> {
     let not_found = || ApiError::new(ErrorKind::NotFound);
     let dir = state.config.static_dir.as_deref().ok_or_else(not_found)?;
@@ -394,7 +399,13 @@ fn static_file(state: &State, name: &str) -> Result<Reply, ApiError> {
     {
         return Err(not_found());
     }
-    let body = std::fs::read(dir.join(relative)).map_err(|_| not_found())?;
+    let dir = dir.canonicalize().map_err(|_| not_found())?;
+    let file = dir.join(relative).canonicalize().map_err(|_| not_found())?;
+    if !file.starts_with(&dir) {
+        log::info!("static file {name:?} leads out of static_dir: refused");
+        return Err(not_found());
+    }
+    let body = std::fs::read(&file).map_err(|_| not_found())?;
     let content_type = match relative.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
         Some("css") => "text/css",

@@ -4,23 +4,46 @@
 //! be used, 1 when the server cannot start for another reason (an address in use, say).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use chitchat::{Config, StartError};
+use chitchat::{Config, ConfigError, StartError};
+use log::Level;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
     ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger,
 };
 
-const USAGE: &str = "usage: chitchat [--config PATH]   (default ./config.json)";
+const USAGE: &str = "\
+usage: chitchat [--config PATH]   run the server (default ./config.json; if that file
+                                 does not exist, the built-in defaults)
+       chitchat --version        print `chitchat <version>` and exit
+       chitchat --help           print this and exit";
+
+/// The configuration file read when no `--config` is given.
+const DEFAULT_CONFIG: &str = "config.json";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// Run the server; `Some` when `--config` named the file, `None` for the default.
+    Run(Option<PathBuf>),
+    /// `--help`: print the usage.
+    Help,
+    /// `--version`: print `chitchat <version>`.
+    Version,
+}
 
 fn main() -> ExitCode {
     let config_path = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(path)) => path,
-        Ok(None) => {
+        Ok(Command::Run(path)) => path,
+        Ok(Command::Help) => {
             println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("chitchat {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -28,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (config, warnings) = match Config::load(&config_path, |name| std::env::var(name).ok()) {
+    let (config, messages) = match load_config(config_path.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("chitchat: {e}");
@@ -39,8 +62,8 @@ fn main() -> ExitCode {
         eprintln!("chitchat: {e}");
         return ExitCode::from(2);
     }
-    for warning in warnings {
-        log::warn!("{warning}");
+    for (level, message) in messages {
+        log::log!(level, "{message}");
     }
     // Registered before start, so a signal arriving during start-up is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
@@ -81,17 +104,39 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `Ok(Some(path))` to run, `Ok(None)` for `--help`, `Err` for anything else.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, String> {
-    let mut path = PathBuf::from("config.json");
+/// Reads the arguments after the program name; `Err` names what is wrong.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut path = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" | "-c" => path = args.next().ok_or("--config needs a path")?.into(),
-            "--help" | "-h" => return Ok(None),
+            "--config" | "-c" => path = Some(args.next().ok_or("--config needs a path")?.into()),
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Some(path))
+    Ok(Command::Run(path))
+}
+
+/// The file `--config` named, else `./config.json`, else (no such file) the built-in
+/// defaults, with the environment applied; also the lines to log once logging is up.
+///
+/// "Every key is optional" (README), so a missing default file means the defaults; a file
+/// named with `--config` must exist, so a typo there stops start-up instead of going
+/// unnoticed. Only "no such file" counts as missing: an unreadable `./config.json`, or a
+/// link to nothing, is an error like any other.
+fn load_config(path: Option<&Path>) -> Result<(Config, Vec<(Level, String)>), ConfigError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let default_missing = path.is_none()
+        && matches!(std::fs::symlink_metadata(DEFAULT_CONFIG),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if default_missing {
+        let note = format!("no ./{DEFAULT_CONFIG}: running with the built-in defaults");
+        return Ok((Config::from_env(env)?, vec![(Level::Info, note)]));
+    }
+    let (config, warnings) = Config::load(path.unwrap_or(Path::new(DEFAULT_CONFIG)), env)?;
+    let messages = warnings.into_iter().map(|w| (Level::Warn, w)).collect();
+    Ok((config, messages))
 }
 
 /// Console (stderr) always; the log file too when one is configured. Only ChitChat's own
@@ -120,4 +165,27 @@ fn init_logging(config: &Config) -> Result<(), String> {
         loggers.push(WriteLogger::new(config.log_level, log_config, file));
     }
     CombinedLogger::init(loggers).map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn arguments_select_the_command() {
+        assert_eq!(parse(&[]), Ok(Command::Run(None)));
+        assert_eq!(
+            parse(&["--config", "a.json"]),
+            Ok(Command::Run(Some("a.json".into())))
+        );
+        assert_eq!(parse(&["--version"]), Ok(Command::Version));
+        assert_eq!(parse(&["-V"]), Ok(Command::Version));
+        assert_eq!(parse(&["--help"]), Ok(Command::Help));
+        assert!(parse(&["--config"]).is_err());
+        assert!(parse(&["--verbose"]).is_err());
+    }
 }

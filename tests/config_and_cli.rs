@@ -11,7 +11,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 
-use common::{http_request, ws_connect, Binary, Exit, Response, Scratch, TestServer};
+use common::{error_body, http_request, ws_connect, Binary, Exit, Response, Scratch, TestServer};
 use serde_json::{json, Value};
 
 /// A configuration that starts on free ports, logs to the console only, with a fixed secret.
@@ -93,6 +93,42 @@ fn ready_line_is_printed_once() {
     assert_eq!(ready_lines, 1, "output:\n{output}");
 }
 
+/// Through start, requests, a chat and shutdown, even at `debug`, stdout carries exactly one
+/// line, the ready line; every log line goes to stderr ("prints one line when it is ready").
+#[test]
+fn stdout_carries_only_the_ready_line() {
+    let scratch = Scratch::new("stdout-only-ready");
+    let mut config = quiet_config();
+    config["log_level"] = json!("debug");
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
+    let (http, ws) = server.ready();
+    assert_healthy(http);
+    assert_eq!(get(http, "/nope").status, 404);
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
+    client.join("alice");
+    server.signal("TERM");
+    assert_eq!(client.expect_close(), 1001);
+    let exit = server.wait_exit();
+    assert_eq!(exit.status.code(), Some(0), "output:\n{}", exit.output);
+    // The output is both streams interleaved; stdout is what is left after taking out
+    // the stderr lines.
+    let mut stderr: Vec<&str> = exit.stderr.lines().collect();
+    let mut stdout = vec![];
+    for line in exit.output.lines() {
+        match stderr.iter().position(|l| *l == line) {
+            Some(i) => drop(stderr.remove(i)),
+            None => stdout.push(line),
+        }
+    }
+    assert_eq!(stdout.len(), 1, "stdout:\n{}", stdout.join("\n"));
+    assert!(stdout[0].contains(" started at http://"), "{stdout:?}");
+    assert!(
+        exit.stderr.lines().count() > 3,
+        "no debug log on stderr:\n{}",
+        exit.stderr
+    );
+}
+
 /// The ports the ready line names are the ones the REST API and the WebSocket answer on.
 #[test]
 fn server_answers_on_the_ports_of_the_ready_line() {
@@ -102,6 +138,31 @@ fn server_answers_on_the_ports_of_the_ready_line() {
     assert_healthy(http);
     let mut client = ws_connect(reachable(ws), "/chats/1/ws");
     client.join("alice");
+}
+
+/// `--version` prints `chitchat <version>` on stdout, nothing else, and exits 0 without
+/// reading any configuration (here a broken `./config.json` that would stop start-up).
+#[test]
+fn version_flag_prints_the_version_and_exits_0() {
+    let scratch = Scratch::new("version");
+    scratch.write("config.json", r#"{"no_such_key": true}"#);
+    let Exit { status, output, .. } = Binary::spawn(&scratch, &["--version"], &[]).wait_exit();
+    assert_eq!(status.code(), Some(0), "output:\n{output}");
+    assert_eq!(output, format!("chitchat {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// `--help` exits 0 and its usage names `--config` and `--version`.
+#[test]
+fn help_flag_names_config_and_version() {
+    let scratch = Scratch::new("help");
+    let Exit { status, output, .. } = Binary::spawn(&scratch, &["--help"], &[]).wait_exit();
+    assert_eq!(status.code(), Some(0), "output:\n{output}");
+    for flag in ["--config", "--version"] {
+        assert!(
+            output.contains(flag),
+            "--help does not name {flag}:\n{output}"
+        );
+    }
 }
 
 /// `--config PATH` is read instead of `./config.json` (here a broken one that would stop
@@ -126,6 +187,25 @@ fn config_json_in_the_working_directory_is_the_default() {
     // The built-in default is port 8080; port 0 from the file gives some other port.
     assert_ne!(http.port(), 8080, "config.json was not read");
     assert_healthy(http);
+}
+
+/// Without `--config` and without `./config.json` the server runs on the built-in defaults
+/// ("every key is optional"), and an info line says so. `PORT` and `WS_PORT` (0: any free
+/// port) keep it off 8080 and 8081, which another server on this machine may hold.
+#[test]
+fn missing_default_config_file_means_the_defaults_with_an_info_line() {
+    let scratch = Scratch::new("no-default-config");
+    let mut server = Binary::spawn(&scratch, &[], &[("PORT", "0"), ("WS_PORT", "0")]);
+    let (http, ws) = server.ready();
+    server.wait_for_line("an info line about the defaults", |l| {
+        !l.stdout && l.text.contains("INFO") && l.text.contains("built-in defaults")
+    });
+    assert_healthy(http);
+    let mut client = ws_connect(reachable(ws), "/chats/1/ws");
+    client.join("alice");
+    // The default `db_path` and `log_file`, relative to the working directory.
+    assert!(scratch.path("chitchat.db").exists(), "no chitchat.db");
+    assert!(scratch.path("chitchat.log").exists(), "no chitchat.log");
 }
 
 /// The Go version's keys `Address`, `ReadTimeout`, `WriteTimeout` and `Static` are accepted.
@@ -205,6 +285,19 @@ fn unreadable_config_file_exits_2_naming_the_file() {
     let scratch = Scratch::new("unreadable");
     let missing = scratch.dir.join("missing.json").display().to_string();
     assert_exits_2_naming(&scratch, &["--config", &missing], &[], &[&missing]);
+}
+
+/// `--config config.json` names the default file explicitly: if it is missing, that is exit
+/// code 2 naming it, not the defaults (only the implicit default may be absent).
+#[test]
+fn missing_config_file_named_with_the_flag_exits_2_even_if_it_is_the_default_name() {
+    let scratch = Scratch::new("explicit-missing");
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", "config.json"],
+        &[],
+        &["config.json"],
+    );
 }
 
 /// A configuration file that is not JSON stops start-up with exit code 2, naming it.
@@ -540,5 +633,73 @@ fn static_paths_cannot_escape_the_static_dir() {
             !response.body.contains("top secret"),
             "GET {path} escaped static_dir"
         );
+    }
+}
+
+/// A symbolic link inside `static_dir` that leads out of it (here to /etc/passwd) is a 404
+/// with the JSON not-found body, the same answer as a missing file, and shows nothing of
+/// the file: static_dir serves nothing outside itself.
+#[test]
+fn static_symlink_leading_out_of_the_static_dir_is_not_found() {
+    let scratch = Scratch::new("static-link-out");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", public.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", public.join("etc")).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    for path in [
+        "/static/passwd",
+        "/static/etc/passwd",
+        "/static/missing.txt",
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status, 404, "GET {path}: {}", response.body);
+        assert_eq!(response.json(), error_body(404, None), "GET {path}");
+    }
+}
+
+/// A symbolic link that stays inside `static_dir` is served like the file it names.
+#[test]
+fn static_symlink_to_a_file_inside_the_static_dir_is_served() {
+    let scratch = Scratch::new("static-link-in");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(public.join("css")).unwrap();
+    std::fs::write(public.join("css/site.css"), "body {}\n").unwrap();
+    std::os::unix::fs::symlink("css/site.css", public.join("style.css")).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    let response = server.get("/static/style.css");
+    assert_eq!(response.status, 200, "body: {}", response.body);
+    assert_eq!(response.header("Content-Type"), Some("text/css"));
+    assert_eq!(response.body, "body {}\n");
+}
+
+/// `static_dir` may itself be reached through a symbolic link (`/srv/www -> /data/www`):
+/// its files are inside it once both are resolved.
+#[test]
+fn static_dir_behind_a_symlink_still_serves_its_files() {
+    let scratch = Scratch::new("static-dir-link");
+    let real = scratch.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("hello.txt"), "hello\n").unwrap();
+    let link = scratch.path("www");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let server = TestServer::start_with(|config| config.static_dir = Some(link));
+    let response = server.get("/static/hello.txt");
+    assert_eq!(response.status, 200, "body: {}", response.body);
+    assert_eq!(response.body, "hello\n");
+}
+
+/// A `..` in the path is a 404 with the JSON not-found body, the same as a missing file.
+#[test]
+fn static_path_with_dot_dot_is_not_found() {
+    let scratch = Scratch::new("static-dot-dot");
+    let public = scratch.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    scratch.write("private.txt", "top secret\n");
+    let server = TestServer::start_with(|config| config.static_dir = Some(public));
+    for path in ["/static/../private.txt", "/static/%2e%2e/private.txt"] {
+        let response = server.get(path);
+        assert_eq!(response.status, 404, "GET {path}: {}", response.body);
+        assert_eq!(response.json(), error_body(404, None), "GET {path}");
     }
 }
