@@ -19,9 +19,11 @@
 //! - `synchronous = FULL`: every commit is flushed to the disk, so a room answered 201
 //!   survives a power cut as well as a `kill -9`. Room writes are rare; messages are
 //!   batched, so their flush is paid once per batch, not once per message.
-//! - One connection behind a mutex, shared by room writes and the writer thread: SQLite
-//!   lets one writer in at a time anyway, and a mutex hands the turn over at once, where
-//!   SQLite's busy handler would sleep and retry.
+//! - One connection, owned by one writer thread, which does every write: room changes
+//!   (the caller waits for its answer) and messages. Room changes go first: on a slow disk
+//!   (an SD card, every flush 30 ms) the writer is busy committing messages nearly all the
+//!   time, and a room write that had to win a mutex from it waited seconds; now it waits at
+//!   most for the one commit under way.
 //! - Messages reach the writer thread through a bounded channel. It takes whatever queued
 //!   up while it was writing and commits it in one transaction: no timer, so a quiet room
 //!   is written at once and a busy one in larger batches. The fan-out never waits for the
@@ -48,7 +50,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -98,7 +100,7 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// How long a statement waits for another process's lock (a `sqlite3` shell in the middle
-/// of a write) before it fails. Short, because a room write waits under the room lock.
+/// of a write) before it fails. Short: a room change's request waits for its write.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Messages that may wait for the writer before new ones are left out of the history.
 const MESSAGE_QUEUE_LEN: usize = 65_536;
@@ -222,14 +224,24 @@ pub struct Sqlite {
     /// `<db_path>.lock`, locked for the server's life: two servers writing one file would
     /// hand out the same ids. (SQLite's own locks are per write, not per process life.)
     _owner: OwnedFd,
-    connection: Arc<Mutex<Connection>>,
+    /// Messages for the writer thread, and its stop.
     queue: Sender<Command>,
+    /// Room changes for the writer thread, taken before any message.
+    room_changes: Sender<RoomChange>,
     /// Set while the queue is full, so the warning is logged once per episode, not per message.
     falling_behind: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// What the writer thread is asked to do.
+/// A room change for the writer thread, with where to send its outcome.
+enum RoomChange {
+    /// Save a room and the room id counter.
+    Save(RoomRecord, u64, Sender<rusqlite::Result<()>>),
+    /// Delete a room (its history goes with it).
+    Delete(u64, Sender<rusqlite::Result<()>>),
+}
+
+/// What the writer thread is asked to do with messages.
 enum Command {
     /// Save a room's `send` event: room id, message id, event.
     Append(u64, u64, Arc<str>),
@@ -255,21 +267,22 @@ pub fn open(
     let mut connection = Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
     prepare(&mut connection, MIGRATIONS, history_len).map_err(fail)?;
     let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let connection = Arc::new(Mutex::new(connection));
-    let (queue, pending) = crossbeam_channel::unbounded();
+    let (queue, messages) = crossbeam_channel::unbounded();
+    let (room_changes, changes) = crossbeam_channel::unbounded();
     let writer = {
-        let (connection, path) = (Arc::clone(&connection), path.to_owned());
+        let path = path.to_owned();
+        let inbox = Inbox { changes, messages };
         std::thread::Builder::new()
-            .name("history-writer".into())
+            .name("db-writer".into())
             .stack_size(WRITER_STACK_BYTES)
-            .spawn(move || run_writer(&connection, &pending, history_len, &path))
+            .spawn(move || run_writer(connection, &inbox, history_len, &path))
             .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
     };
     let store = Sqlite {
         path: path.to_owned(),
         _owner: owner,
-        connection,
         queue,
+        room_changes,
         falling_behind: AtomicBool::new(false),
         writer: Mutex::new(Some(writer)),
     };
@@ -277,34 +290,15 @@ pub fn open(
 }
 
 impl Store for Sqlite {
-    /// One transaction for the room and the counter.
+    /// One transaction for the room and the counter, on the writer thread.
     fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError> {
-        let mut connection = self.lock();
-        let saved = (|| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached(SAVE_ROOM)?.execute(params![
-                room.id,
-                room.title,
-                room.description,
-                room.visibility,
-                room.password_hash,
-                room.created_at,
-                room.updated_at
-            ])?;
-            tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
-            tx.commit()
-        })();
-        saved.map_err(|e| self.error(format!("cannot save room {}: {e}", room.id)))
+        self.change(|done| RoomChange::Save(room.clone(), next_id, done))
+            .map_err(|e| self.error(format!("cannot save room {}: {e}", room.id)))
     }
 
     /// The history goes with the room, through the cascade.
     fn delete_room(&self, id: u64) -> Result<(), StoreError> {
-        let connection = self.lock();
-        let deleted = connection
-            .prepare_cached("DELETE FROM rooms WHERE id = ?1")
-            .and_then(|mut statement| statement.execute([id]));
-        deleted
-            .map(drop)
+        self.change(|done| RoomChange::Delete(id, done))
             .map_err(|e| self.error(format!("cannot delete room {id}: {e}")))
     }
 
@@ -332,7 +326,7 @@ impl Store for Sqlite {
     }
 
     /// Stops the writer thread once it has written what is queued (later messages are not
-    /// saved), then folds the WAL into the main file.
+    /// saved) and folded the WAL into the main file.
     fn close(&self) {
         let writer = lock(&self.writer).take();
         if let Some(writer) = writer {
@@ -343,17 +337,6 @@ impl Store for Sqlite {
                     self.path.display()
                 );
             }
-        }
-        // Moves everything from the WAL into the main file and empties the WAL, so that
-        // after a clean stop the one file is the whole database.
-        let checkpoint = self
-            .lock()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        if let Err(e) = checkpoint {
-            log::warn!(
-                "database {}: cannot checkpoint the WAL: {e}",
-                self.path.display()
-            );
         }
     }
 
@@ -366,10 +349,19 @@ impl Store for Sqlite {
 }
 
 impl Sqlite {
-    /// Takes the connection. A panic while it was held cannot leave a transaction open
-    /// (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.connection)
+    /// Hands a room change to the writer thread and waits for its outcome.
+    fn change(
+        &self,
+        change: impl FnOnce(Sender<rusqlite::Result<()>>) -> RoomChange,
+    ) -> Result<(), String> {
+        let (done, outcome) = crossbeam_channel::bounded(1);
+        self.room_changes
+            .send(change(done))
+            .map_err(|_| "the writer thread has stopped".to_owned())?;
+        match outcome.recv() {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the writer thread stopped before answering".into()),
+        }
     }
 }
 
@@ -518,24 +510,38 @@ fn trim(connection: &Connection, room_id: u64, history_len: usize) -> rusqlite::
         .map(drop)
 }
 
-/// The message writer thread: takes what has queued up (at most [`MAX_BATCH`]), writes it in
-/// one transaction, and trims the rooms it touched. Stops at [`Command::Stop`] or when the
-/// store is dropped.
-fn run_writer(
-    connection: &Mutex<Connection>,
-    queue: &Receiver<Command>,
-    history_len: usize,
-    path: &Path,
-) {
+/// The writer thread's two queues.
+struct Inbox {
+    changes: Receiver<RoomChange>,
+    messages: Receiver<Command>,
+}
+
+/// The writer thread: owns the connection and does every write. A room change goes before
+/// any message; messages are taken as they queued up (at most [`MAX_BATCH`]) and written
+/// in one transaction, with the rooms they touched trimmed. On [`Command::Stop`] (or when
+/// the store is gone) it writes what came before, folds the WAL into the main file and
+/// ends.
+fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, path: &Path) {
     let mut batch: Vec<(u64, u64, Arc<str>)> = Vec::new();
     let mut stop = false;
     while !stop {
-        match queue.recv() {
-            Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
-            Ok(Command::Stop) | Err(_) => stop = true,
+        while let Ok(change) = inbox.changes.try_recv() {
+            apply(&mut connection, change);
+        }
+        crossbeam_channel::select! {
+            recv(inbox.changes) -> change => {
+                if let Ok(change) = change {
+                    apply(&mut connection, change);
+                }
+                continue;
+            }
+            recv(inbox.messages) -> command => match command {
+                Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
+                Ok(Command::Stop) | Err(_) => stop = true,
+            },
         }
         while !stop && batch.len() < MAX_BATCH {
-            match queue.try_recv() {
+            match inbox.messages.try_recv() {
                 Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
                 Ok(Command::Stop) => stop = true,
                 Err(_) => break,
@@ -544,7 +550,7 @@ fn run_writer(
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = write_messages(&mut lock(connection), &batch, history_len) {
+        if let Err(e) = write_messages(&mut connection, &batch, history_len) {
             log::error!(
                 "database {}: {} messages not saved to the history: {e}",
                 path.display(),
@@ -553,6 +559,45 @@ fn run_writer(
         }
         batch.clear();
     }
+    // Moves everything from the WAL into the main file and empties the WAL, so that after
+    // a clean stop the one file is the whole database.
+    let checkpoint = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    if let Err(e) = checkpoint {
+        log::warn!(
+            "database {}: cannot checkpoint the WAL: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Writes one room change and answers its caller (who may have given up: not an error).
+fn apply(connection: &mut Connection, change: RoomChange) {
+    match change {
+        RoomChange::Save(room, next_id, done) => {
+            let _ = done.send(save_room(connection, &room, next_id));
+        }
+        RoomChange::Delete(id, done) => {
+            let deleted = connection
+                .prepare_cached("DELETE FROM rooms WHERE id = ?1")
+                .and_then(|mut statement| statement.execute([id]));
+            let _ = done.send(deleted.map(drop));
+        }
+    }
+}
+
+fn save_room(connection: &mut Connection, room: &RoomRecord, next_id: u64) -> rusqlite::Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.prepare_cached(SAVE_ROOM)?.execute(params![
+        room.id,
+        room.title,
+        room.description,
+        room.visibility,
+        room.password_hash,
+        room.created_at,
+        room.updated_at
+    ])?;
+    tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
+    tx.commit()
 }
 
 fn write_messages(
