@@ -703,3 +703,43 @@ fn static_path_with_dot_dot_is_not_found() {
         assert_eq!(response.json(), error_body(404, None), "GET {path}");
     }
 }
+
+/// The value of `name` in the environment the running process `pid` started with.
+fn environment_of(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read /proc/PID/environ");
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry.strip_prefix(&format!("{name}=")).map(str::to_owned)
+    })
+}
+
+/// The server runs with glibc's per-thread malloc caches off (it re-executes itself with
+/// `GLIBC_TUNABLES` set), which more than halves what an idle socket costs at scale
+/// (issue 13); it keeps its process id, so a service manager sees one process.
+#[test]
+fn the_server_runs_with_the_malloc_tunables_it_needs() {
+    let scratch = Scratch::new("tunables");
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
+    server.ready();
+    assert_eq!(
+        environment_of(server.pid(), "GLIBC_TUNABLES").as_deref(),
+        Some("glibc.malloc.tcache_count=0")
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().status.code(), Some(0));
+}
+
+/// An operator's own `GLIBC_TUNABLES` is kept as it is.
+#[test]
+fn an_operators_glibc_tunables_are_kept() {
+    let scratch = Scratch::new("own-tunables");
+    let own = [("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")];
+    let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &own);
+    server.ready();
+    assert_eq!(
+        environment_of(server.pid(), "GLIBC_TUNABLES").as_deref(),
+        Some("glibc.malloc.arena_max=4")
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().status.code(), Some(0));
+}

@@ -590,7 +590,7 @@ pub struct Exit {
 
 impl Binary {
     /// Starts the binary in `dir` with `args` (e.g. `["--config", path]`); its environment has
-    /// no `PORT`, `WS_PORT` or `SECRET_KEY` other than those in `env`.
+    /// no `PORT`, `WS_PORT`, `SECRET_KEY` or `GLIBC_TUNABLES` other than those in `env`.
     pub fn spawn(dir: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chitchat"))
             .args(args)
@@ -598,6 +598,7 @@ impl Binary {
             .env_remove("PORT")
             .env_remove("WS_PORT")
             .env_remove("SECRET_KEY")
+            .env_remove("GLIBC_TUNABLES")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -638,6 +639,11 @@ impl Binary {
             "db_path": "chitchat.db",
         });
         Binary::spawn_with_config(dir, &config, &[("SECRET_KEY", secret)])
+    }
+
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the ready line on stdout, checks it is exactly `ChitChat <version> started at
