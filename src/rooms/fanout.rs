@@ -105,8 +105,9 @@ pub struct Room {
     live: Mutex<Live>,
     /// The feed, shared with `live`, which alone writes it.
     feed: Arc<RwLock<Feed>>,
-    /// The feed's next sequence number, published for a check without any lock.
-    head: AtomicU64,
+    /// The feed's next sequence number, published for a check without any lock; shared
+    /// with `live`, which stores it.
+    head: Arc<AtomicU64>,
     /// Set while speakers wait for room in the feed: readers at its front then free it.
     waiting: AtomicBool,
 }
@@ -134,6 +135,8 @@ pub(super) struct Live {
     sockets: BTreeMap<u64, Socket>,
     /// The room's feed (see [`Room::feed`]).
     feed: Arc<RwLock<Feed>>,
+    /// The feed's head as sockets see it without a lock (see [`Live::push`]).
+    head: Arc<AtomicU64>,
     /// The most events the feed holds before speakers wait (`send_queue_len`).
     capacity: usize,
     /// The last `history_len` `send` events with their ids, oldest first.
@@ -247,14 +250,17 @@ impl Room {
             events: VecDeque::new(),
             first_seq: 0,
         }));
+        let head = Arc::new(AtomicU64::new(0));
         Room {
             id,
             feed: Arc::clone(&feed),
+            head: Arc::clone(&head),
             live: Mutex::new(Live {
                 info,
                 deleted: false,
                 sockets: BTreeMap::new(),
                 feed,
+                head,
                 // A feed of one event could never hold a join and the leave it may need.
                 capacity: capacity.max(2),
                 history,
@@ -262,7 +268,6 @@ impl Room {
                 last_message_id,
                 waiting: Vec::new(),
             }),
-            head: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
         }
     }
@@ -277,7 +282,6 @@ impl Room {
         let result = {
             let mut live = lock(&self.live);
             let result = work(&mut live, &mut after);
-            self.head.store(live.head(), SeqCst);
             self.waiting.store(!live.waiting.is_empty(), SeqCst);
             result
         };
@@ -394,7 +398,9 @@ impl Live {
                 .close
                 .push((socket.subscriber, CloseReason::RoomDeleted));
         }
-        write(&self.feed).events.clear();
+        let mut feed = write(&self.feed);
+        feed.first_seq = feed.head();
+        feed.events.clear();
         self.waiting.clear();
     }
 
@@ -613,6 +619,11 @@ impl Live {
             feed.head() - 1
         };
         let head = seq + 1;
+        // Published before looking for sleepers: a socket arms its doorbell, then checks
+        // the head. Either it sees this event, or this push sees it armed and rings it
+        // (SeqCst on both sides); published after, a socket arming in between was missed
+        // and slept through the room's last event (one join of 4.5 million, in a storm).
+        self.head.store(head, SeqCst);
         for socket in self.sockets.values() {
             if socket.reads(head) && socket.subscriber.is_asleep() {
                 after.wake.push(Arc::clone(&socket.subscriber));
