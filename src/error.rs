@@ -57,7 +57,7 @@ pub enum ErrorKind {
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
     /// 605: the database refused a write (disk full, I/O error); nothing was changed, and
-    /// the client may try again (HTTP 503).
+    /// the client may try again (HTTP 503). Also `/healthz` while the database is down.
     StorageUnavailable,
     /// A bug on our side, caught before it took the server down (HTTP 500).
     Internal,

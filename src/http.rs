@@ -160,7 +160,7 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     })?;
     let result = match route {
         Route::Page => Ok(page(state)),
-        Route::Health => Ok(Reply::json(200, &json!({"status": true}))),
+        Route::Health => health(state),
         Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
         Route::CreateRoom => create_room(state, request),
         Route::GetRoom(room) => get_room(state, request, &room),
@@ -172,6 +172,15 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
         Route::StaticFile(name) => static_file(state, &name),
     };
     result.map_err(Reply::from)
+}
+
+/// 200 while the server can serve chat; 503 (605) while its backend takes no writes.
+fn health(state: &State) -> Result<Reply, ApiError> {
+    if state.rooms.backend_up() {
+        Ok(Reply::json(200, &json!({"status": true})))
+    } else {
+        Err(ApiError::new(ErrorKind::StorageUnavailable))
+    }
 }
 
 fn page(state: &State) -> Reply {

@@ -18,7 +18,7 @@
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
-//! - `http`: the REST API and the page, on tiny_http worker threads.
+//! - `http`: the REST API, the page and `/healthz`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
 //! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
 //!   `sync`: taking locks.

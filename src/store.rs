@@ -11,7 +11,8 @@
 //! - [`Store::append_message`]: queues a broadcast `send` event (with its message id) for
 //!   the message writer thread and returns at once, without touching the disk;
 //! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
-//!   back into the main file.
+//!   back into the main file;
+//! - [`Store::is_up`]: whether the database takes writes, for `/healthz`.
 //!
 //! # Why it is built this way
 //! - WAL journal: a reader (`sqlite3 chitchat.db .backup ...`) does not block the server's
@@ -40,6 +41,21 @@
 //!   next message then takes; the writer commits as soon as messages arrive, so that
 //!   window is the few milliseconds of one commit.
 //!
+//! # Health: down after a failed write, up after a successful one
+//! A write the database refuses (disk full, I/O error, locked too long by another process)
+//! marks the store down; any write that succeeds marks it up again. While it is down the
+//! writer thread, otherwise asleep, probes once every [`PROBE_INTERVAL`], so `/healthz`
+//! turns 200 again on its own when the disk is back, even if nobody writes. The probe is
+//! two checks: the file system must have [`PROBE_MIN_FREE_BYTES`] free, then a real write
+//! that changes nothing (the room id counter set to itself) must commit. The write alone
+//! is not enough on a full disk: the frames a failed write appended to the WAL stay
+//! allocated, so one small page fits where the next room write does not (measured on a
+//! full 1 MiB tmpfs: without the free-space check `/healthz` was back to 200 within a
+//! second while room writes still failed). Nothing else changes while the store is down:
+//! room writes are still tried (and answered 503, code 605, while they fail), chat goes on,
+//! and messages that cannot be written are left out of the saved history with an error
+//! line. `/healthz` only reads the flag: a health check never waits for the disk.
+//!
 //! `db_path: null` gives a store without a file: every call succeeds and does nothing, and
 //! history lives in the room map's memory only.
 
@@ -47,12 +63,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::sync::lock;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -106,6 +122,13 @@ const MESSAGE_QUEUE_LEN: usize = 65_536;
 const MAX_BATCH: usize = 1024;
 /// The writer thread's stack: it only binds parameters and calls SQLite.
 const WRITER_STACK_BYTES: usize = 256 * 1024;
+/// While the store is down, how often the writer thread probes it with a write.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The probe's write: a transaction that changes no data.
+const PROBE: &str = "UPDATE counters SET value = value WHERE name = 'next_room_id'";
+/// The free space the probe asks of the database's file system: room for a few hundred
+/// room writes or message batches.
+pub const PROBE_MIN_FREE_BYTES: u64 = 256 * 1024;
 
 /// An upsert, not `INSERT OR REPLACE`: REPLACE deletes the old row first, and the cascade
 /// would take the room's history with it.
@@ -194,6 +217,11 @@ pub trait Store: Send + Sync {
     fn close(&self);
     /// An error about this store, for a problem its caller found in what was loaded.
     fn error(&self, problem: String) -> StoreError;
+    /// Whether the backend takes writes now, as the last write (or probe) found. Never
+    /// waits: `/healthz` calls it.
+    fn is_up(&self) -> bool {
+        true
+    }
 }
 
 /// `db_path: null`: nothing is kept; every call succeeds and does nothing.
@@ -227,12 +255,46 @@ pub struct Sqlite {
     /// Set while the queue is full, so the warning is logged once per episode, not per message.
     falling_behind: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Whether writes succeed; shared with the writer thread, which probes while it is down.
+    health: Arc<Health>,
+}
+
+/// Whether the database takes writes, as the last write found (see the module docs).
+struct Health {
+    up: AtomicBool,
+    path: PathBuf,
+}
+
+impl Health {
+    /// Records a write's outcome; a change is logged once. Returns whether the store just
+    /// went down.
+    fn record<T, E>(&self, result: &Result<T, E>) -> bool {
+        let up = result.is_ok();
+        let changed = self.up.swap(up, SeqCst) != up;
+        if changed {
+            if up {
+                log::info!("database {}: writes succeed again", self.path.display());
+            } else {
+                log::error!(
+                    "database {}: writes fail; /healthz answers 503 until one succeeds",
+                    self.path.display()
+                );
+            }
+        }
+        changed && !up
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(SeqCst)
+    }
 }
 
 /// What the writer thread is asked to do.
 enum Command {
     /// Save a room's `send` event: room id, message id, event.
     Append(u64, u64, Arc<str>),
+    /// A room write just failed: wake up, and probe the store until it takes writes.
+    Probe,
     /// Write what came before, then stop.
     Stop,
 }
@@ -257,12 +319,16 @@ pub fn open(
     let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
     let connection = Arc::new(Mutex::new(connection));
     let (queue, pending) = crossbeam_channel::unbounded();
+    let health = Arc::new(Health {
+        up: AtomicBool::new(true),
+        path: path.to_owned(),
+    });
     let writer = {
-        let (connection, path) = (Arc::clone(&connection), path.to_owned());
+        let (connection, health) = (Arc::clone(&connection), Arc::clone(&health));
         std::thread::Builder::new()
             .name("history-writer".into())
             .stack_size(WRITER_STACK_BYTES)
-            .spawn(move || run_writer(&connection, &pending, history_len, &path))
+            .spawn(move || run_writer(&connection, &pending, history_len, &health))
             .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
     };
     let store = Sqlite {
@@ -272,6 +338,7 @@ pub fn open(
         queue,
         falling_behind: AtomicBool::new(false),
         writer: Mutex::new(Some(writer)),
+        health,
     };
     Ok((Arc::new(store), saved))
 }
@@ -294,6 +361,8 @@ impl Store for Sqlite {
             tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
             tx.commit()
         })();
+        drop(connection);
+        self.record(&saved);
         saved.map_err(|e| self.error(format!("cannot save room {}: {e}", room.id)))
     }
 
@@ -303,6 +372,8 @@ impl Store for Sqlite {
         let deleted = connection
             .prepare_cached("DELETE FROM rooms WHERE id = ?1")
             .and_then(|mut statement| statement.execute([id]));
+        drop(connection);
+        self.record(&deleted);
         deleted
             .map(drop)
             .map_err(|e| self.error(format!("cannot delete room {id}: {e}")))
@@ -363,9 +434,21 @@ impl Store for Sqlite {
             problem,
         }
     }
+
+    fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
 }
 
 impl Sqlite {
+    /// Records a room write's outcome; if the store just went down, wakes the writer
+    /// thread (asleep until a message comes) so that it probes.
+    fn record<T, E>(&self, result: &Result<T, E>) {
+        if self.health.record(result) {
+            let _ = self.queue.send(Command::Probe);
+        }
+    }
+
     /// Takes the connection. A panic while it was held cannot leave a transaction open
     /// (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -519,32 +602,46 @@ fn trim(connection: &Connection, room_id: u64, history_len: usize) -> rusqlite::
 }
 
 /// The message writer thread: takes what has queued up (at most [`MAX_BATCH`]), writes it in
-/// one transaction, and trims the rooms it touched. Stops at [`Command::Stop`] or when the
-/// store is dropped.
+/// one transaction, and trims the rooms it touched. While the store is down it also probes
+/// it every [`PROBE_INTERVAL`]. Stops at [`Command::Stop`] or when the store is dropped.
 fn run_writer(
     connection: &Mutex<Connection>,
     queue: &Receiver<Command>,
     history_len: usize,
-    path: &Path,
+    health: &Health,
 ) {
+    let path = &health.path;
     let mut batch: Vec<(u64, u64, Arc<str>)> = Vec::new();
     let mut stop = false;
     while !stop {
-        match queue.recv() {
+        let next = if health.is_up() {
+            queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            queue.recv_timeout(PROBE_INTERVAL)
+        };
+        match next {
             Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
-            Ok(Command::Stop) | Err(_) => stop = true,
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => stop = true,
+            Ok(Command::Probe) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                health.record(&probe(&lock(connection), path));
+                continue;
+            }
         }
         while !stop && batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(Command::Append(room_id, msg_id, event)) => batch.push((room_id, msg_id, event)),
                 Ok(Command::Stop) => stop = true,
+                Ok(Command::Probe) => {}
                 Err(_) => break,
             }
         }
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = write_messages(&mut lock(connection), &batch, history_len) {
+        let written = write_messages(&mut lock(connection), &batch, history_len);
+        health.record(&written);
+        if let Err(e) = written {
             log::error!(
                 "database {}: {} messages not saved to the history: {e}",
                 path.display(),
@@ -553,6 +650,19 @@ fn run_writer(
         }
         batch.clear();
     }
+}
+
+/// Whether the database takes writes again: see the module docs.
+fn probe(connection: &Connection, path: &Path) -> Result<(), String> {
+    let stats = rustix::fs::statvfs(path).map_err(|e| format!("cannot stat: {e}"))?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if free < PROBE_MIN_FREE_BYTES {
+        return Err(format!("{free} bytes free"));
+    }
+    connection
+        .execute(PROBE, [])
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn write_messages(

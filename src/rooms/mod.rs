@@ -234,6 +234,11 @@ impl RoomMap {
         }
     }
 
+    /// Whether the store takes writes (`/healthz`).
+    pub fn backend_up(&self) -> bool {
+        self.store.is_up()
+    }
+
     /// Connects socket `session` to room `id` (101 if the room is gone), so that it hears
     /// of the room's deletion even before it joins. The socket leaves the room when the
     /// returned handle is dropped, however its thread ends (a panic included).
