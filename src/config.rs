@@ -17,6 +17,8 @@ use std::time::Duration;
 use log::LevelFilter;
 use serde_json::{Map, Value};
 
+use crate::limits::AddrRange;
+
 /// Everything the server needs to start. Built by [`Config::load`] in `main`, or by hand
 /// (starting from [`Config::default`]) in tests.
 #[derive(Debug, Clone)]
@@ -57,6 +59,11 @@ pub struct Config {
     /// How many `send` events each room keeps for sockets that join later (`history_len`);
     /// 0 keeps none. Below `send_queue_len`, since a joining socket gets them all at once.
     pub history_len: usize,
+    /// Peers whose `X-Forwarded-For` header names the client (`trusted_proxies`): a
+    /// reverse proxy's address. None by default: the peer is the client.
+    pub trusted_proxies: Vec<AddrRange>,
+    /// Client addresses `/metrics` is served to (`metrics_allow`); others get a 404.
+    pub metrics_allow: Vec<AddrRange>,
 }
 
 impl Default for Config {
@@ -79,6 +86,11 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(60),
             db_path: Some(PathBuf::from("chitchat.db")),
             history_len: 50,
+            trusted_proxies: Vec::new(),
+            metrics_allow: ["127.0.0.1/8", "::1/128"]
+                .iter()
+                .map(|range| AddrRange::parse(range).expect("the default ranges are valid"))
+                .collect(),
         }
     }
 }
@@ -174,6 +186,8 @@ impl Config {
             "pong_timeout_s" => self.pong_timeout = seconds(value)?,
             "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
             "history_len" => self.history_len = whole(value)?,
+            "trusted_proxies" => self.trusted_proxies = ranges(value)?,
+            "metrics_allow" => self.metrics_allow = ranges(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -246,6 +260,20 @@ fn whole(value: &Value) -> Result<usize, String> {
         .as_u64()
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| "expected a whole number".into())
+}
+
+/// A list of addresses and CIDR ranges: `["10.0.0.0/8", "::1"]`.
+fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
+    let expected = "expected a list of addresses or CIDR ranges, such as [\"10.0.0.0/8\", \"::1\"]";
+    let items = value.as_array().ok_or(expected)?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .and_then(AddrRange::parse)
+                .ok_or_else(|| format!("{expected}; {item} is not one"))
+        })
+        .collect()
 }
 
 fn level(value: &Value) -> Result<LevelFilter, String> {
@@ -362,6 +390,26 @@ mod tests {
         let err = load(r#"{"history_len":300,"send_queue_len":300}"#, &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("history_len"));
         assert!(err.to_string().contains("send_queue_len (300)"), "{err}");
+    }
+
+    #[test]
+    fn address_lists_have_defaults_and_are_checked() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        let loopback = ["127.0.0.0/8", "::1/128"].map(|r| AddrRange::parse(r).unwrap());
+        assert_eq!(config.metrics_allow, loopback);
+        let (config, _) = load(r#"{"trusted_proxies":["10.0.0.0/8","::1"]}"#, &[]).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        for (json, key) in [
+            (r#"{"trusted_proxies":"10.0.0.1"}"#, "trusted_proxies"),
+            (r#"{"metrics_allow":["10.0.0.0/40"]}"#, "metrics_allow"),
+            (r#"{"metrics_allow":[7]}"#, "metrics_allow"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+        let err = load(r#"{"metrics_allow":["nope"]}"#, &[]).unwrap_err();
+        assert!(err.to_string().contains("\"nope\" is not one"), "{err}");
     }
 
     #[test]

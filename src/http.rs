@@ -7,8 +7,13 @@
 //! returns `Result<Reply, ApiError>` -> [`respond`]. Handlers never write to sockets
 //! themselves, and never reach the WebSocket side: a DELETE reaches live sockets through
 //! the room's members.
+//!
+//! `/metrics` exists only for client addresses in `metrics_allow`: any
+//! other gets the 404 of an unknown path, whatever the method. Every response is counted
+//! by status as it is sent.
 
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path};
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
+use crate::limits::any_contains;
+use crate::metrics::{self, Gauges};
 use crate::path::{self, percent_decode, query_param, RoomRef};
 use crate::rooms::{RoomInput, RoomKey};
 use crate::token;
@@ -30,6 +37,8 @@ use crate::State;
 enum Route {
     Page,
     Health,
+    /// Any method: who may see it is decided before the method (see the module docs).
+    Metrics,
     ListRooms,
     CreateRoom,
     GetRoom(RoomRef),
@@ -62,6 +71,7 @@ fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
         ([""], _) => Err(Miss::MethodNotAllowed("GET")),
         (["healthz"], _) if get => Ok(Route::Health),
         (["healthz"], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["metrics"], _) => Ok(Route::Metrics),
         (["chats"] | ["chats", ""], _) if get => Ok(Route::ListRooms),
         (["chats"] | ["chats", ""], Post) => Ok(Route::CreateRoom),
         (["chats"] | ["chats", ""], _) => Err(Miss::MethodNotAllowed("GET, POST")),
@@ -143,6 +153,8 @@ pub fn serve(server: &Server, state: &Arc<State>) {
             }
         };
         let status = reply.status;
+        // Counted before it is written, so a client that has read it sees it counted.
+        state.metrics.http_response(status);
         respond(request, reply);
         log::debug!(
             "{method} {path} {status} {}ms",
@@ -155,12 +167,13 @@ pub fn serve(server: &Server, state: &Arc<State>) {
 fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     let route = route(request.method(), request.url()).map_err(|miss| match miss {
         Miss::NotFound => Reply::from(ApiError::new(ErrorKind::NotFound)),
-        Miss::MethodNotAllowed(allow) => Reply::from(ApiError::new(ErrorKind::MethodNotAllowed))
-            .with_header("Allow", allow.into()),
+        Miss::MethodNotAllowed(allow) => method_not_allowed(allow),
     })?;
+    let client = client_addr(state, request);
     let result = match route {
         Route::Page => Ok(page(state)),
         Route::Health => health(state),
+        Route::Metrics => return metrics(state, request, client),
         Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
         Route::CreateRoom => create_room(state, request),
         Route::GetRoom(room) => get_room(state, request, &room),
@@ -174,6 +187,23 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     result.map_err(Reply::from)
 }
 
+fn method_not_allowed(allow: &'static str) -> Reply {
+    Reply::from(ApiError::new(ErrorKind::MethodNotAllowed)).with_header("Allow", allow.into())
+}
+
+/// The client's address: the peer, or what a trusted proxy says (`limits::client_addr`).
+fn client_addr(state: &State, request: &Request) -> IpAddr {
+    let peer = request
+        .remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip());
+    let forwarded_for = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("X-Forwarded-For"))
+        .map(|h| h.value.as_str());
+    state.limits.client_addr(peer, forwarded_for)
+}
+
 /// 200 while the server can serve chat; 503 (605) while its backend takes no writes.
 fn health(state: &State) -> Result<Reply, ApiError> {
     if state.rooms.backend_up() {
@@ -181,6 +211,29 @@ fn health(state: &State) -> Result<Reply, ApiError> {
     } else {
         Err(ApiError::new(ErrorKind::StorageUnavailable))
     }
+}
+
+/// `GET /metrics`, to `metrics_allow` only: the counters, and the gauges read now.
+fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Reply> {
+    if !any_contains(&state.config.metrics_allow, client) {
+        return Err(ApiError::new(ErrorKind::NotFound).into());
+    }
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Err(method_not_allowed("GET"));
+    }
+    let gauges = Gauges {
+        rooms: state.rooms.count(),
+        sockets_open: state.limits.connections.open_now(),
+        users_joined: state.rooms.users_joined(),
+        history_queue: state.rooms.history_queue(),
+        backend_up: state.rooms.backend_up(),
+    };
+    Ok(Reply {
+        status: 200,
+        content_type: metrics::CONTENT_TYPE,
+        body: state.metrics.render(&gauges).into_bytes(),
+        headers: Vec::new(),
+    })
 }
 
 fn page(state: &State) -> Reply {
@@ -468,6 +521,7 @@ mod tests {
             Err(Miss::MethodNotAllowed("GET"))
         );
         assert_eq!(route(&Method::Get, "/nope"), Err(Miss::NotFound));
+        assert_eq!(route(&Method::Post, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::Get, "/chats/%zz"), Err(Miss::NotFound));
     }
 }

@@ -18,7 +18,10 @@
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
-//! - `http`: the REST API, the page and `/healthz`, on tiny_http worker threads.
+//! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the count of
+//!   open WebSocket connections.
+//! - `metrics`: the counters and the text `/metrics` serves.
+//! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
 //! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
 //!   `sync`: taking locks.
@@ -27,6 +30,8 @@
 //! 1. A tiny_http pool thread reads the request; an HTTP worker thread takes it in
 //!    `http::serve` and calls `http::handle`.
 //! 2. `http::route` splits the path (`path::split`) into `Route::UpdateRoom(RoomRef::Id(7))`.
+//!    `http::handle` works out the client's address once (`limits::client_addr`), for the
+//!    limits and for `metrics_allow`.
 //! 3. `http::update_room`: `rooms.key` (the index's read lock, then room 7's lock, to copy
 //!    its id, visibility and hash), `require_token` (`token::presented`, `token::verify`:
 //!    no lock), `read_json` (the body through a byte cap), then `rooms.update`.
@@ -69,6 +74,8 @@ mod error;
 pub mod event;
 mod hasher;
 mod http;
+mod limits;
+mod metrics;
 pub mod path;
 mod rooms;
 mod store;
@@ -84,8 +91,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
+pub use limits::AddrRange;
 
 use hasher::Hasher;
+use limits::Limits;
+use metrics::Metrics;
 use rooms::RoomMap;
 use store::StoreError;
 use ws::WsServer;
@@ -106,6 +116,10 @@ pub struct State {
     pub rooms: RoomMap,
     /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
+    /// The limits, and the per-address state they keep (see `limits`).
+    pub limits: Limits,
+    /// The counters `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the server could not start.
@@ -152,6 +166,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // First, so that a database problem stops start-up before anything listens.
     let (store, saved) =
         store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
+    let metrics = Arc::new(Metrics::default());
     let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
     let rooms = RoomMap::restore(
         store,
@@ -194,6 +209,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
+        limits: Limits::new(&config),
+        metrics,
         page: web::page(&web::PageSettings::for_server(
             ws_port,
             config.max_message_bytes,

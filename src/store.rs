@@ -12,7 +12,7 @@
 //!   the message writer thread and returns at once, without touching the disk;
 //! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
 //!   back into the main file;
-//! - [`Store::is_up`]: whether the database takes writes, for `/healthz`.
+//! - [`Store::is_up`]: whether the database takes writes, for `/healthz` and `/metrics`.
 //!
 //! # Why it is built this way
 //! - WAL journal: a reader (`sqlite3 chitchat.db .backup ...`) does not block the server's
@@ -221,6 +221,10 @@ pub trait Store: Send + Sync {
     /// waits: `/healthz` calls it.
     fn is_up(&self) -> bool {
         true
+    }
+    /// Messages queued for the history and not written yet.
+    fn queued(&self) -> usize {
+        0
     }
 }
 
@@ -437,6 +441,10 @@ impl Store for Sqlite {
 
     fn is_up(&self) -> bool {
         self.health.is_up()
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 

@@ -234,9 +234,29 @@ impl RoomMap {
         }
     }
 
-    /// Whether the store takes writes (`/healthz`).
+    /// How many rooms exist (a `/metrics` gauge).
+    pub fn count(&self) -> usize {
+        read(&self.index).by_id.len()
+    }
+
+    /// How many names are joined in all rooms (a `/metrics` gauge): each room's lock in
+    /// turn, for a count.
+    pub fn users_joined(&self) -> usize {
+        let rooms: Vec<Arc<Room>> = read(&self.index).by_id.values().cloned().collect();
+        rooms
+            .iter()
+            .map(|room| room.with_live(&*self.store, |live, _| live.members()))
+            .sum()
+    }
+
+    /// Whether the store takes writes (`/healthz`, a `/metrics` gauge).
     pub fn backend_up(&self) -> bool {
         self.store.is_up()
+    }
+
+    /// Messages waiting for the history writer (a `/metrics` gauge).
+    pub fn history_queue(&self) -> usize {
+        self.store.queued()
     }
 
     /// Connects socket `session` to room `id` (101 if the room is gone), so that it hears

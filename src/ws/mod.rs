@@ -9,6 +9,11 @@
 //! - `doorbell`: how the room wakes and closes a socket's thread.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
+//!
+//! Every accepted connection is counted (`chitchat_sockets_open`) before anything else
+//! happens to it; the count is a `limits::ConnectionGuard` that moves with the socket, from
+//! the handshake thread to the session thread, and is released when the socket's last
+//! thread ends, however it ends.
 
 mod doorbell;
 mod frame;
@@ -23,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::limits::ConnectionGuard;
 use crate::sync::lock;
 use crate::State;
 use doorbell::{Closing, Doorbell};
@@ -82,7 +88,10 @@ impl WsServer {
                 return;
             }
             match stream {
-                Ok(stream) => self.spawn_session(stream, state),
+                Ok(stream) => {
+                    let connection = state.limits.connections.open();
+                    self.spawn_session(stream, state, connection);
+                }
                 Err(e) => {
                     log::error!("accepting a WebSocket connection failed: {e}");
                     std::thread::sleep(ACCEPT_BACKOFF);
@@ -91,7 +100,12 @@ impl WsServer {
         }
     }
 
-    fn spawn_session(self: &Arc<Self>, stream: TcpStream, state: &Arc<State>) {
+    fn spawn_session(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        state: &Arc<State>,
+        connection: ConnectionGuard,
+    ) {
         let id = self.next_id.fetch_add(1, SeqCst);
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(state.config.write_timeout));
@@ -109,6 +123,7 @@ impl WsServer {
                 let ended = Arc::clone(&server);
                 server.spawn(id, "ws-session", move || {
                     session.run();
+                    drop(connection);
                     ended.forget(id);
                 });
             }

@@ -25,6 +25,11 @@
 //! open; only an oversized frame (1009), invalid UTF-8 (1007) or a protocol violation
 //! (1002) ends it. However it ends (a panic included), a joined socket's leave is
 //! broadcast: the [`Membership`] detaches it when dropped.
+//!
+//! # Counters
+//! `metrics` counters are bumped here, never under the room's lock: frames received,
+//! events handed to the socket (after `Membership::read` has returned), and why the
+//! socket closed.
 
 use std::io;
 use std::sync::Arc;
@@ -41,6 +46,7 @@ use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
+use crate::metrics::Closed;
 use crate::rooms::{Membership, Progress, Refusal};
 use crate::State;
 
@@ -86,6 +92,26 @@ impl Ending {
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
             Ending::Silent => Some(CloseCode::Away),
             Ending::Stalled | Ending::Gone => None,
+        }
+    }
+
+    /// The `reason` it is counted under; `closing` is why the server was closing it, if it
+    /// was.
+    fn counted_as(&self, closing: Option<Closing>) -> Closed {
+        let server = |closing| match closing {
+            Closing::SlowReader => Closed::Slow,
+            Closing::RoomDeleted => Closed::RoomDeleted,
+            Closing::Shutdown => Closed::Shutdown,
+        };
+        match self {
+            Ending::ServerClosed(closing) => server(*closing),
+            Ending::Stalled => closing.map_or(Closed::Client, server),
+            Ending::TooBig => Closed::TooBig,
+            Ending::Silent => Closed::PingTimeout,
+            Ending::ClientClosed(_)
+            | Ending::NotUtf8
+            | Ending::ProtocolViolation
+            | Ending::Gone => Closed::Client,
         }
     }
 }
@@ -170,6 +196,8 @@ impl Session {
     /// then a half-close and a linger, so the client reads the close instead of a reset.
     fn finish(mut self, ending: &Ending) {
         log::info!("socket {} closed: {ending:?}", self.id);
+        let reason = ending.counted_as(self.doorbell.closing());
+        self.state.metrics.socket_closed(reason);
         let duplex = self.ws.get_mut();
         match ending.close_code() {
             Some(code) => {
@@ -291,6 +319,10 @@ impl Chat {
                 Progress::At(cursor) => Some(cursor),
                 Progress::Idle | Progress::Gone => None,
             };
+            self.session
+                .state
+                .metrics
+                .events_delivered(self.batch.len());
             let duplex = self.session.ws.get_mut();
             for text in self.batch.drain(..) {
                 duplex.push_text(text.as_bytes());
@@ -361,6 +393,9 @@ impl Chat {
                 Err(e) => return Err(ending_for(e)),
             };
             heard = true;
+            if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                self.session.state.metrics.event_received();
+            }
             match message {
                 // Once a close is under way, the client's last words are ignored.
                 _ if self.session.doorbell.closing().is_some() && !message.is_close() => {}
@@ -409,6 +444,10 @@ impl Chat {
                     return Err(ApiError::field(ErrorKind::ClientUnauthorized, "name").into());
                 }
                 let joined = self.membership.join(&name, &color, since)?;
+                self.session
+                    .state
+                    .metrics
+                    .events_delivered(joined.replay.len());
                 // What was said before comes first, then the feed from this join on.
                 let duplex = self.session.ws.get_mut();
                 for text in &joined.replay {
