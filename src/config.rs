@@ -64,6 +64,10 @@ pub struct Config {
     pub trusted_proxies: Vec<AddrRange>,
     /// Client addresses `/metrics` is served to (`metrics_allow`); others get a 404.
     pub metrics_allow: Vec<AddrRange>,
+    /// bcrypt jobs that may wait for a hashing thread (`bcrypt_queue_len`); when it is
+    /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
+    /// 0: no bound.
+    pub bcrypt_queue_len: usize,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
                 .iter()
                 .map(|range| AddrRange::parse(range).expect("the default ranges are valid"))
                 .collect(),
+            bcrypt_queue_len: 64,
         }
     }
 }
@@ -188,6 +193,7 @@ impl Config {
             "history_len" => self.history_len = whole(value)?,
             "trusted_proxies" => self.trusted_proxies = ranges(value)?,
             "metrics_allow" => self.metrics_allow = ranges(value)?,
+            "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())

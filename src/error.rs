@@ -17,6 +17,9 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// The field at fault (`title`, `secret`, `name`, ...), if one is.
     pub field: Option<&'static str>,
+    /// When the client may try again, in whole seconds: the HTTP `Retry-After` header of a
+    /// refusal by a limit (604). Not part of the JSON body.
+    pub retry_after_s: Option<u64>,
 }
 
 /// The spec's error codes that the server gives, one variant each, plus the HTTP-level
@@ -56,6 +59,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 604: bcrypt's queue is full (`bcrypt_queue_len`); try again in a second (HTTP 503
+    /// with `Retry-After: 1`).
+    ServerBusy,
     /// 605: the database refused a write (disk full, I/O error); nothing was changed, and
     /// the client may try again (HTTP 503). Also `/healthz` while the database is down.
     StorageUnavailable,
@@ -84,6 +90,7 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             Internal => (500, "Internal server error", 500),
         }
@@ -93,14 +100,26 @@ impl ErrorKind {
 impl ApiError {
     /// An error with no field at fault.
     pub fn new(kind: ErrorKind) -> Self {
-        ApiError { kind, field: None }
+        ApiError {
+            kind,
+            field: None,
+            retry_after_s: None,
+        }
     }
 
     /// An error blaming one request field.
     pub fn field(kind: ErrorKind, field: &'static str) -> Self {
         ApiError {
-            kind,
             field: Some(field),
+            ..ApiError::new(kind)
+        }
+    }
+
+    /// A refusal the client may retry after `seconds` (the `Retry-After` header).
+    pub fn retry_after(kind: ErrorKind, seconds: u64) -> Self {
+        ApiError {
+            retry_after_s: Some(seconds),
+            ..ApiError::new(kind)
         }
     }
 

@@ -8,7 +8,8 @@
 //! themselves, and never reach the WebSocket side: a DELETE reaches live sockets through
 //! the room's members.
 //!
-//! `/metrics` exists only for client addresses in `metrics_allow`: any
+//! A token or password request finding bcrypt's queue full is 503 (604, `Retry-After:
+//! 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
 //! other gets the 404 of an unknown path, whatever the method. Every response is counted
 //! by status as it is sent.
 
@@ -130,7 +131,11 @@ impl Reply {
 
 impl From<ApiError> for Reply {
     fn from(error: ApiError) -> Reply {
-        Reply::json_text(error.status(), error.to_body())
+        let reply = Reply::json_text(error.status(), error.to_body());
+        match error.retry_after_s {
+            Some(seconds) => reply.with_header("Retry-After", seconds.to_string()),
+            None => reply,
+        }
     }
 }
 
@@ -226,6 +231,7 @@ fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Re
         sockets_open: state.limits.connections.open_now(),
         users_joined: state.rooms.users_joined(),
         history_queue: state.rooms.history_queue(),
+        bcrypt_queue: state.rooms.bcrypt_queue(),
         backend_up: state.rooms.backend_up(),
     };
     Ok(Reply {
@@ -350,8 +356,8 @@ fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<R
         .filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
-    // bcrypt runs here, on this worker thread, with no lock held.
-    if !state.rooms.password_matches(&key, &secret) {
+    // bcrypt runs on a hashing thread; this worker waits for it with no lock held.
+    if !state.rooms.password_matches(&key, &secret)? {
         log::info!("room {}: wrong password for a token", key.id);
         return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
     }

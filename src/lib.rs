@@ -17,7 +17,8 @@
 //!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
-//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
+//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
+//!   queue is bounded (`bcrypt_queue_len`).
 //! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the count of
 //!   open WebSocket connections.
 //! - `metrics`: the counters and the text `/metrics` serves.
@@ -118,7 +119,7 @@ pub struct State {
     pub page: String,
     /// The limits, and the per-address state they keep (see `limits`).
     pub limits: Limits,
-    /// The counters `/metrics` shows.
+    /// The counters `/metrics` shows; shared with the bcrypt threads' handle.
     pub metrics: Arc<Metrics>,
 }
 
@@ -167,7 +168,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let (store, saved) =
         store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
     let metrics = Arc::new(Metrics::default());
-    let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
+    let hasher = Hasher::start(
+        config.bcrypt_cost,
+        config.bcrypt_queue_len,
+        Arc::clone(&metrics),
+    )
+    .map_err(StartError::Thread)?;
     let rooms = RoomMap::restore(
         store,
         saved,

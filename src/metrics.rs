@@ -131,6 +131,8 @@ pub struct Metrics {
     http_responses: Vec<AtomicU64>,
     /// Refusals, by [`Limit`] (indexed like `Limit::ALL`).
     refusals: [AtomicU64; Limit::ALL.len()],
+    /// bcrypt hashes and checks queued (each runs once).
+    bcrypt_jobs: AtomicU64,
 }
 
 /// The gauges, read at scrape time from where each number lives.
@@ -144,6 +146,8 @@ pub struct Gauges {
     pub users_joined: usize,
     /// Messages waiting for the history writer.
     pub history_queue: usize,
+    /// bcrypt jobs waiting for a hashing thread.
+    pub bcrypt_queue: usize,
     /// Whether the backend takes writes.
     pub backend_up: bool,
 }
@@ -156,6 +160,7 @@ impl Default for Metrics {
             sockets_closed: Default::default(),
             http_responses: STATUSES.map(|_| AtomicU64::new(0)).collect(),
             refusals: Default::default(),
+            bcrypt_jobs: AtomicU64::new(0),
         }
     }
 }
@@ -185,6 +190,18 @@ impl Metrics {
         let index = status.checked_sub(*STATUSES.start()).map(usize::from);
         if let Some(counter) = index.and_then(|i| self.http_responses.get(i)) {
             counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A bcrypt hash or check was queued.
+    pub fn bcrypt_job(&self) {
+        self.bcrypt_jobs.fetch_add(1, Relaxed);
+    }
+
+    /// `limit` refused something.
+    pub fn refused(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.refusals[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -262,6 +279,18 @@ impl Metrics {
             "Messages waiting to be written to the history.",
             count(gauges.history_queue),
         );
+        counter(
+            &mut out,
+            "chitchat_bcrypt_jobs_total",
+            "Password hashes and checks queued for bcrypt.",
+            &[("", self.bcrypt_jobs.load(Relaxed))],
+        );
+        gauge(
+            &mut out,
+            "chitchat_bcrypt_queue",
+            "Password hashes and checks waiting for a bcrypt thread.",
+            count(gauges.bcrypt_queue),
+        );
         gauge(
             &mut out,
             "chitchat_backend_up",
@@ -320,6 +349,7 @@ mod tests {
         metrics.http_response(200);
         metrics.http_response(429);
         metrics.http_response(42);
+        metrics.refused(Limit::Rooms);
         metrics.socket_closed(Closed::Flood);
         metrics.events_delivered(3);
         let text = metrics.render(&Gauges {
@@ -334,7 +364,7 @@ mod tests {
             "# TYPE chitchat_http_responses_total counter",
             "chitchat_http_responses_total{status=\"200\"} 2",
             "chitchat_http_responses_total{status=\"429\"} 1",
-            "chitchat_limit_refusals_total{limit=\"rooms_per_minute\"} 0",
+            "chitchat_limit_refusals_total{limit=\"rooms_per_minute\"} 1",
             "chitchat_limit_refusals_total{limit=\"msgs_per_second\"} 0",
             "chitchat_sockets_closed_total{reason=\"flood\"} 1",
             "chitchat_sockets_closed_total{reason=\"backend\"} 0",
