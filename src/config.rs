@@ -64,6 +64,12 @@ pub struct Config {
     pub trusted_proxies: Vec<AddrRange>,
     /// Client addresses `/metrics` is served to (`metrics_allow`); others get a 404.
     pub metrics_allow: Vec<AddrRange>,
+    /// Failed token requests (wrong secret) per client address and room per minute
+    /// (`token_attempts_per_minute`); past it 429 (602), before any bcrypt work. 0: none.
+    pub token_attempts_per_minute: usize,
+    /// Rooms created per client address per minute (`rooms_per_minute`); past it 429
+    /// (602). 0: no limit.
+    pub rooms_per_minute: usize,
     /// bcrypt jobs that may wait for a hashing thread (`bcrypt_queue_len`); when it is
     /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
     /// 0: no bound.
@@ -95,6 +101,8 @@ impl Default for Config {
                 .iter()
                 .map(|range| AddrRange::parse(range).expect("the default ranges are valid"))
                 .collect(),
+            token_attempts_per_minute: 10,
+            rooms_per_minute: 30,
             bcrypt_queue_len: 64,
         }
     }
@@ -193,6 +201,8 @@ impl Config {
             "history_len" => self.history_len = whole(value)?,
             "trusted_proxies" => self.trusted_proxies = ranges(value)?,
             "metrics_allow" => self.metrics_allow = ranges(value)?,
+            "token_attempts_per_minute" => self.token_attempts_per_minute = whole(value)?,
+            "rooms_per_minute" => self.rooms_per_minute = whole(value)?,
             "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
             _ => return Err("unknown key".into()),
         }

@@ -18,7 +18,7 @@ pub struct ApiError {
     /// The field at fault (`title`, `secret`, `name`, ...), if one is.
     pub field: Option<&'static str>,
     /// When the client may try again, in whole seconds: the HTTP `Retry-After` header of a
-    /// refusal by a limit (604). Not part of the JSON body.
+    /// refusal by a limit (602, 604). Not part of the JSON body.
     pub retry_after_s: Option<u64>,
 }
 
@@ -59,6 +59,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 602: too many failed token requests or room creations from this client address
+    /// (`token_attempts_per_minute`, `rooms_per_minute`; HTTP 429 with `Retry-After`).
+    TooManyAttempts,
     /// 604: bcrypt's queue is full (`bcrypt_queue_len`); try again in a second (HTTP 503
     /// with `Retry-After: 1`).
     ServerBusy,
@@ -90,6 +93,7 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            TooManyAttempts => (602, "Limit error: Too many attempts", 429),
             ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             Internal => (500, "Internal server error", 500),

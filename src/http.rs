@@ -8,8 +8,10 @@
 //! themselves, and never reach the WebSocket side: a DELETE reaches live sockets through
 //! the room's members.
 //!
-//! A token or password request finding bcrypt's queue full is 503 (604, `Retry-After:
-//! 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
+//! Limits are checked in the endpoints, before the work they guard: a room creation past
+//! `rooms_per_minute`, or a token request past `token_attempts_per_minute` failures, is
+//! refused before any bcrypt (429, 602, `Retry-After`); a full bcrypt queue is 503 (604,
+//! `Retry-After: 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
 //! other gets the 404 of an unknown path, whatever the method. Every response is counted
 //! by status as it is sent.
 
@@ -180,11 +182,11 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
         Route::Health => health(state),
         Route::Metrics => return metrics(state, request, client),
         Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
-        Route::CreateRoom => create_room(state, request),
+        Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room),
         Route::DeleteRoom(room) => delete_room(state, request, &room),
-        Route::IssueToken(room) => issue_token(state, request, &room),
+        Route::IssueToken(room) => issue_token(state, request, &room, client),
         Route::RenewToken(room) => renew_token(state, request, &room),
         Route::Messages(room, query) => messages(state, request, &room, query.as_deref()),
         Route::StaticFile(name) => static_file(state, &name),
@@ -233,6 +235,7 @@ fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Re
         history_queue: state.rooms.history_queue(),
         bcrypt_queue: state.rooms.bcrypt_queue(),
         backend_up: state.rooms.backend_up(),
+        tracked: state.limits.tracked(),
     };
     Ok(Reply {
         status: 200,
@@ -251,13 +254,17 @@ fn page(state: &State) -> Reply {
     }
 }
 
-fn create_room(state: &State, request: &mut Request) -> Result<Reply, ApiError> {
+/// A room created counts toward `rooms_per_minute`; a request refused for any reason (a
+/// bad title, a full bcrypt queue) does not.
+fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<Reply, ApiError> {
+    let attempt = state.limits.room_creation(client, Instant::now())?;
     let input: RoomInput = read_json(
         request,
         state.config.max_body_bytes,
         ErrorKind::RoomInvalidJson,
     )?;
     let room = state.rooms.create(input)?;
+    attempt.keep();
     log::info!("room {} created ({:?})", room.id, room.visibility);
     let location = format!("/chats/{}", room.id);
     Ok(Reply::json(201, &room).with_header("Location", location))
@@ -342,7 +349,15 @@ struct TokenRequest {
     secret: Option<String>,
 }
 
-fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<Reply, ApiError> {
+/// A wrong secret counts toward `token_attempts_per_minute` for this address and room; past
+/// it the request is refused before bcrypt runs. A right secret, or a full bcrypt queue,
+/// counts nothing.
+fn issue_token(
+    state: &State,
+    request: &mut Request,
+    room: &RoomRef,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
     let body: TokenRequest =
         read_json(request, state.config.max_body_bytes, ErrorKind::InvalidJson)?;
     let key = state.rooms.key(room)?;
@@ -356,11 +371,14 @@ fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<R
         .filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
+    let attempt = state.limits.token_attempt(client, key.id, Instant::now())?;
     // bcrypt runs on a hashing thread; this worker waits for it with no lock held.
     if !state.rooms.password_matches(&key, &secret)? {
+        attempt.keep();
         log::info!("room {}: wrong password for a token", key.id);
         return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
     }
+    drop(attempt);
     token_reply(state, &key, name)
 }
 

@@ -19,8 +19,9 @@
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
 //!   queue is bounded (`bcrypt_queue_len`).
-//! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the count of
-//!   open WebSocket connections.
+//! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the limits
+//!   checked before expensive work: failed token requests, room creations; every
+//!   per-address table bounded.
 //! - `metrics`: the counters and the text `/metrics` serves.
 //! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
@@ -215,7 +216,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
-        limits: Limits::new(&config),
+        limits: Limits::new(&config, Arc::clone(&metrics)),
         metrics,
         page: web::page(&web::PageSettings::for_server(
             ws_port,

@@ -1,18 +1,54 @@
-//! Who a client is, for `metrics_allow` and, later, the limits (SPEC, Limits), and the
-//! count of open WebSocket connections.
+//! Limits: what keeps one client from taking the server away from everyone else (SPEC,
+//! Limits). Every check here is memory work on the caller's thread, done *before* the
+//! expensive part it guards (a thread, bcrypt, a broadcast), and every refusal is counted
+//! in [`Metrics`].
 //!
 //! # Who a client is
 //! [`Limits::client_addr`], used by both listeners: the peer's address, or, when the peer
 //! is one of `trusted_proxies`, the first address of `X-Forwarded-For` that is not, walking
 //! from the right (each proxy appends the address it heard from, so only the entries right
 //! of the first untrusted one were written by proxies we trust; anything left of it the
-//! client may have made up).
+//! client may have made up). Limits then key on [`addr_key`]: an IPv4 address, or an IPv6
+//! address's /64 network, since one IPv6 host may use any of the 2^64 addresses of its
+//! network and would otherwise have 2^64 allowances.
+//!
+//! # The rate limits: one instant per key
+//! A rate is a token bucket, kept as one [`Instant`] (the generic cell rate algorithm): the
+//! time at which the bucket will be full again. Taking a token moves it one `interval`
+//! later; a take that would move it more than `burst` intervals ahead of now is refused,
+//! and the refusal says how long until it would not be (the `Retry-After`). So `N` per
+//! minute means `N` at once, then one more every `60 / N` seconds: a client that waits is
+//! served again without having to wait out a whole minute.
+//!
+//! # Memory: every per-address table is bounded
+//! - [`PerAddress`] (failed token requests per address and room, rooms created per
+//!   address): an entry whose instant has passed is a full bucket, the same as no entry,
+//!   so a sweep drops it. The table is swept when it has doubled since the last sweep, and
+//!   it never holds more than [`MAX_TRACKED`] entries: 16,384 hash buckets of 41 bytes
+//!   (rooms) or 49 (token attempts), at most 0.8 MiB. Past that, for as long as the table
+//!   stays full of entries younger than a minute, a new address is served untracked, with
+//!   one warning, rather than refused: an attacker with 10,000 addresses must not lock
+//!   everyone else out. Password guessing stays bounded even then, by bcrypt's queue.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{Limit, Metrics};
+use crate::sync::lock;
+
+/// The most keys a [`PerAddress`] table holds (see the module docs).
+pub const MAX_TRACKED: usize = 10_000;
+/// A table is not swept before it holds this many keys.
+const SWEEP_MIN: usize = 1024;
+/// A full table is swept at most this often, so a flood of new addresses does not scan it
+/// on every request.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A range of addresses from the configuration: `10.0.0.0/8`, `::1/128`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +157,183 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     Some(canonical(addr))
 }
 
+/// What limits count a client address as: an IPv4 address, or an IPv6 address's /64.
+pub fn addr_key(addr: IpAddr) -> IpAddr {
+    match canonical(addr) {
+        v6 @ IpAddr::V6(_) => masked(v6, 64),
+        v4 => v4,
+    }
+}
+
+/// A rate as a token bucket: `burst` at once, then one more every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    interval: Duration,
+    burst: u32,
+}
+
+impl Rate {
+    /// `n` per minute, all `n` at once if need be; `None` for 0 (the limit is off).
+    pub fn per_minute(n: usize) -> Option<Rate> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        (n > 0).then(|| Rate {
+            interval: Duration::from_secs(60) / n,
+            burst: n,
+        })
+    }
+
+    /// How far ahead of now a bucket's instant may run: `burst` intervals.
+    fn window(self) -> Duration {
+        self.interval.saturating_mul(self.burst)
+    }
+
+    /// Takes a token from the bucket whose instant is `due` (`None`: full): the new
+    /// instant, or how long until a token could be taken.
+    fn take(self, due: Option<Instant>, now: Instant) -> Result<Instant, Duration> {
+        let next = due.map_or(now, |due| due.max(now)) + self.interval;
+        let ahead = next - now;
+        if ahead <= self.window() {
+            Ok(next)
+        } else {
+            Err(ahead - self.window())
+        }
+    }
+
+    /// Puts a taken token back.
+    fn give_back(self, due: Instant) -> Instant {
+        due.checked_sub(self.interval).unwrap_or(due)
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A rate per key (an address, or an address and a room) for the whole server. Its table
+/// is one mutex, held for a hash lookup (and, rarely, a sweep): see the module docs.
+pub struct PerAddress<K> {
+    rate: Rate,
+    /// What the table is for, in the warning when it is full.
+    what: &'static str,
+    table: Mutex<Table<K>>,
+}
+
+struct Table<K> {
+    /// Each key's bucket instant. A key whose instant has passed may be dropped.
+    due: HashMap<K, Instant>,
+    /// Sweep when `due` reaches this many keys.
+    sweep_at: usize,
+    /// When the table was last swept while full.
+    swept_full: Option<Instant>,
+    /// Set while the table is full, so the warning is logged once per episode.
+    full: bool,
+}
+
+impl<K: Hash + Eq + Copy> PerAddress<K> {
+    /// A table for `rate`; `what` names it in the log.
+    pub fn new(rate: Rate, what: &'static str) -> PerAddress<K> {
+        PerAddress {
+            rate,
+            what,
+            table: Mutex::new(Table {
+                due: HashMap::new(),
+                sweep_at: SWEEP_MIN,
+                swept_full: None,
+                full: false,
+            }),
+        }
+    }
+
+    /// Takes a token for `key` at `now`: an [`Attempt`] that gives it back when dropped
+    /// unless kept, or how long until one could be taken.
+    pub fn take(&self, key: K, now: Instant) -> Result<Attempt<'_, K>, Duration> {
+        let mut table = lock(&self.table);
+        if !table.due.contains_key(&key) && !table.make_room(now) {
+            if !table.full {
+                table.full = true;
+                log::warn!(
+                    "{}: {MAX_TRACKED} client addresses tracked; new ones are not limited until old ones expire",
+                    self.what
+                );
+            }
+            return Ok(Attempt { taken: None });
+        }
+        let due = table.due.get(&key).copied();
+        let next = self.rate.take(due, now)?;
+        table.due.insert(key, next);
+        Ok(Attempt {
+            taken: Some((self, key)),
+        })
+    }
+
+    fn give_back(&self, key: K) {
+        if let Some(due) = lock(&self.table).due.get_mut(&key) {
+            *due = self.rate.give_back(*due);
+        }
+    }
+
+    /// How many keys the table holds now.
+    pub fn tracked(&self) -> usize {
+        lock(&self.table).due.len()
+    }
+}
+
+impl<K: Hash + Eq> Table<K> {
+    /// Makes room for one more key: sweeps expired keys if the table has grown enough.
+    /// False if it is full of live keys.
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.due.len() < self.sweep_at.min(MAX_TRACKED) {
+            return true;
+        }
+        let full = self.due.len() >= MAX_TRACKED;
+        if full
+            && self
+                .swept_full
+                .is_some_and(|at| now.saturating_duration_since(at) < FULL_SWEEP_INTERVAL)
+        {
+            return false;
+        }
+        self.due.retain(|_, due| *due > now);
+        self.sweep_at = (2 * self.due.len()).max(SWEEP_MIN);
+        self.swept_full = full.then_some(now);
+        let room = self.due.len() < MAX_TRACKED;
+        if room {
+            self.full = false;
+        }
+        room
+    }
+}
+
+/// A token taken from a [`PerAddress`] bucket: given back when dropped, unless
+/// [`Attempt::keep`] says it was used (a token request that failed, a room created).
+#[must_use = "dropping an attempt gives its token back"]
+pub struct Attempt<'a, K: Hash + Eq + Copy> {
+    taken: Option<(&'a PerAddress<K>, K)>,
+}
+
+impl<K: Hash + Eq + Copy> Attempt<'_, K> {
+    /// An attempt no limit counts (the limit is off).
+    fn unlimited() -> Self {
+        Attempt { taken: None }
+    }
+
+    /// Counts the attempt: its token is not given back.
+    pub fn keep(mut self) {
+        self.taken = None;
+    }
+}
+
+impl<K: Hash + Eq + Copy> Drop for Attempt<'_, K> {
+    fn drop(&mut self) {
+        if let Some((limiter, key)) = self.taken.take() {
+            limiter.give_back(key);
+        }
+    }
+}
+
 /// WebSocket connections open now. A socket is counted by a [`ConnectionGuard`] from
 /// accept to the end of its thread.
 pub struct Connections {
@@ -159,16 +372,26 @@ pub struct Limits {
     trusted_proxies: Vec<AddrRange>,
     /// WebSocket connections open.
     pub connections: Arc<Connections>,
+    /// Failed token requests per address key and room (`token_attempts_per_minute`).
+    token_attempts: Option<PerAddress<(IpAddr, u64)>>,
+    /// Rooms created per address key (`rooms_per_minute`).
+    room_creations: Option<PerAddress<IpAddr>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Limits {
-    /// The limits `config` sets.
-    pub fn new(config: &Config) -> Limits {
+    /// The limits `config` sets, counting refusals in `metrics`.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Limits {
         Limits {
             trusted_proxies: config.trusted_proxies.clone(),
             connections: Arc::new(Connections {
                 open: AtomicUsize::new(0),
             }),
+            token_attempts: Rate::per_minute(config.token_attempts_per_minute)
+                .map(|rate| PerAddress::new(rate, "token_attempts_per_minute")),
+            room_creations: Rate::per_minute(config.rooms_per_minute)
+                .map(|rate| PerAddress::new(rate, "rooms_per_minute")),
+            metrics,
         }
     }
 
@@ -179,6 +402,69 @@ impl Limits {
         forwarded_for: impl IntoIterator<Item = &'a str>,
     ) -> IpAddr {
         client_addr(peer, forwarded_for, &self.trusted_proxies)
+    }
+
+    /// A token request from `client` for room `room_id` that is about to run bcrypt: 429
+    /// (602) with `Retry-After` once `token_attempts_per_minute` have failed. The attempt
+    /// must be kept if the password was wrong.
+    pub fn token_attempt(
+        &self,
+        client: IpAddr,
+        room_id: u64,
+        now: Instant,
+    ) -> Result<Attempt<'_, (IpAddr, u64)>, ApiError> {
+        self.attempt(
+            self.token_attempts.as_ref(),
+            (addr_key(client), room_id),
+            now,
+            Limit::TokenAttempts,
+        )
+    }
+
+    /// A room creation from `client`: 429 (602) with `Retry-After` past `rooms_per_minute`.
+    /// The attempt must be kept if the room was created.
+    pub fn room_creation(
+        &self,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt<'_, IpAddr>, ApiError> {
+        self.attempt(
+            self.room_creations.as_ref(),
+            addr_key(client),
+            now,
+            Limit::Rooms,
+        )
+    }
+
+    fn attempt<'a, K: Hash + Eq + Copy>(
+        &self,
+        limiter: Option<&'a PerAddress<K>>,
+        key: K,
+        now: Instant,
+        limit: Limit,
+    ) -> Result<Attempt<'a, K>, ApiError> {
+        let Some(limiter) = limiter else {
+            return Ok(Attempt::unlimited());
+        };
+        limiter.take(key, now).map_err(|wait| {
+            self.metrics.refused(limit);
+            ApiError::retry_after(ErrorKind::TooManyAttempts, retry_after_secs(wait))
+        })
+    }
+
+    /// How many keys each per-address table holds now (a `/metrics` gauge, so the bound
+    /// can be watched).
+    pub fn tracked(&self) -> Vec<(Limit, usize)> {
+        vec![
+            (
+                Limit::TokenAttempts,
+                self.token_attempts.as_ref().map_or(0, PerAddress::tracked),
+            ),
+            (
+                Limit::Rooms,
+                self.room_creations.as_ref().map_or(0, PerAddress::tracked),
+            ),
+        ]
     }
 }
 
@@ -256,5 +542,99 @@ mod tests {
         );
         assert_eq!(client_addr(peer, ["10.0.0.7"], &trusted), ip("10.0.0.7"));
         assert_eq!(client_addr(peer, [], &trusted), peer);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_limited_by_their_64_network() {
+        assert_eq!(addr_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(addr_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_one_per_interval() {
+        let rate = Rate::per_minute(10).unwrap();
+        let start = Instant::now();
+        let mut due = None;
+        for _ in 0..10 {
+            due = Some(rate.take(due, start).unwrap());
+        }
+        let wait = rate.take(due, start).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(6));
+        assert!(rate.take(due, start + wait).is_ok());
+        assert_eq!(Rate::per_minute(0), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(6000)), 6);
+        assert_eq!(retry_after_secs(Duration::from_millis(6001)), 7);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn per_address_refuses_past_the_rate_with_the_wait_and_resets() {
+        let limiter = PerAddress::new(Rate::per_minute(10).unwrap(), "test");
+        let start = Instant::now();
+        for _ in 0..10 {
+            limiter.take(ip("192.0.2.1"), start).unwrap().keep();
+        }
+        let wait = limiter.take(ip("192.0.2.1"), start).err().unwrap();
+        assert_eq!(wait, Duration::from_secs(6));
+        // Another address is not affected.
+        limiter.take(ip("192.0.2.2"), start).unwrap().keep();
+        // Six seconds on, one more; a minute on, ten more.
+        limiter.take(ip("192.0.2.1"), start + wait).unwrap().keep();
+        assert!(limiter.take(ip("192.0.2.1"), start + wait).is_err());
+        let minute = start + Duration::from_secs(66);
+        for _ in 0..10 {
+            limiter.take(ip("192.0.2.1"), minute).unwrap().keep();
+        }
+    }
+
+    #[test]
+    fn an_attempt_not_kept_gives_its_token_back() {
+        let limiter = PerAddress::new(Rate::per_minute(2).unwrap(), "test");
+        let now = Instant::now();
+        for _ in 0..10 {
+            let attempt = limiter.take(ip("192.0.2.1"), now).unwrap();
+            drop(attempt);
+        }
+        limiter.take(ip("192.0.2.1"), now).unwrap().keep();
+        limiter.take(ip("192.0.2.1"), now).unwrap().keep();
+        assert!(limiter.take(ip("192.0.2.1"), now).is_err());
+    }
+
+    #[test]
+    fn per_address_tables_are_swept_and_bounded() {
+        let limiter = PerAddress::new(Rate::per_minute(1).unwrap(), "test");
+        let now = Instant::now();
+        let addr = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 0..5000 {
+            limiter.take(addr(n), now).unwrap().keep();
+        }
+        // A minute later those 5,000 are full buckets again: the sweep at 8,192 keys drops
+        // them, so 3,200 new addresses leave 3,200 keys, not 8,200.
+        let later = now + Duration::from_secs(61);
+        for n in 5000..8200 {
+            limiter.take(addr(n), later).unwrap().keep();
+        }
+        assert_eq!(limiter.tracked(), 3200);
+        // Full of live entries: new addresses are served, untracked, never refused.
+        for n in 0..2 * MAX_TRACKED as u32 {
+            limiter.take(addr(100_000 + n), later).unwrap().keep();
+        }
+        assert_eq!(limiter.tracked(), MAX_TRACKED);
+    }
+
+    /// The figure in the module docs: a table of `MAX_TRACKED` keys has 16,384 buckets,
+    /// each an entry and a control byte.
+    #[test]
+    fn a_full_table_takes_the_memory_the_docs_say() {
+        let buckets = (MAX_TRACKED * 8 / 7).next_power_of_two();
+        let rooms = std::mem::size_of::<(IpAddr, Instant)>() + 1;
+        let tokens = std::mem::size_of::<((IpAddr, u64), Instant)>() + 1;
+        assert_eq!((buckets, rooms, tokens), (16_384, 41, 49));
+        assert!(buckets * tokens < 800 * 1024);
     }
 }

@@ -150,6 +150,8 @@ pub struct Gauges {
     pub bcrypt_queue: usize,
     /// Whether the backend takes writes.
     pub backend_up: bool,
+    /// Keys in each per-address table of the limits.
+    pub tracked: Vec<(Limit, usize)>,
 }
 
 impl Default for Metrics {
@@ -273,6 +275,14 @@ impl Metrics {
             "Requests, connections and frames refused, by the limit (config key) that refused them.",
             &borrowed(&refusals),
         );
+        let _ = writeln!(
+            out,
+            "# HELP chitchat_limit_tracked_addresses Client addresses a limit keeps state for.\n# TYPE chitchat_limit_tracked_addresses gauge"
+        );
+        for (limit, n) in &gauges.tracked {
+            let labels = label("limit", limit.label());
+            let _ = writeln!(out, "chitchat_limit_tracked_addresses{labels} {n}");
+        }
         gauge(
             &mut out,
             "chitchat_history_queue",

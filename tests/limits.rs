@@ -231,3 +231,242 @@ fn requests_without_bcrypt_are_served_while_bcrypt_is_busy() {
         thread.join().unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// token_attempts_per_minute
+
+/// `Retry-After` as whole seconds; panics if it is missing or not a number.
+fn retry_after(response: &Response) -> u64 {
+    let value = response
+        .header("Retry-After")
+        .unwrap_or_else(|| panic!("no Retry-After on {} {}", response.status, response.body));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {value:?} is not whole seconds"))
+}
+
+/// Asserts `response` is the 429 of a per-minute limit with `Retry-After` in `expected`.
+fn assert_too_many_attempts(response: &Response, expected: std::ops::RangeInclusive<u64>) {
+    assert_eq!(response.status, 429, "{}", response.body);
+    assert_eq!(response.json(), limit_body(602));
+    let retry = retry_after(response);
+    assert!(
+        expected.contains(&retry),
+        "Retry-After {retry}, not in {expected:?}"
+    );
+}
+
+/// `POST path` with a JSON body, from `client` as a proxy would say it (`X-Forwarded-For`).
+fn post_as(server: &TestServer, client: &str, path: &str, body: &Value) -> Response {
+    let body = body.to_string();
+    server.request(
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-For", client),
+        ],
+        Some(body.as_bytes()),
+    )
+}
+
+/// A token request for `room` with `secret`, from `client` (via `X-Forwarded-For`).
+fn token_as(server: &TestServer, client: &str, room: u64, secret: &str) -> Response {
+    post_as(
+        server,
+        client,
+        &format!("/chats/{room}/token"),
+        &json!({"name": "ann", "secret": secret}),
+    )
+}
+
+/// A room creation with a fresh title, from `client` (via `X-Forwarded-For`).
+fn create_as(server: &TestServer, client: &str, title: &str) -> Response {
+    post_as(
+        server,
+        client,
+        "/chats",
+        &json!({"title": title, "visibility": "public"}),
+    )
+}
+
+/// Creates a private room and returns its id.
+fn private_room(server: &TestServer, title: &str) -> u64 {
+    let room = server.create_room(title, "private", Some(PASSWORD));
+    room["id"].as_u64().expect("a numeric room id")
+}
+
+/// Past `token_attempts_per_minute` wrong secrets for one room, the next token request is
+/// 429 with code 602 and `Retry-After` (60 / 3 = 20 s until one more attempt), even with
+/// the right secret, and no bcrypt runs for it.
+#[test]
+fn failed_token_requests_past_the_limit_are_answered_429_with_retry_after() {
+    let server = TestServer::start_with(|c| c.token_attempts_per_minute = 3);
+    let room = private_room(&server, "Vault");
+    let started = Instant::now();
+    for _ in 0..3 {
+        let wrong = token_as(&server, "203.0.113.1", room, "wrong secret");
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+    }
+    let bcrypt_before = scrape(&server).value("chitchat_bcrypt_jobs_total", &[]);
+    let refused = token_as(&server, "203.0.113.1", room, PASSWORD);
+    let slowest = 20 - started.elapsed().as_secs().min(19);
+    assert_too_many_attempts(&refused, slowest..=20);
+    let scrape = scrape(&server);
+    assert_eq!(
+        scrape.value("chitchat_bcrypt_jobs_total", &[]),
+        bcrypt_before,
+        "bcrypt ran for a refused request"
+    );
+    assert_eq!(
+        scrape.value(
+            "chitchat_limit_refusals_total",
+            &[("limit", "token_attempts_per_minute")]
+        ),
+        1.0
+    );
+}
+
+/// After `Retry-After`, the address may try again.
+#[test]
+fn a_refused_address_may_try_again_after_retry_after() {
+    // 60 a minute: one more every second, so the wait is one second.
+    let server = TestServer::start_with(|c| c.token_attempts_per_minute = 60);
+    let room = private_room(&server, "Vault");
+    let refused = (0..120)
+        .map(|_| token_as(&server, "203.0.113.1", room, "wrong secret"))
+        .find(|response| response.status == 429)
+        .expect("the limit refuses within 120 attempts");
+    assert_too_many_attempts(&refused, 1..=1);
+    std::thread::sleep(Duration::from_secs(retry_after(&refused)));
+    let again = token_as(&server, "203.0.113.1", room, PASSWORD);
+    assert_eq!(again.status, 201, "{}", again.body);
+}
+
+/// Only failures count: a client with the right secret may ask for tokens again and again.
+#[test]
+fn successful_token_requests_do_not_count() {
+    let server = TestServer::start_with(|c| c.token_attempts_per_minute = 2);
+    let room = private_room(&server, "Vault");
+    for _ in 0..6 {
+        let response = token_as(&server, "203.0.113.1", room, PASSWORD);
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+}
+
+/// One address refused does not keep another address out of the same room (with a
+/// trusted proxy, so that the test can be two addresses).
+#[test]
+fn an_address_refused_tokens_does_not_keep_another_out() {
+    let server = TestServer::start_with(|c| {
+        c.token_attempts_per_minute = 1;
+        c.trusted_proxies = vec![chitchat::AddrRange::parse("127.0.0.0/8").unwrap()];
+    });
+    let room = private_room(&server, "Vault");
+    assert_eq!(token_as(&server, "203.0.113.1", room, "wrong").status, 401);
+    assert_eq!(token_as(&server, "203.0.113.1", room, PASSWORD).status, 429);
+    let other = token_as(&server, "203.0.113.2", room, PASSWORD);
+    assert_eq!(other.status, 201, "{}", other.body);
+}
+
+/// The failures are counted per room: guessing one room's password does not lock the
+/// guesser out of another room.
+#[test]
+fn failed_token_requests_count_per_room() {
+    let server = TestServer::start_with(|c| c.token_attempts_per_minute = 1);
+    let vault = private_room(&server, "Vault");
+    let den = private_room(&server, "Den");
+    assert_eq!(token_as(&server, "203.0.113.1", vault, "wrong").status, 401);
+    assert_eq!(
+        token_as(&server, "203.0.113.1", vault, PASSWORD).status,
+        429
+    );
+    assert_eq!(token_as(&server, "203.0.113.1", den, PASSWORD).status, 201);
+}
+
+// ---------------------------------------------------------------------------------------------
+// rooms_per_minute
+
+/// Past `rooms_per_minute` rooms from one address, the next creation is 429 with code 602
+/// and `Retry-After` (60 / 2 = 30 s), and the room is not created.
+#[test]
+fn room_creation_past_the_limit_is_answered_429_with_retry_after() {
+    let server = TestServer::start_with(|c| c.rooms_per_minute = 2);
+    let started = Instant::now();
+    for title in ["one", "two"] {
+        assert_eq!(create_as(&server, "203.0.113.1", title).status, 201);
+    }
+    let refused = create_as(&server, "203.0.113.1", "three");
+    let slowest = 30 - started.elapsed().as_secs().min(29);
+    assert_too_many_attempts(&refused, slowest..=30);
+    assert_eq!(server.get("/chats/three").status, 404);
+    assert_eq!(refusals(&server, "rooms_per_minute"), 1.0);
+}
+
+/// After `Retry-After`, the address may create a room again.
+#[test]
+fn an_address_may_create_rooms_again_after_retry_after() {
+    let server = TestServer::start_with(|c| c.rooms_per_minute = 60);
+    let refused = (0..120)
+        .map(|n| create_as(&server, "203.0.113.1", &format!("room {n}")))
+        .find(|response| response.status == 429)
+        .expect("the limit refuses within 120 rooms");
+    assert_too_many_attempts(&refused, 1..=1);
+    std::thread::sleep(Duration::from_secs(retry_after(&refused)));
+    let again = create_as(&server, "203.0.113.1", "after the wait");
+    assert_eq!(again.status, 201, "{}", again.body);
+}
+
+/// Requests that create nothing (a bad title, a duplicate) do not count.
+#[test]
+fn room_requests_that_create_nothing_do_not_count() {
+    let server = TestServer::start_with(|c| c.rooms_per_minute = 1);
+    for _ in 0..5 {
+        assert_eq!(create_as(&server, "203.0.113.1", "x").status, 400);
+    }
+    assert_eq!(create_as(&server, "203.0.113.1", "the one").status, 201);
+}
+
+/// One address at its limit does not keep another from creating rooms.
+#[test]
+fn an_address_at_the_room_limit_does_not_keep_another_out() {
+    let server = TestServer::start_with(|c| {
+        c.rooms_per_minute = 1;
+        c.trusted_proxies = vec![chitchat::AddrRange::parse("127.0.0.1").unwrap()];
+    });
+    assert_eq!(create_as(&server, "203.0.113.1", "first").status, 201);
+    assert_eq!(create_as(&server, "203.0.113.1", "second").status, 429);
+    assert_eq!(create_as(&server, "203.0.113.2", "third").status, 201);
+}
+
+// ---------------------------------------------------------------------------------------------
+// trusted_proxies: who the client is
+
+/// Without `trusted_proxies` (the default), `X-Forwarded-For` is ignored: two requests
+/// that claim different addresses are one client, the peer.
+#[test]
+fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let server = TestServer::start_with(|c| c.rooms_per_minute = 1);
+    assert_eq!(create_as(&server, "203.0.113.1", "first").status, 201);
+    let claimed_other = create_as(&server, "203.0.113.2", "second");
+    assert_too_many_attempts(&claimed_other, 1..=60);
+}
+
+/// From a trusted proxy, the client is the first untrusted address from the right: a
+/// fake address the client put in front does not give it a new allowance.
+#[test]
+fn x_forwarded_for_from_a_trusted_peer_names_the_client() {
+    let server = TestServer::start_with(|c| {
+        c.rooms_per_minute = 1;
+        c.trusted_proxies = vec![
+            chitchat::AddrRange::parse("127.0.0.1").unwrap(),
+            chitchat::AddrRange::parse("10.0.0.0/8").unwrap(),
+        ];
+    });
+    assert_eq!(
+        create_as(&server, "203.0.113.1, 10.1.1.1", "first").status,
+        201
+    );
+    let spoofed = create_as(&server, "6.6.6.6, 203.0.113.1, 10.2.2.2", "second");
+    assert_too_many_attempts(&spoofed, 1..=60);
+}

@@ -282,7 +282,12 @@ fn history_len_0_keeps_no_history() {
 /// Starts the binary in `data`'s directory with the secret every restart has, on free ports,
 /// its database `chitchat.db` in that directory.
 fn spawn_binary(data: &DataDir) -> Binary {
-    let config = json!({
+    spawn_binary_with(data, json!({}))
+}
+
+/// [`spawn_binary`] with `extra` keys added to its configuration.
+fn spawn_binary_with(data: &DataDir, extra: Value) -> Binary {
+    let mut config = json!({
         "address": "127.0.0.1:0",
         "ws_address": "127.0.0.1:0",
         "log_file": null,
@@ -290,6 +295,9 @@ fn spawn_binary(data: &DataDir) -> Binary {
         "bcrypt_cost": 4,
         "db_path": "chitchat.db",
     });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
     Binary::spawn_with_config(data, &config, &[("SECRET_KEY", SECRET)])
 }
 
@@ -314,13 +322,14 @@ fn try_create_room(addr: SocketAddr, title: &str) -> Option<(u16, Value)> {
 
 /// The promise: a 201 means the room survives a crash. Eight clients create rooms as
 /// fast as they can; the server is killed with SIGKILL in the middle; after a restart every
-/// room that was answered 201 is there, exactly as it was answered.
+/// room that was answered 201 is there, exactly as it was answered. (The clients create
+/// rooms as fast as they can on purpose: `rooms_per_minute` is off.)
 #[test]
 fn kill_9_during_a_burst_of_room_creation_loses_no_room_answered_201() {
     const CLIENTS: usize = 8;
     const KILL_AFTER: usize = 200;
     let data = DataDir::new("kill-9");
-    let mut server = spawn_binary(&data);
+    let mut server = spawn_binary_with(&data, json!({"rooms_per_minute": 0}));
     let (http, _) = server.ready();
     let (created, answered) = mpsc::channel::<Value>();
     let clients: Vec<_> = (0..CLIENTS)
