@@ -64,6 +64,11 @@ pub struct Config {
     pub trusted_proxies: Vec<AddrRange>,
     /// Client addresses `/metrics` is served to (`metrics_allow`); others get a 404.
     pub metrics_allow: Vec<AddrRange>,
+    /// WebSocket connections open at once, handshaking or chatting (`max_connections`);
+    /// past it a handshake is answered 503 (601). 0: no limit.
+    pub max_connections: usize,
+    /// The same, per client address (`max_connections_per_ip`). 0: no limit.
+    pub max_connections_per_ip: usize,
     /// Failed token requests (wrong secret) per client address and room per minute
     /// (`token_attempts_per_minute`); past it 429 (602), before any bcrypt work. 0: none.
     pub token_attempts_per_minute: usize,
@@ -101,6 +106,8 @@ impl Default for Config {
                 .iter()
                 .map(|range| AddrRange::parse(range).expect("the default ranges are valid"))
                 .collect(),
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
             token_attempts_per_minute: 10,
             rooms_per_minute: 30,
             bcrypt_queue_len: 64,
@@ -201,6 +208,8 @@ impl Config {
             "history_len" => self.history_len = whole(value)?,
             "trusted_proxies" => self.trusted_proxies = ranges(value)?,
             "metrics_allow" => self.metrics_allow = ranges(value)?,
+            "max_connections" => self.max_connections = whole(value)?,
+            "max_connections_per_ip" => self.max_connections_per_ip = whole(value)?,
             "token_attempts_per_minute" => self.token_attempts_per_minute = whole(value)?,
             "rooms_per_minute" => self.rooms_per_minute = whole(value)?,
             "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,

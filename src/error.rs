@@ -59,6 +59,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 601: too many WebSocket connections open, in all or from this client address
+    /// (`max_connections`, `max_connections_per_ip`; HTTP 503).
+    TooManyConnections,
     /// 602: too many failed token requests or room creations from this client address
     /// (`token_attempts_per_minute`, `rooms_per_minute`; HTTP 429 with `Retry-After`).
     TooManyAttempts,
@@ -93,6 +96,7 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            TooManyConnections => (601, "Limit error: Too many connections", 503),
             TooManyAttempts => (602, "Limit error: Too many attempts", 429),
             ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),

@@ -20,8 +20,8 @@
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
 //!   queue is bounded (`bcrypt_queue_len`).
 //! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the limits
-//!   checked before expensive work: failed token requests, room creations; every
-//!   per-address table bounded.
+//!   checked before expensive work: connections, failed token requests, room creations;
+//!   every per-address table bounded.
 //! - `metrics`: the counters and the text `/metrics` serves.
 //! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.

@@ -29,11 +29,13 @@
 //!   stays full of entries younger than a minute, a new address is served untracked, with
 //!   one warning, rather than refused: an attacker with 10,000 addresses must not lock
 //!   everyone else out. Password guessing stays bounded even then, by bcrypt's queue.
+//! - [`Connections`]: one count per client address with a socket open, removed when its
+//!   last socket ends: at most `max_connections` entries.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -334,35 +336,111 @@ impl<K: Hash + Eq + Copy> Drop for Attempt<'_, K> {
     }
 }
 
-/// WebSocket connections open now. A socket is counted by a [`ConnectionGuard`] from
-/// accept to the end of its thread.
+/// WebSocket connections open now, in all and per client address (`max_connections`,
+/// `max_connections_per_ip`). A socket is counted by a [`ConnectionGuard`] from accept to
+/// the end of its thread.
 pub struct Connections {
+    /// `max_connections`; 0 is no limit.
+    max_total: usize,
+    /// `max_connections_per_ip`; 0 is no limit (and no table).
+    max_per_address: usize,
     open: AtomicUsize,
+    /// Open sockets per [`addr_key`]; a key leaves with its last socket. Held for a hash
+    /// update only.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Set while `max_connections` refuses, so the warning is logged once per episode.
+    refusing: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 /// One open WebSocket connection, counted until dropped.
 pub struct ConnectionGuard {
     connections: Arc<Connections>,
+    /// The address key it is counted under, once known.
+    address: Option<IpAddr>,
+    /// Set once [`ConnectionGuard::count_address`] has run.
+    address_counted: bool,
 }
 
 impl Connections {
-    /// Counts a new connection.
-    pub fn open(self: &Arc<Self>) -> ConnectionGuard {
-        self.open.fetch_add(1, SeqCst);
-        ConnectionGuard {
-            connections: Arc::clone(self),
+    /// Counts a new connection (601 past `max_connections`).
+    pub fn open(self: &Arc<Self>) -> Result<ConnectionGuard, ApiError> {
+        let before = self.open.fetch_add(1, SeqCst);
+        if self.max_total > 0 && before >= self.max_total {
+            self.open.fetch_sub(1, SeqCst);
+            self.metrics.refused(Limit::MaxConnections);
+            if !self.refusing.swap(true, SeqCst) {
+                log::warn!(
+                    "max_connections ({}) WebSocket connections open: refusing new ones",
+                    self.max_total
+                );
+            }
+            return Err(ApiError::new(ErrorKind::TooManyConnections));
         }
+        if self.refusing.load(SeqCst) && self.refusing.swap(false, SeqCst) {
+            log::info!("WebSocket connections below max_connections again");
+        }
+        Ok(ConnectionGuard {
+            connections: Arc::clone(self),
+            address: None,
+            address_counted: false,
+        })
     }
 
     /// Connections open now.
     pub fn open_now(&self) -> usize {
         self.open.load(SeqCst)
     }
+
+    /// Client addresses with a connection open (the size of the per-address table).
+    pub fn addresses(&self) -> usize {
+        lock(&self.per_address).len()
+    }
+}
+
+impl ConnectionGuard {
+    /// Counts the connection against its client address (601 past
+    /// `max_connections_per_ip`). Only the first call counts.
+    pub fn count_address(&mut self, client: IpAddr) -> Result<(), ApiError> {
+        if std::mem::replace(&mut self.address_counted, true) {
+            return Ok(());
+        }
+        let connections = &self.connections;
+        if connections.max_per_address == 0 {
+            return Ok(());
+        }
+        let key = addr_key(client);
+        let mut per_address = lock(&connections.per_address);
+        let count = per_address.entry(key).or_insert(0);
+        if *count >= connections.max_per_address {
+            drop(per_address);
+            connections.metrics.refused(Limit::MaxConnectionsPerIp);
+            return Err(ApiError::new(ErrorKind::TooManyConnections));
+        }
+        *count += 1;
+        self.address = Some(key);
+        Ok(())
+    }
+
+    /// Whether the connection has been counted against its address yet.
+    pub fn address_counted(&self) -> bool {
+        self.address_counted
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.connections.open.fetch_sub(1, SeqCst);
+        let connections = &self.connections;
+        connections.open.fetch_sub(1, SeqCst);
+        if let Some(key) = self.address {
+            let mut per_address = lock(&connections.per_address);
+            if let Some(count) = per_address.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    per_address.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -385,7 +463,12 @@ impl Limits {
         Limits {
             trusted_proxies: config.trusted_proxies.clone(),
             connections: Arc::new(Connections {
+                max_total: config.max_connections,
+                max_per_address: config.max_connections_per_ip,
                 open: AtomicUsize::new(0),
+                per_address: Mutex::new(HashMap::new()),
+                refusing: AtomicBool::new(false),
+                metrics: Arc::clone(&metrics),
             }),
             token_attempts: Rate::per_minute(config.token_attempts_per_minute)
                 .map(|rate| PerAddress::new(rate, "token_attempts_per_minute")),
@@ -402,6 +485,11 @@ impl Limits {
         forwarded_for: impl IntoIterator<Item = &'a str>,
     ) -> IpAddr {
         client_addr(peer, forwarded_for, &self.trusted_proxies)
+    }
+
+    /// Whether `peer` is a trusted proxy, so the client address waits for the headers.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        any_contains(&self.trusted_proxies, peer)
     }
 
     /// A token request from `client` for room `room_id` that is about to run bcrypt: 429
@@ -456,6 +544,7 @@ impl Limits {
     /// can be watched).
     pub fn tracked(&self) -> Vec<(Limit, usize)> {
         vec![
+            (Limit::MaxConnectionsPerIp, self.connections.addresses()),
             (
                 Limit::TokenAttempts,
                 self.token_attempts.as_ref().map_or(0, PerAddress::tracked),

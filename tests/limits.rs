@@ -16,9 +16,11 @@ mod prometheus;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{read_response, Response, TestServer, TIMEOUT};
+use common::{read_response, Client, Response, TestServer, TIMEOUT};
 use prometheus::Scrape;
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderValue, Request};
 
 /// The password of the private rooms these tests create.
 const PASSWORD: &str = "correct horse";
@@ -469,4 +471,168 @@ fn x_forwarded_for_from_a_trusted_peer_names_the_client() {
     );
     let spoofed = create_as(&server, "6.6.6.6, 203.0.113.1, 10.2.2.2", "second");
     assert_too_many_attempts(&spoofed, 1..=60);
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_connections
+
+/// A WebSocket request for `/chats/1/ws`, with `X-Forwarded-For: client` if given.
+fn ws_request(server: &TestServer, client: Option<&str>) -> Request<()> {
+    let mut request = server
+        .ws_url("/chats/1/ws")
+        .into_client_request()
+        .expect("a valid ws:// URL");
+    if let Some(client) = client {
+        let value = HeaderValue::from_str(client).expect("a valid header value");
+        request.headers_mut().insert("X-Forwarded-For", value);
+    }
+    request
+}
+
+/// A handshake the server must refuse: its status and whole JSON body.
+fn ws_refusal(server: &TestServer, request: Request<()>) -> (u16, Value) {
+    match server.ws_request(request) {
+        Ok(_) => panic!("the handshake was accepted"),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let json = serde_json::from_slice(body).unwrap_or_else(|e| {
+                panic!(
+                    "refusal body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(body)
+                )
+            });
+            (response.status().as_u16(), json)
+        }
+        Err(e) => panic!("the handshake failed without an HTTP refusal: {e}"),
+    }
+}
+
+/// Retries a handshake the server refuses with 601 until it accepts it: a freed
+/// connection is released when its socket's thread ends, a moment after the close.
+fn await_accepted(server: &TestServer, client: Option<&str>) -> Client {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match server.ws_request(ws_request(server, client)) {
+            Ok(socket) => return socket,
+            Err(tungstenite::Error::Http(response)) if response.status() == 503 => {}
+            Err(e) => panic!("the handshake failed: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the connection was never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Closes `client` as a browser would: a close frame, then its answer.
+fn close(mut client: Client) {
+    let _ = client.socket.close(None);
+    while client.socket.read().is_ok() {}
+}
+
+/// Two joined sockets still chat: `a` speaks and both hear it.
+fn assert_still_chatting(a: &mut Client, b: &mut Client, msg: &str) {
+    a.say(msg);
+    for client in [a, b] {
+        client.next_event_where(msg, |e| e["event_type"] == "send" && e["msg"] == msg);
+    }
+}
+
+/// Past `max_connections` open sockets a handshake is answered 503 with code 601 and the
+/// JSON body (read whole by the client, not cut by a reset), and the refusal is counted.
+#[test]
+fn a_websocket_past_max_connections_is_answered_503_with_601() {
+    let server = TestServer::start_with(|c| c.max_connections = 2);
+    let _a = server.ws("/chats/1/ws");
+    let _b = server.ws("/chats/1/ws");
+    let (status, body) = ws_refusal(&server, ws_request(&server, None));
+    assert_eq!((status, body), (503, limit_body(601)));
+    assert_eq!(refusals(&server, "max_connections"), 1.0);
+}
+
+/// A refused connection is answered from the accept loop: the answer comes whole even to
+/// a client that has not sent its request yet, and the connection is then closed cleanly
+/// (end of file, no reset).
+#[test]
+fn a_connection_past_max_connections_is_answered_before_its_request_and_closed() {
+    let server = TestServer::start_with(|c| c.max_connections = 1);
+    let _a = server.ws("/chats/1/ws");
+    let mut raw = std::net::TcpStream::connect(server.ws_addr).unwrap();
+    raw.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let response = common::read_response(raw.try_clone().unwrap());
+    assert_eq!((response.status, response.json()), (503, limit_body(601)));
+    assert_eq!(response.header("Connection"), Some("close"));
+    // The server has half-closed; it closes for good once the client does.
+    let mut rest = Vec::new();
+    use std::io::Read;
+    assert_eq!(raw.read_to_end(&mut rest).map(|_| rest.len()).ok(), Some(0));
+}
+
+/// Once a socket closes, its connection is free again: a new handshake is accepted.
+#[test]
+fn a_closed_socket_frees_its_connection() {
+    let server = TestServer::start_with(|c| c.max_connections = 1);
+    let a = server.ws("/chats/1/ws");
+    assert_eq!(ws_refusal(&server, ws_request(&server, None)).0, 503);
+    close(a);
+    let mut b = await_accepted(&server, None);
+    b.join("bob");
+}
+
+/// A refused handshake disturbs nobody: the sockets already open keep chatting.
+#[test]
+fn a_refused_connection_leaves_open_sockets_chatting() {
+    let server = TestServer::start_with(|c| c.max_connections = 2);
+    let mut a = server.ws("/chats/1/ws");
+    a.join("ann");
+    let mut b = server.ws("/chats/1/ws");
+    b.join("bob");
+    for _ in 0..5 {
+        assert_eq!(ws_refusal(&server, ws_request(&server, None)).0, 503);
+    }
+    assert_still_chatting(&mut a, &mut b, "still here");
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_connections_per_ip
+
+/// Past `max_connections_per_ip` sockets from one address, its next handshake is 503 with
+/// code 601, counted under its own limit.
+#[test]
+fn a_websocket_past_max_connections_per_ip_is_answered_503_with_601() {
+    let server = TestServer::start_with(|c| c.max_connections_per_ip = 2);
+    let _a = server.ws("/chats/1/ws");
+    let _b = server.ws("/chats/1/ws");
+    let (status, body) = ws_refusal(&server, ws_request(&server, None));
+    assert_eq!((status, body), (503, limit_body(601)));
+    let scrape = scrape(&server);
+    let limit = |l| scrape.value("chitchat_limit_refusals_total", &[("limit", l)]);
+    assert_eq!(limit("max_connections_per_ip"), 1.0);
+    assert_eq!(limit("max_connections"), 0.0);
+}
+
+/// An address that closes a socket may open another.
+#[test]
+fn an_address_that_closes_a_socket_may_open_another() {
+    let server = TestServer::start_with(|c| c.max_connections_per_ip = 1);
+    let a = server.ws("/chats/1/ws");
+    assert_eq!(ws_refusal(&server, ws_request(&server, None)).0, 503);
+    close(a);
+    await_accepted(&server, None).join("bob");
+}
+
+/// One address at its limit does not keep another out. (Behind a trusted proxy, so that
+/// the test can be two addresses; the handshake then counts the forwarded address.)
+#[test]
+fn one_address_at_max_connections_per_ip_does_not_keep_another_out() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections_per_ip = 1;
+        c.trusted_proxies = vec![chitchat::AddrRange::parse("127.0.0.1").unwrap()];
+    });
+    let a = Some("198.51.100.1");
+    let _first = server.ws_request(ws_request(&server, a)).unwrap();
+    let (status, body) = ws_refusal(&server, ws_request(&server, a));
+    assert_eq!((status, body), (503, limit_body(601)));
+    let mut other = server
+        .ws_request(ws_request(&server, Some("198.51.100.2")))
+        .unwrap();
+    other.join("bob");
 }

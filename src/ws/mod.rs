@@ -3,17 +3,19 @@
 //! Layout of `ws/`, in reading order:
 //! - this file: the accept loop, a thread per socket, and the registry of live sockets
 //!   (for shutdown);
-//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON;
+//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON, and
+//!   the refuser that answers connections past the limits without a thread each;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
 //! - `frame`: encoding server frames, and the buffered non-blocking writer;
 //! - `doorbell`: how the room wakes and closes a socket's thread.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
 //!
-//! Every accepted connection is counted (`chitchat_sockets_open`) before anything else
-//! happens to it; the count is a `limits::ConnectionGuard` that moves with the socket, from
-//! the handshake thread to the session thread, and is released when the socket's last
-//! thread ends, however it ends.
+//! Every accepted connection is counted (`max_connections`, and `max_connections_per_ip`
+//! for a peer that is not a trusted proxy) before anything else happens to it; the count
+//! is a `limits::ConnectionGuard` that moves with the socket, from the handshake thread to
+//! the session thread, and is released when the socket's last thread ends, however it
+//! ends. A connection past a limit gets its 503 from the accept loop (`handshake::Refuser`).
 
 mod doorbell;
 mod frame;
@@ -28,10 +30,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::error::ApiError;
 use crate::limits::ConnectionGuard;
 use crate::sync::lock;
 use crate::State;
 use doorbell::{Closing, Doorbell};
+use handshake::Refuser;
 use session::Session;
 
 /// The stack of a socket's threads (handshake, then session). A stack is virtual memory:
@@ -71,9 +75,10 @@ impl WsServer {
             next_id: AtomicU64::new(1),
         });
         let accepting = Arc::clone(&server);
+        let refuser = Refuser::start()?;
         let handle = std::thread::Builder::new()
             .name("ws-accept".into())
-            .spawn(move || accepting.accept_loop(&listener, &state))?;
+            .spawn(move || accepting.accept_loop(&listener, &state, &refuser))?;
         Ok((server, handle))
     }
 
@@ -82,16 +87,21 @@ impl WsServer {
         self.addr
     }
 
-    fn accept_loop(self: &Arc<Self>, listener: &TcpListener, state: &Arc<State>) {
+    fn accept_loop(
+        self: &Arc<Self>,
+        listener: &TcpListener,
+        state: &Arc<State>,
+        refuser: &Refuser,
+    ) {
         for stream in listener.incoming() {
             if self.stopping.load(SeqCst) {
                 return;
             }
             match stream {
-                Ok(stream) => {
-                    let connection = state.limits.connections.open();
-                    self.spawn_session(stream, state, connection);
-                }
+                Ok(stream) => match admit(state, &stream) {
+                    Ok(connection) => self.spawn_session(stream, state, connection),
+                    Err(error) => refuser.refuse(stream, &error),
+                },
                 Err(e) => {
                     log::error!("accepting a WebSocket connection failed: {e}");
                     std::thread::sleep(ACCEPT_BACKOFF);
@@ -104,7 +114,7 @@ impl WsServer {
         self: &Arc<Self>,
         stream: TcpStream,
         state: &Arc<State>,
-        connection: ConnectionGuard,
+        mut connection: ConnectionGuard,
     ) {
         let id = self.next_id.fetch_add(1, SeqCst);
         let _ = stream.set_nodelay(true);
@@ -117,7 +127,7 @@ impl WsServer {
         let (server, state) = (Arc::clone(self), Arc::clone(state));
         // The handshake runs on a short-lived thread and the chat on a fresh one, so the
         // handshake's deep stack is not kept by every idle socket.
-        let handshake = move || match handshake::accept(&state, stream) {
+        let handshake = move || match handshake::accept(&state, stream, &mut connection) {
             Some((ws, admission)) => {
                 let session = Session::new(state, id, admission, doorbell, ws);
                 let ended = Arc::clone(&server);
@@ -189,6 +199,19 @@ impl WsServer {
             };
         }
     }
+}
+
+/// Counts a new connection: in all, and against its peer's address unless the peer is a
+/// trusted proxy (then the handshake counts it, once it has read `X-Forwarded-For`).
+fn admit(state: &State, stream: &TcpStream) -> Result<ConnectionGuard, ApiError> {
+    let limits = &state.limits;
+    let mut connection = limits.connections.open()?;
+    if let Ok(peer) = stream.peer_addr() {
+        if !limits.is_trusted_proxy(peer.ip()) {
+            connection.count_address(peer.ip())?;
+        }
+    }
+    Ok(connection)
 }
 
 /// Runs `work`, turning a panic into `None` and an error line: a bug in one socket must
