@@ -75,6 +75,15 @@ pub struct Config {
     /// Rooms created per client address per minute (`rooms_per_minute`); past it 429
     /// (602). 0: no limit.
     pub rooms_per_minute: usize,
+    /// Chat frames per socket per second (`msgs_per_second`), in bursts of up to
+    /// `msgs_burst`; past it an error event (603) and the frame is dropped. 0 in either:
+    /// no limit.
+    pub msgs_per_second: usize,
+    /// See `msgs_per_second` (`msgs_burst`).
+    pub msgs_burst: usize,
+    /// Refused frames within a minute that close a socket with 1008 (`flood_close_after`).
+    /// 0: never closed for it.
+    pub flood_close_after: usize,
     /// bcrypt jobs that may wait for a hashing thread (`bcrypt_queue_len`); when it is
     /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
     /// 0: no bound.
@@ -110,6 +119,9 @@ impl Default for Config {
             max_connections_per_ip: 100,
             token_attempts_per_minute: 10,
             rooms_per_minute: 30,
+            msgs_per_second: 20,
+            msgs_burst: 40,
+            flood_close_after: 100,
             bcrypt_queue_len: 64,
         }
     }
@@ -212,6 +224,9 @@ impl Config {
             "max_connections_per_ip" => self.max_connections_per_ip = whole(value)?,
             "token_attempts_per_minute" => self.token_attempts_per_minute = whole(value)?,
             "rooms_per_minute" => self.rooms_per_minute = whole(value)?,
+            "msgs_per_second" => self.msgs_per_second = whole(value)?,
+            "msgs_burst" => self.msgs_burst = whole(value)?,
+            "flood_close_after" => self.flood_close_after = whole(value)?,
             "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
             _ => return Err("unknown key".into()),
         }
@@ -435,6 +450,32 @@ mod tests {
         }
         let err = load(r#"{"metrics_allow":["nope"]}"#, &[]).unwrap_err();
         assert!(err.to_string().contains("\"nope\" is not one"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_the_spec_defaults_and_zero_turns_them_off() {
+        let (config, _) = load("{}", &[]).unwrap();
+        let limits = [
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.token_attempts_per_minute,
+            config.rooms_per_minute,
+            config.msgs_per_second,
+            config.msgs_burst,
+            config.flood_close_after,
+            config.bcrypt_queue_len,
+        ];
+        assert_eq!(limits, [10_000, 100, 10, 30, 20, 40, 100, 64]);
+        let (config, _) = load(r#"{"rooms_per_minute":0,"msgs_burst":0}"#, &[]).unwrap();
+        assert_eq!((config.rooms_per_minute, config.msgs_burst), (0, 0));
+        for (json, key) in [
+            (r#"{"max_connections":-1}"#, "max_connections"),
+            (r#"{"msgs_burst":"lots"}"#, "msgs_burst"),
+            (r#"{"bcrypt_queue_len":1.5}"#, "bcrypt_queue_len"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum ErrorKind {
     /// 602: too many failed token requests or room creations from this client address
     /// (`token_attempts_per_minute`, `rooms_per_minute`; HTTP 429 with `Retry-After`).
     TooManyAttempts,
+    /// 603: a socket sends frames faster than `msgs_per_second` allows: an error event, and
+    /// the frame is dropped (HTTP 429 is never sent; the status is for completeness).
+    TooManyMessages,
     /// 604: bcrypt's queue is full (`bcrypt_queue_len`); try again in a second (HTTP 503
     /// with `Retry-After: 1`).
     ServerBusy,
@@ -98,6 +101,7 @@ impl ErrorKind {
             BodyTooLarge => (413, "Request body too large", 413),
             TooManyConnections => (601, "Limit error: Too many connections", 503),
             TooManyAttempts => (602, "Limit error: Too many attempts", 429),
+            TooManyMessages => (603, "Limit error: Too many messages", 429),
             ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             Internal => (500, "Internal server error", 500),
@@ -228,6 +232,31 @@ mod tests {
         assert_eq!(
             parsed(err.to_event()),
             json!({"event_type":"error","status":false,"error":{"code":403,"error":"Token error: Invalid token"}})
+        );
+    }
+
+    #[test]
+    fn limit_errors_have_their_codes_messages_and_statuses() {
+        let expected = [
+            (
+                ErrorKind::TooManyConnections,
+                601,
+                "Too many connections",
+                503,
+            ),
+            (ErrorKind::TooManyAttempts, 602, "Too many attempts", 429),
+            (ErrorKind::TooManyMessages, 603, "Too many messages", 429),
+            (ErrorKind::ServerBusy, 604, "Server busy", 503),
+        ];
+        for (kind, code, message, status) in expected {
+            assert_eq!(
+                kind.describe(),
+                (code, &*format!("Limit error: {message}"), status)
+            );
+        }
+        assert_eq!(
+            parsed(ApiError::retry_after(ErrorKind::ServerBusy, 1).to_body()),
+            json!({"status":false,"error":{"code":604,"error":"Limit error: Server busy"}})
         );
     }
 

@@ -20,8 +20,8 @@
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
 //!   queue is bounded (`bcrypt_queue_len`).
 //! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the limits
-//!   checked before expensive work: connections, failed token requests, room creations;
-//!   every per-address table bounded.
+//!   checked before expensive work: connections, failed token requests, room creations,
+//!   each socket's frame rate; every per-address table bounded.
 //! - `metrics`: the counters and the text `/metrics` serves.
 //! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
@@ -47,8 +47,9 @@
 //!
 //! # One chat message: `{"event_type":"send","msg":"hi"}`
 //! 1. The speaker's session thread (`ws::session`) wakes in `poll`: its socket is readable.
-//!    `read_available` reads the text frame, `ClientEvent::parse` checks it, `handle` calls
-//!    `Membership::send`.
+//!    `read_available` reads the text frame, the socket's own `FrameLimit` lets it through
+//!    (no lock: past `msgs_per_second` it is dropped with a 603 event), `ClientEvent::parse`
+//!    checks it, `handle` calls `Membership::send`.
 //! 2. `rooms::fanout`, under the room's lock (memory work only): the name is the one this
 //!    socket joined with, never the frame's; the feed has room (or a reader whose client
 //!    stopped reading is closed, or the speaker is told to wait); the next message id; the

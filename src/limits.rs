@@ -31,8 +31,10 @@
 //!   everyone else out. Password guessing stays bounded even then, by bcrypt's queue.
 //! - [`Connections`]: one count per client address with a socket open, removed when its
 //!   last socket ends: at most `max_connections` entries.
+//! - [`FrameLimit`]: lives in its socket's session (no lock, no table): one instant, plus
+//!   the times of its recent refused frames (at most `flood_close_after`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -51,6 +53,8 @@ const SWEEP_MIN: usize = 1024;
 /// A full table is swept at most this often, so a flood of new addresses does not scan it
 /// on every request.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How far back refused frames count toward `flood_close_after` (SPEC: "within a minute").
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(60);
 
 /// A range of addresses from the configuration: `10.0.0.0/8`, `::1/128`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +185,16 @@ impl Rate {
         (n > 0).then(|| Rate {
             interval: Duration::from_secs(60) / n,
             burst: n,
+        })
+    }
+
+    /// `n` per second with bursts of `burst`; `None` if either is 0 (the limit is off).
+    pub fn per_second(n: usize, burst: usize) -> Option<Rate> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let burst = u32::try_from(burst).unwrap_or(u32::MAX);
+        (n > 0 && burst > 0).then(|| Rate {
+            interval: Duration::from_secs(1) / n,
+            burst,
         })
     }
 
@@ -444,6 +458,70 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// What [`FrameLimit::check`] says about a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handle it.
+    Pass,
+    /// Drop it and tell the client (603).
+    Refuse,
+    /// Drop it and close the socket (1008): `flood_close_after` refusals within a minute.
+    Close,
+}
+
+/// One socket's frame rate (`msgs_per_second`, `msgs_burst`, `flood_close_after`), owned
+/// by its session thread: no lock.
+#[derive(Debug)]
+pub struct FrameLimit {
+    rate: Option<Rate>,
+    due: Option<Instant>,
+    /// `flood_close_after`; 0 never closes.
+    close_after: usize,
+    /// When the refusals of the last [`FLOOD_WINDOW`] happened, oldest first; at most
+    /// `close_after` of them. Allocated at the first refusal only.
+    refused: VecDeque<Instant>,
+}
+
+impl FrameLimit {
+    /// A limit of `rate` frames (`None`: no limit), closing after `close_after` refusals
+    /// within [`FLOOD_WINDOW`] (0: never).
+    pub fn new(rate: Option<Rate>, close_after: usize) -> FrameLimit {
+        FrameLimit {
+            rate,
+            due: None,
+            close_after,
+            refused: VecDeque::new(),
+        }
+    }
+
+    /// Decides on a frame that arrived at `now`.
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        let Some(rate) = self.rate else {
+            return Verdict::Pass;
+        };
+        if let Ok(due) = rate.take(self.due, now) {
+            self.due = Some(due);
+            return Verdict::Pass;
+        }
+        if self.close_after == 0 {
+            return Verdict::Refuse;
+        }
+        while self
+            .refused
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= FLOOD_WINDOW)
+        {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(now);
+        if self.refused.len() >= self.close_after {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
 /// Every limit of the server, built from the configuration once (one in `State`).
 pub struct Limits {
     /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
@@ -454,6 +532,10 @@ pub struct Limits {
     token_attempts: Option<PerAddress<(IpAddr, u64)>>,
     /// Rooms created per address key (`rooms_per_minute`).
     room_creations: Option<PerAddress<IpAddr>>,
+    /// Each socket's frame rate (`msgs_per_second`, `msgs_burst`).
+    frame_rate: Option<Rate>,
+    /// `flood_close_after`.
+    flood_close_after: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -474,6 +556,8 @@ impl Limits {
                 .map(|rate| PerAddress::new(rate, "token_attempts_per_minute")),
             room_creations: Rate::per_minute(config.rooms_per_minute)
                 .map(|rate| PerAddress::new(rate, "rooms_per_minute")),
+            frame_rate: Rate::per_second(config.msgs_per_second, config.msgs_burst),
+            flood_close_after: config.flood_close_after,
             metrics,
         }
     }
@@ -538,6 +622,11 @@ impl Limits {
             self.metrics.refused(limit);
             ApiError::retry_after(ErrorKind::TooManyAttempts, retry_after_secs(wait))
         })
+    }
+
+    /// A new socket's frame limit.
+    pub fn frame_limit(&self) -> FrameLimit {
+        FrameLimit::new(self.frame_rate, self.flood_close_after)
     }
 
     /// How many keys each per-address table holds now (a `/metrics` gauge, so the bound
@@ -641,15 +730,24 @@ mod tests {
 
     #[test]
     fn a_bucket_gives_its_burst_then_one_per_interval() {
-        let rate = Rate::per_minute(10).unwrap();
+        let rate = Rate::per_second(20, 40).unwrap();
         let start = Instant::now();
         let mut due = None;
-        for _ in 0..10 {
+        for _ in 0..40 {
             due = Some(rate.take(due, start).unwrap());
         }
         let wait = rate.take(due, start).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(6));
+        assert_eq!(wait, Duration::from_millis(50));
         assert!(rate.take(due, start + wait).is_ok());
+        // A second later, 20 more.
+        let later = start + Duration::from_secs(1);
+        let mut due = Some(rate.take(due, start + wait).unwrap());
+        for _ in 0..19 {
+            due = Some(rate.take(due, later).unwrap());
+        }
+        assert!(rate.take(due, later).is_err());
+        assert_eq!(Rate::per_second(0, 40), None);
+        assert_eq!(Rate::per_second(20, 0), None);
         assert_eq!(Rate::per_minute(0), None);
     }
 
@@ -725,5 +823,27 @@ mod tests {
         let tokens = std::mem::size_of::<((IpAddr, u64), Instant)>() + 1;
         assert_eq!((buckets, rooms, tokens), (16_384, 41, 49));
         assert!(buckets * tokens < 800 * 1024);
+    }
+
+    #[test]
+    fn frames_past_the_burst_are_refused_and_a_flood_closes() {
+        let mut frames = FrameLimit::new(Rate::per_second(20, 40), 3);
+        let now = Instant::now();
+        for _ in 0..40 {
+            assert_eq!(frames.check(now), Verdict::Pass);
+        }
+        assert_eq!(frames.check(now), Verdict::Refuse);
+        assert_eq!(frames.check(now), Verdict::Refuse);
+        // Refusals older than a minute do not count toward the close.
+        let later = now + FLOOD_WINDOW;
+        assert_eq!(frames.check(later), Verdict::Pass);
+        for _ in 0..39 {
+            frames.check(later);
+        }
+        assert_eq!(frames.check(later), Verdict::Refuse);
+        assert_eq!(frames.check(later), Verdict::Refuse);
+        assert_eq!(frames.check(later), Verdict::Close);
+        let mut unlimited = FrameLimit::new(None, 3);
+        assert!((0..1000).all(|_| unlimited.check(now) == Verdict::Pass));
     }
 }

@@ -636,3 +636,112 @@ fn one_address_at_max_connections_per_ip_does_not_keep_another_out() {
         .unwrap();
     other.join("bob");
 }
+
+// ---------------------------------------------------------------------------------------------
+// msgs_per_second, msgs_burst, flood_close_after
+
+/// The error event a socket gets for a frame past its rate.
+fn too_many_messages_event() -> Value {
+    let mut event = limit_body(603);
+    event["event_type"] = json!("error");
+    event
+}
+
+/// A server whose sockets may send `burst` frames at once, then one a second.
+fn server_with_frame_burst(burst: usize, close_after: usize) -> TestServer {
+    TestServer::start_with(|c| {
+        c.msgs_per_second = 1;
+        c.msgs_burst = burst;
+        c.flood_close_after = close_after;
+    })
+}
+
+/// A frame past the socket's burst gets the 603 error event and is not broadcast: the
+/// listener hears the allowed messages, then the next one someone else says, and nothing
+/// between.
+#[test]
+fn a_frame_past_the_rate_gets_603_and_is_not_broadcast() {
+    let server = server_with_frame_burst(3, 100);
+    let mut listener = server.ws("/chats/1/ws");
+    listener.join("lee");
+    let mut other = server.ws("/chats/1/ws");
+    other.join("olga");
+    let mut speaker = server.ws("/chats/1/ws");
+    speaker.join("sam"); // frame 1 of 3
+    speaker.say("a");
+    speaker.say("b");
+    speaker.say("c: one too many");
+    let refusal = speaker.next_event_where("the 603", |e| e["event_type"] == "error");
+    assert_eq!(refusal, too_many_messages_event());
+    other.say("marker");
+    let mut heard = Vec::new();
+    while heard.last().map(String::as_str) != Some("marker") {
+        let event = listener.next_event_where("a message", |e| e["event_type"] == "send");
+        heard.push(event["msg"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(heard, ["a", "b", "marker"]);
+    assert_eq!(refusals(&server, "msgs_per_second"), 1.0);
+}
+
+/// Each socket has its own allowance: one socket past its rate leaves the others theirs.
+#[test]
+fn a_socket_past_its_rate_leaves_others_their_allowance() {
+    let server = server_with_frame_burst(3, 100);
+    let mut flooder = server.ws("/chats/1/ws");
+    flooder.join("flo");
+    for n in 0..5 {
+        flooder.say(&format!("flood {n}"));
+    }
+    flooder.next_event_where("a 603", |e| e["event_type"] == "error");
+    let mut calm = server.ws("/chats/1/ws");
+    calm.join("cal");
+    calm.say("one");
+    calm.say("two");
+    for msg in ["one", "two"] {
+        calm.next_event_where(msg, |e| e["msg"] == msg);
+    }
+}
+
+/// The allowance comes back with time: a second after its burst ran out, the socket may
+/// speak again.
+#[test]
+fn a_socket_may_speak_again_once_its_allowance_refills() {
+    let server = server_with_frame_burst(2, 100);
+    let mut speaker = server.ws("/chats/1/ws");
+    speaker.join("sam");
+    speaker.say("a");
+    speaker.say("b: refused");
+    speaker.next_event_where("the 603", |e| e["event_type"] == "error");
+    // One frame a second: the bucket holds one frame again a second after it ran dry.
+    std::thread::sleep(Duration::from_secs(1));
+    speaker.say("c");
+    let event = speaker.next_event_where("c or an error", |e| {
+        e["msg"] == "c" || e["event_type"] == "error"
+    });
+    assert_eq!(event["msg"], "c", "{event}");
+}
+
+/// `flood_close_after` refused frames within a minute close the socket with 1008 (after a
+/// 603 for each refusal before), and its leave is broadcast; the room goes on.
+#[test]
+fn a_socket_that_keeps_flooding_is_closed_with_1008_and_its_leave_broadcast() {
+    let server = server_with_frame_burst(1, 3);
+    let mut listener = server.ws("/chats/1/ws");
+    listener.join("lee");
+    let mut flooder = server.ws("/chats/1/ws");
+    flooder.join("flo"); // the one frame of its burst
+    for n in 0..3 {
+        flooder.say(&format!("flood {n}"));
+    }
+    for _ in 0..2 {
+        let event = flooder.next_event_where("a 603", |e| e["event_type"] == "error");
+        assert_eq!(event, too_many_messages_event());
+    }
+    assert_eq!(flooder.expect_close(), 1008);
+    let leave = listener.next_event_where("flo's leave", |e| e["event_type"] == "leave");
+    assert_eq!(leave["name"], "flo");
+    assert_eq!(
+        scrape(&server).value("chitchat_sockets_closed_total", &[("reason", "flood")]),
+        1.0
+    );
+}

@@ -22,9 +22,17 @@
 //! there is room again.
 //!
 //! Bad input is answered with an error event to this socket only, and the socket stays
-//! open; only an oversized frame (1009), invalid UTF-8 (1007) or a protocol violation
-//! (1002) ends it. However it ends (a panic included), a joined socket's leave is
-//! broadcast: the [`Membership`] detaches it when dropped.
+//! open; only an oversized frame (1009), invalid UTF-8 (1007), a protocol violation
+//! (1002) or a flood (1008) ends it. However it ends (a panic included), a joined socket's
+//! leave is broadcast: the [`Membership`] detaches it when dropped.
+//!
+//! # The frame rate
+//! Every data frame passes the socket's own [`FrameLimit`] (`msgs_per_second` in bursts of
+//! `msgs_burst`) before anything else is done with it. It lives in this thread's [`Chat`],
+//! so checking it takes no lock and costs no other socket anything. A frame past it is
+//! dropped, answered with a 603 error event, and never reaches the room; the
+//! `flood_close_after`-th refusal within a minute closes the socket with 1008 (its leave is
+//! broadcast as for any close). A client that keeps under the rate never notices it.
 //!
 //! # Counters
 //! `metrics` counters are bumped here, never under the room's lock: frames received,
@@ -46,7 +54,8 @@ use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
-use crate::metrics::Closed;
+use crate::limits::{FrameLimit, Verdict};
+use crate::metrics::{Closed, Limit};
 use crate::rooms::{Membership, Progress, Refusal};
 use crate::State;
 
@@ -72,6 +81,8 @@ enum Ending {
     NotUtf8,
     /// A violation of RFC 6455.
     ProtocolViolation,
+    /// `flood_close_after` frames refused within a minute (1008).
+    Flood,
     /// Nothing heard for `pong_timeout`.
     Silent,
     /// Asked to close, it did not take its pending bytes within `write_timeout`.
@@ -90,6 +101,7 @@ impl Ending {
             Ending::TooBig => Some(CloseCode::Size),
             Ending::NotUtf8 => Some(CloseCode::Invalid),
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
+            Ending::Flood => Some(CloseCode::Policy),
             Ending::Silent => Some(CloseCode::Away),
             Ending::Stalled | Ending::Gone => None,
         }
@@ -108,6 +120,7 @@ impl Ending {
             Ending::Stalled => closing.map_or(Closed::Client, server),
             Ending::TooBig => Closed::TooBig,
             Ending::Silent => Closed::PingTimeout,
+            Ending::Flood => Closed::Flood,
             Ending::ClientClosed(_)
             | Ending::NotUtf8
             | Ending::ProtocolViolation
@@ -140,6 +153,8 @@ struct Chat {
     /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
     /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
     input_held: bool,
+    /// This socket's frame rate (see the module docs).
+    frames: FrameLimit,
 }
 
 impl Session {
@@ -170,6 +185,7 @@ impl Session {
             .attach(self.admission.room_id, self.id, subscriber)
         {
             Ok(membership) => {
+                let frames = self.state.limits.frame_limit();
                 let mut chat = Chat {
                     session: self,
                     membership,
@@ -177,6 +193,7 @@ impl Session {
                     pending: None,
                     batch: Vec::with_capacity(FEED_BATCH),
                     input_held: false,
+                    frames,
                 };
                 let ending = chat.run();
                 // The leave is broadcast before the goodbye, which may take a while.
@@ -399,6 +416,7 @@ impl Chat {
             match message {
                 // Once a close is under way, the client's last words are ignored.
                 _ if self.session.doorbell.closing().is_some() && !message.is_close() => {}
+                Message::Text(_) | Message::Binary(_) if !self.within_rate()? => {}
                 Message::Text(text) => self.answer(text.as_str().to_owned()),
                 Message::Binary(_) => self.reply_error(ApiError::new(ErrorKind::InvalidJson)),
                 Message::Close(frame) => {
@@ -412,6 +430,25 @@ impl Chat {
             self.move_feed_events();
         }
         Ok(heard)
+    }
+
+    /// Checks a data frame against the socket's rate: `Ok(true)` to handle it; `Ok(false)`
+    /// if it is dropped (and the client told, 603); `Err` for a flood.
+    fn within_rate(&mut self) -> Result<bool, Ending> {
+        let metrics = &self.session.state.metrics;
+        match self.frames.check(Instant::now()) {
+            Verdict::Pass => Ok(true),
+            Verdict::Refuse => {
+                metrics.refused(Limit::Messages);
+                log::debug!("socket {}: frame over the rate dropped", self.session.id);
+                self.reply_error(ApiError::new(ErrorKind::TooManyMessages));
+                Ok(false)
+            }
+            Verdict::Close => {
+                metrics.refused(Limit::Messages);
+                Err(Ending::Flood)
+            }
+        }
     }
 
     /// Handles one text frame; a mistake is reported to this socket only, and a frame the
