@@ -18,6 +18,8 @@ use std::time::Duration;
 use log::LevelFilter;
 use serde_json::{Map, Value};
 
+use crate::limits::AddrRange;
+
 /// Everything the server needs to start. Built by [`Config::load`] in `main`, or by hand
 /// (starting from [`Config::default`]) in tests.
 #[derive(Debug, Clone)]
@@ -63,6 +65,35 @@ pub struct Config {
     /// HTTP connections open at once (`max_http_connections`); past it a new one is
     /// answered 503, code 601, and closed (SPEC, "Limits"). 0 turns the limit off.
     pub max_http_connections: usize,
+    /// Peers whose `X-Forwarded-For` header names the client (`trusted_proxies`): a
+    /// reverse proxy's address. None by default: the peer is the client.
+    pub trusted_proxies: Vec<AddrRange>,
+    /// Client addresses `/metrics` is served to (`metrics_allow`); others get a 404.
+    pub metrics_allow: Vec<AddrRange>,
+    /// WebSocket connections open at once, handshaking or chatting (`max_connections`);
+    /// past it a handshake is answered 503 (601). 0: no limit.
+    pub max_connections: usize,
+    /// The same, per client address (`max_connections_per_ip`). 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Failed token requests (wrong secret) per client address and room per minute
+    /// (`token_attempts_per_minute`); past it 429 (602), before any bcrypt work. 0: none.
+    pub token_attempts_per_minute: usize,
+    /// Rooms created per client address per minute (`rooms_per_minute`); past it 429
+    /// (602). 0: no limit.
+    pub rooms_per_minute: usize,
+    /// Chat frames per socket per second (`msgs_per_second`), in bursts of up to
+    /// `msgs_burst`; past it an error event (603) and the frame is dropped. 0 in either:
+    /// no limit.
+    pub msgs_per_second: usize,
+    /// See `msgs_per_second` (`msgs_burst`).
+    pub msgs_burst: usize,
+    /// Refused frames within a minute that close a socket with 1008 (`flood_close_after`).
+    /// 0: never closed for it.
+    pub flood_close_after: usize,
+    /// bcrypt jobs that may wait for a hashing thread (`bcrypt_queue_len`); when it is
+    /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
+    /// 0: no bound.
+    pub bcrypt_queue_len: usize,
 }
 
 impl Default for Config {
@@ -86,6 +117,19 @@ impl Default for Config {
             db_path: Some(PathBuf::from("chitchat.db")),
             history_len: 50,
             max_http_connections: 1024,
+            trusted_proxies: Vec::new(),
+            metrics_allow: ["127.0.0.1/8", "::1/128"]
+                .iter()
+                .map(|range| AddrRange::parse(range).expect("the default ranges are valid"))
+                .collect(),
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            token_attempts_per_minute: 10,
+            rooms_per_minute: 30,
+            msgs_per_second: 20,
+            msgs_burst: 40,
+            flood_close_after: 100,
+            bcrypt_queue_len: 64,
         }
     }
 }
@@ -182,6 +226,16 @@ impl Config {
             "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
             "history_len" => self.history_len = whole(value)?,
             "max_http_connections" => self.max_http_connections = whole(value)?,
+            "trusted_proxies" => self.trusted_proxies = ranges(value)?,
+            "metrics_allow" => self.metrics_allow = ranges(value)?,
+            "max_connections" => self.max_connections = whole(value)?,
+            "max_connections_per_ip" => self.max_connections_per_ip = whole(value)?,
+            "token_attempts_per_minute" => self.token_attempts_per_minute = whole(value)?,
+            "rooms_per_minute" => self.rooms_per_minute = whole(value)?,
+            "msgs_per_second" => self.msgs_per_second = whole(value)?,
+            "msgs_burst" => self.msgs_burst = whole(value)?,
+            "flood_close_after" => self.flood_close_after = whole(value)?,
+            "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -254,6 +308,20 @@ fn whole(value: &Value) -> Result<usize, String> {
         .as_u64()
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| "expected a whole number".into())
+}
+
+/// A list of addresses and CIDR ranges: `["10.0.0.0/8", "::1"]`.
+fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
+    let expected = "expected a list of addresses or CIDR ranges, such as [\"10.0.0.0/8\", \"::1\"]";
+    let items = value.as_array().ok_or(expected)?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .and_then(AddrRange::parse)
+                .ok_or_else(|| format!("{expected}; {item} is not one"))
+        })
+        .collect()
 }
 
 fn level(value: &Value) -> Result<LevelFilter, String> {
@@ -395,6 +463,52 @@ mod tests {
         assert_eq!(format!("{from_env:?}"), format!("{from_file:?}"));
         let err = Config::from_env(|_| Some("eighty".into())).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("PORT"));
+    }
+
+    #[test]
+    fn address_lists_have_defaults_and_are_checked() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        let loopback = ["127.0.0.0/8", "::1/128"].map(|r| AddrRange::parse(r).unwrap());
+        assert_eq!(config.metrics_allow, loopback);
+        let (config, _) = load(r#"{"trusted_proxies":["10.0.0.0/8","::1"]}"#, &[]).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        for (json, key) in [
+            (r#"{"trusted_proxies":"10.0.0.1"}"#, "trusted_proxies"),
+            (r#"{"metrics_allow":["10.0.0.0/40"]}"#, "metrics_allow"),
+            (r#"{"metrics_allow":[7]}"#, "metrics_allow"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+        let err = load(r#"{"metrics_allow":["nope"]}"#, &[]).unwrap_err();
+        assert!(err.to_string().contains("\"nope\" is not one"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_the_spec_defaults_and_zero_turns_them_off() {
+        let (config, _) = load("{}", &[]).unwrap();
+        let limits = [
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.token_attempts_per_minute,
+            config.rooms_per_minute,
+            config.msgs_per_second,
+            config.msgs_burst,
+            config.flood_close_after,
+            config.bcrypt_queue_len,
+        ];
+        assert_eq!(limits, [10_000, 100, 10, 30, 20, 40, 100, 64]);
+        let (config, _) = load(r#"{"rooms_per_minute":0,"msgs_burst":0}"#, &[]).unwrap();
+        assert_eq!((config.rooms_per_minute, config.msgs_burst), (0, 0));
+        for (json, key) in [
+            (r#"{"max_connections":-1}"#, "max_connections"),
+            (r#"{"msgs_burst":"lots"}"#, "msgs_burst"),
+            (r#"{"bcrypt_queue_len":1.5}"#, "bcrypt_queue_len"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
     }
 
     #[test]

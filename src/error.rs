@@ -17,6 +17,9 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// The field at fault (`title`, `secret`, `name`, ...), if one is.
     pub field: Option<&'static str>,
+    /// When the client may try again, in whole seconds: the HTTP `Retry-After` header of a
+    /// refusal by a limit (602, 604). Not part of the JSON body.
+    pub retry_after_s: Option<u64>,
 }
 
 /// The spec's error codes that the server gives, one variant each, plus the HTTP-level
@@ -56,8 +59,20 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 601: too many WebSocket connections open, in all or from this client address
+    /// (`max_connections`, `max_connections_per_ip`; HTTP 503).
+    TooManyConnections,
+    /// 602: too many failed token requests or room creations from this client address
+    /// (`token_attempts_per_minute`, `rooms_per_minute`; HTTP 429 with `Retry-After`).
+    TooManyAttempts,
+    /// 603: a socket sends frames faster than `msgs_per_second` allows: an error event, and
+    /// the frame is dropped (HTTP 429 is never sent; the status is for completeness).
+    TooManyMessages,
+    /// 604: bcrypt's queue is full (`bcrypt_queue_len`); try again in a second (HTTP 503
+    /// with `Retry-After: 1`).
+    ServerBusy,
     /// 605: the database refused a write (disk full, I/O error); nothing was changed, and
-    /// the client may try again (HTTP 503).
+    /// the client may try again (HTTP 503). Also `/healthz` while the database is down.
     StorageUnavailable,
     /// A bug on our side, caught before it took the server down (HTTP 500).
     Internal,
@@ -84,6 +99,10 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            TooManyConnections => (601, "Limit error: Too many connections", 503),
+            TooManyAttempts => (602, "Limit error: Too many attempts", 429),
+            TooManyMessages => (603, "Limit error: Too many messages", 429),
+            ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             Internal => (500, "Internal server error", 500),
         }
@@ -93,14 +112,26 @@ impl ErrorKind {
 impl ApiError {
     /// An error with no field at fault.
     pub fn new(kind: ErrorKind) -> Self {
-        ApiError { kind, field: None }
+        ApiError {
+            kind,
+            field: None,
+            retry_after_s: None,
+        }
     }
 
     /// An error blaming one request field.
     pub fn field(kind: ErrorKind, field: &'static str) -> Self {
         ApiError {
-            kind,
             field: Some(field),
+            ..ApiError::new(kind)
+        }
+    }
+
+    /// A refusal the client may retry after `seconds` (the `Retry-After` header).
+    pub fn retry_after(kind: ErrorKind, seconds: u64) -> Self {
+        ApiError {
+            retry_after_s: Some(seconds),
+            ..ApiError::new(kind)
         }
     }
 
@@ -131,6 +162,21 @@ impl ApiError {
         self.render(None) + "\n"
     }
 
+    /// A whole HTTP/1.1 response with this error's status and JSON body, for the places
+    /// that answer on a raw socket before any HTTP library has a request: a connection past
+    /// the limits (503, 601) on either listener, or a request on the WebSocket port that is
+    /// not an upgrade (400, 305).
+    pub fn to_raw_http(&self) -> Vec<u8> {
+        let body = self.to_body();
+        let status = self.status();
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            reason_phrase(status),
+            body.len()
+        )
+        .into_bytes()
+    }
+
     /// The WebSocket error event, sent to the offending socket only.
     pub fn to_event(&self) -> String {
         self.render(Some("error"))
@@ -143,6 +189,21 @@ impl ApiError {
             error: self.detail(),
         };
         serde_json::to_string(&body).expect("an error body has only strings and numbers")
+    }
+}
+
+/// The standard reason phrase of the statuses errors are answered with.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
     }
 }
 
@@ -201,6 +262,31 @@ mod tests {
         assert_eq!(
             parsed(err.to_event()),
             json!({"event_type":"error","status":false,"error":{"code":403,"error":"Token error: Invalid token"}})
+        );
+    }
+
+    #[test]
+    fn limit_errors_have_their_codes_messages_and_statuses() {
+        let expected = [
+            (
+                ErrorKind::TooManyConnections,
+                601,
+                "Too many connections",
+                503,
+            ),
+            (ErrorKind::TooManyAttempts, 602, "Too many attempts", 429),
+            (ErrorKind::TooManyMessages, 603, "Too many messages", 429),
+            (ErrorKind::ServerBusy, 604, "Server busy", 503),
+        ];
+        for (kind, code, message, status) in expected {
+            assert_eq!(
+                kind.describe(),
+                (code, &*format!("Limit error: {message}"), status)
+            );
+        }
+        assert_eq!(
+            parsed(ApiError::retry_after(ErrorKind::ServerBusy, 1).to_body()),
+            json!({"status":false,"error":{"code":604,"error":"Limit error: Server busy"}})
         );
     }
 

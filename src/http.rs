@@ -7,8 +7,16 @@
 //! returns `Result<Reply, ApiError>` -> [`respond`]. Handlers never write to sockets
 //! themselves, and never reach the WebSocket side: a DELETE reaches live sockets through
 //! the room's members.
+//!
+//! Limits are checked in the endpoints, before the work they guard: a room creation past
+//! `rooms_per_minute`, or a token request past `token_attempts_per_minute` failures, is
+//! refused before any bcrypt (429, 602, `Retry-After`); a full bcrypt queue is 503 (604,
+//! `Retry-After: 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
+//! other gets the 404 of an unknown path, whatever the method. Every response is counted
+//! by status as it is sent.
 
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path};
 use std::sync::Arc;
@@ -20,6 +28,8 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
+use crate::limits::any_contains;
+use crate::metrics::{self, Gauges};
 use crate::path::{self, percent_decode, query_param, RoomRef};
 use crate::rooms::{RoomInput, RoomKey};
 use crate::token;
@@ -30,6 +40,8 @@ use crate::State;
 enum Route {
     Page,
     Health,
+    /// Any method: who may see it is decided before the method (see the module docs).
+    Metrics,
     ListRooms,
     CreateRoom,
     GetRoom(RoomRef),
@@ -62,6 +74,7 @@ fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
         ([""], _) => Err(Miss::MethodNotAllowed("GET")),
         (["healthz"], _) if get => Ok(Route::Health),
         (["healthz"], _) => Err(Miss::MethodNotAllowed("GET")),
+        (["metrics"], _) => Ok(Route::Metrics),
         (["chats"] | ["chats", ""], _) if get => Ok(Route::ListRooms),
         (["chats"] | ["chats", ""], Post) => Ok(Route::CreateRoom),
         (["chats"] | ["chats", ""], _) => Err(Miss::MethodNotAllowed("GET, POST")),
@@ -120,7 +133,11 @@ impl Reply {
 
 impl From<ApiError> for Reply {
     fn from(error: ApiError) -> Reply {
-        Reply::json_text(error.status(), error.to_body())
+        let reply = Reply::json_text(error.status(), error.to_body());
+        match error.retry_after_s {
+            Some(seconds) => reply.with_header("Retry-After", seconds.to_string()),
+            None => reply,
+        }
     }
 }
 
@@ -143,6 +160,8 @@ pub fn serve(server: &Server, state: &Arc<State>) {
             }
         };
         let status = reply.status;
+        // Counted before it is written, so a client that has read it sees it counted.
+        state.metrics.http_response(status);
         respond(request, reply);
         log::debug!(
             "{method} {path} {status} {}ms",
@@ -155,23 +174,75 @@ pub fn serve(server: &Server, state: &Arc<State>) {
 fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     let route = route(request.method(), request.url()).map_err(|miss| match miss {
         Miss::NotFound => Reply::from(ApiError::new(ErrorKind::NotFound)),
-        Miss::MethodNotAllowed(allow) => Reply::from(ApiError::new(ErrorKind::MethodNotAllowed))
-            .with_header("Allow", allow.into()),
+        Miss::MethodNotAllowed(allow) => method_not_allowed(allow),
     })?;
+    let client = client_addr(state, request);
     let result = match route {
         Route::Page => Ok(page(state)),
-        Route::Health => Ok(Reply::json(200, &json!({"status": true}))),
+        Route::Health => health(state),
+        Route::Metrics => return metrics(state, request, client),
         Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
-        Route::CreateRoom => create_room(state, request),
+        Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room),
         Route::DeleteRoom(room) => delete_room(state, request, &room),
-        Route::IssueToken(room) => issue_token(state, request, &room),
+        Route::IssueToken(room) => issue_token(state, request, &room, client),
         Route::RenewToken(room) => renew_token(state, request, &room),
         Route::Messages(room, query) => messages(state, request, &room, query.as_deref()),
         Route::StaticFile(name) => static_file(state, &name),
     };
     result.map_err(Reply::from)
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    Reply::from(ApiError::new(ErrorKind::MethodNotAllowed)).with_header("Allow", allow.into())
+}
+
+/// The client's address: the peer, or what a trusted proxy says (`limits::client_addr`).
+fn client_addr(state: &State, request: &Request) -> IpAddr {
+    let peer = request
+        .remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip());
+    let forwarded_for = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("X-Forwarded-For"))
+        .map(|h| h.value.as_str());
+    state.limits.client_addr(peer, forwarded_for)
+}
+
+/// 200 while the server can serve chat; 503 (605) while its backend takes no writes.
+fn health(state: &State) -> Result<Reply, ApiError> {
+    if state.rooms.backend_up() {
+        Ok(Reply::json(200, &json!({"status": true})))
+    } else {
+        Err(ApiError::new(ErrorKind::StorageUnavailable))
+    }
+}
+
+/// `GET /metrics`, to `metrics_allow` only: the counters, and the gauges read now.
+fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Reply> {
+    if !any_contains(&state.config.metrics_allow, client) {
+        return Err(ApiError::new(ErrorKind::NotFound).into());
+    }
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Err(method_not_allowed("GET"));
+    }
+    let gauges = Gauges {
+        rooms: state.rooms.count(),
+        sockets_open: state.limits.connections.open_now(),
+        users_joined: state.rooms.users_joined(),
+        history_queue: state.rooms.history_queue(),
+        bcrypt_queue: state.rooms.bcrypt_queue(),
+        backend_up: state.rooms.backend_up(),
+        tracked: state.limits.tracked(),
+    };
+    Ok(Reply {
+        status: 200,
+        content_type: metrics::CONTENT_TYPE,
+        body: state.metrics.render(&gauges).into_bytes(),
+        headers: Vec::new(),
+    })
 }
 
 fn page(state: &State) -> Reply {
@@ -183,13 +254,17 @@ fn page(state: &State) -> Reply {
     }
 }
 
-fn create_room(state: &State, request: &mut Request) -> Result<Reply, ApiError> {
+/// A room created counts toward `rooms_per_minute`; a request refused for any reason (a
+/// bad title, a full bcrypt queue) does not.
+fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<Reply, ApiError> {
+    let attempt = state.limits.room_creation(client, Instant::now())?;
     let input: RoomInput = read_json(
         request,
         state.config.max_body_bytes,
         ErrorKind::RoomInvalidJson,
     )?;
     let room = state.rooms.create(input)?;
+    attempt.keep();
     log::info!("room {} created ({:?})", room.id, room.visibility);
     let location = format!("/chats/{}", room.id);
     Ok(Reply::json(201, &room).with_header("Location", location))
@@ -274,7 +349,15 @@ struct TokenRequest {
     secret: Option<String>,
 }
 
-fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<Reply, ApiError> {
+/// A wrong secret counts toward `token_attempts_per_minute` for this address and room; past
+/// it the request is refused before bcrypt runs. A right secret, or a full bcrypt queue,
+/// counts nothing.
+fn issue_token(
+    state: &State,
+    request: &mut Request,
+    room: &RoomRef,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
     let body: TokenRequest =
         read_json(request, state.config.max_body_bytes, ErrorKind::InvalidJson)?;
     let key = state.rooms.key(room)?;
@@ -288,11 +371,14 @@ fn issue_token(state: &State, request: &mut Request, room: &RoomRef) -> Result<R
         .filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
+    let attempt = state.limits.token_attempt(client, key.id, Instant::now())?;
     // This worker waits, holding no lock, while a `hasher` thread runs bcrypt.
-    if !state.rooms.password_matches(&key, &secret) {
+    if !state.rooms.password_matches(&key, &secret)? {
+        attempt.keep();
         log::info!("room {}: wrong password for a token", key.id);
         return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
     }
+    drop(attempt);
     token_reply(state, &key, name)
 }
 
@@ -470,6 +556,7 @@ mod tests {
             Err(Miss::MethodNotAllowed("GET"))
         );
         assert_eq!(route(&Method::Get, "/nope"), Err(Miss::NotFound));
+        assert_eq!(route(&Method::Post, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::Get, "/chats/%zz"), Err(Miss::NotFound));
     }
 }

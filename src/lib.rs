@@ -17,8 +17,13 @@
 //!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
-//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
-//! - `http`: the REST API and the page, on tiny_http worker threads.
+//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
+//!   queue is bounded (`bcrypt_queue_len`).
+//! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the limits
+//!   checked before expensive work: connections, failed token requests, room creations,
+//!   each socket's frame rate; every per-address table bounded.
+//! - `metrics`: the counters and the text `/metrics` serves.
+//! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
 //! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
 //!   `sync`: taking locks.
@@ -27,6 +32,8 @@
 //! 1. A tiny_http pool thread reads the request; an HTTP worker thread takes it in
 //!    `http::serve` and calls `http::handle`.
 //! 2. `http::route` splits the path (`path::split`) into `Route::UpdateRoom(RoomRef::Id(7))`.
+//!    `http::handle` works out the client's address once (`limits::client_addr`), for the
+//!    limits and for `metrics_allow`.
 //! 3. `http::update_room`: `rooms.key` (the index's read lock, then room 7's lock, to copy
 //!    its id, visibility and hash), `require_token` (`token::presented`, `token::verify`:
 //!    no lock), `read_json` (the body through a byte cap), then `rooms.update`.
@@ -40,8 +47,9 @@
 //!
 //! # One chat message: `{"event_type":"send","msg":"hi"}`
 //! 1. The speaker's session thread (`ws::session`) wakes in `poll`: its socket is readable.
-//!    `read_available` reads the text frame, `ClientEvent::parse` checks it, `handle` calls
-//!    `Membership::send`.
+//!    `read_available` reads the text frame, the socket's own `FrameLimit` lets it through
+//!    (no lock: past `msgs_per_second` it is dropped with a 603 event), `ClientEvent::parse`
+//!    checks it, `handle` calls `Membership::send`.
 //! 2. `rooms::fanout`, under the room's lock (memory work only): the name is the one this
 //!    socket joined with, never the frame's; the feed has room (or a reader whose client
 //!    stopped reading is closed, or the speaker is told to wait); the next message id; the
@@ -69,6 +77,8 @@ mod error;
 pub mod event;
 mod hasher;
 mod http;
+mod limits;
+mod metrics;
 pub mod path;
 mod rooms;
 mod store;
@@ -84,8 +94,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
+pub use limits::AddrRange;
 
 use hasher::Hasher;
+use limits::Limits;
+use metrics::Metrics;
 use rooms::RoomMap;
 use store::StoreError;
 use ws::WsServer;
@@ -107,6 +120,10 @@ pub struct State {
     pub rooms: RoomMap,
     /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
+    /// The limits, and the per-address state they keep (see `limits`).
+    pub limits: Limits,
+    /// The counters `/metrics` shows; shared with the bcrypt threads' handle.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the server could not start.
@@ -153,7 +170,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // First, so that a database problem stops start-up before anything listens.
     let (store, saved) =
         store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
-    let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
+    let metrics = Arc::new(Metrics::default());
+    let hasher = Hasher::start(
+        config.bcrypt_cost,
+        config.bcrypt_queue_len,
+        Arc::clone(&metrics),
+    )
+    .map_err(StartError::Thread)?;
     let rooms = RoomMap::restore(
         store,
         saved,
@@ -184,23 +207,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         // main's logger keeps only `chitchat*` targets; the accept thread's lines are ours.
         log_target: "chitchat::http",
         // SPEC, Limits: past `max_http_connections` a new connection gets 503, code 601, at
-        // once from tiny_http's accept thread, not a queued pool thread; 0 turns it off. The
-        // body has the shape and key order of every error body (`error.rs`).
-        connection_limit: (config.max_http_connections > 0).then(|| {
-            let body = concat!(
-                r#"{"status":false,"error":{"code":601,"#,
-                r#""error":"Limit error: Too many connections"}}"#,
-                "\n"
-            );
-            tiny_http::ConnectionLimit {
-                max: config.max_http_connections,
-                refusal: format!(
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_bytes(),
-            }
+        // once from tiny_http's accept thread, not a queued pool thread; 0 turns it off.
+        connection_limit: (config.max_http_connections > 0).then(|| tiny_http::ConnectionLimit {
+            max: config.max_http_connections,
+            refusal: error::ApiError::new(error::ErrorKind::TooManyConnections).to_raw_http(),
         }),
     };
     let http = tiny_http::Server::from_listener_with_options(http_listener, None, http_options)
@@ -214,6 +224,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
+        limits: Limits::new(&config, Arc::clone(&metrics)),
+        metrics,
         page: web::page(&web::PageSettings::for_server(
             ws_port,
             config.max_message_bytes,

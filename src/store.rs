@@ -11,7 +11,8 @@
 //! - [`Store::append_message`]: queues a broadcast `send` event (with its message id) for
 //!   the message writer thread and returns at once, without touching the disk;
 //! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
-//!   back into the main file.
+//!   back into the main file;
+//! - [`Store::is_up`]: whether the database takes writes, for `/healthz` and `/metrics`.
 //!
 //! # Why it is built this way
 //! - WAL journal: a reader (`sqlite3 chitchat.db .backup ...`) does not block the server's
@@ -42,6 +43,21 @@
 //!   next message then takes; the writer commits as soon as messages arrive, so that
 //!   window is the few milliseconds of one commit.
 //!
+//! # Health: down after a failed write, up after a successful one
+//! A write the database refuses (disk full, I/O error, locked too long by another process)
+//! marks the store down; any write that succeeds marks it up again. While it is down the
+//! writer thread, otherwise asleep, probes once every [`PROBE_INTERVAL`], so `/healthz`
+//! turns 200 again on its own when the disk is back, even if nobody writes. The probe is
+//! two checks: the file system must have [`PROBE_MIN_FREE_BYTES`] free, then a real write
+//! that changes nothing (the room id counter set to itself) must commit. The write alone
+//! is not enough on a full disk: the frames a failed write appended to the WAL stay
+//! allocated, so one small page fits where the next room write does not (measured on a
+//! full 1 MiB tmpfs: without the free-space check `/healthz` was back to 200 within a
+//! second while room writes still failed). Nothing else changes while the store is down:
+//! room writes are still tried (and answered 503, code 605, while they fail), chat goes on,
+//! and messages that cannot be written are left out of the saved history with an error
+//! line. `/healthz` only reads the flag: a health check never waits for the disk.
+//!
 //! `db_path: null` gives a store without a file: every call succeeds and does nothing, and
 //! history lives in the room map's memory only.
 
@@ -49,7 +65,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -108,6 +124,13 @@ const MESSAGE_QUEUE_LEN: usize = 65_536;
 const MAX_BATCH: usize = 1024;
 /// The writer thread's stack: it only binds parameters and calls SQLite.
 const WRITER_STACK_BYTES: usize = 256 * 1024;
+/// While the store is down, how often the writer thread probes it with a write.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The probe's write: a transaction that changes no data.
+const PROBE: &str = "UPDATE counters SET value = value WHERE name = 'next_room_id'";
+/// The free space the probe asks of the database's file system: room for a few hundred
+/// room writes or message batches.
+pub const PROBE_MIN_FREE_BYTES: u64 = 256 * 1024;
 
 /// An upsert, not `INSERT OR REPLACE`: REPLACE deletes the old row first, and the cascade
 /// would take the room's history with it.
@@ -196,6 +219,15 @@ pub trait Store: Send + Sync {
     fn close(&self);
     /// An error about this store, for a problem its caller found in what was loaded.
     fn error(&self, problem: String) -> StoreError;
+    /// Whether the backend takes writes now, as the last write (or probe) found. Never
+    /// waits: `/healthz` calls it.
+    fn is_up(&self) -> bool {
+        true
+    }
+    /// Messages queued for the history and not written yet.
+    fn queued(&self) -> usize {
+        0
+    }
 }
 
 /// `db_path: null`: nothing is kept; every call succeeds and does nothing.
@@ -231,6 +263,38 @@ pub struct Sqlite {
     /// Set while the queue is full, so the warning is logged once per episode, not per message.
     falling_behind: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Whether writes succeed; shared with the writer thread, which probes while it is down.
+    health: Arc<Health>,
+}
+
+/// Whether the database takes writes, as the last write found (see the module docs).
+struct Health {
+    up: AtomicBool,
+    path: PathBuf,
+}
+
+impl Health {
+    /// Records a write's outcome; a change is logged once. Returns whether the store just
+    /// went down.
+    fn record<T, E>(&self, result: &Result<T, E>) -> bool {
+        let up = result.is_ok();
+        let changed = self.up.swap(up, SeqCst) != up;
+        if changed {
+            if up {
+                log::info!("database {}: writes succeed again", self.path.display());
+            } else {
+                log::error!(
+                    "database {}: writes fail; /healthz answers 503 until one succeeds",
+                    self.path.display()
+                );
+            }
+        }
+        changed && !up
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(SeqCst)
+    }
 }
 
 /// A room change for the writer thread, with where to send its outcome.
@@ -269,13 +333,17 @@ pub fn open(
     let saved = load(&connection).map_err(|e| fail(format!("cannot read: {e}")))?;
     let (queue, messages) = crossbeam_channel::unbounded();
     let (room_changes, changes) = crossbeam_channel::unbounded();
+    let health = Arc::new(Health {
+        up: AtomicBool::new(true),
+        path: path.to_owned(),
+    });
     let writer = {
-        let path = path.to_owned();
         let inbox = Inbox { changes, messages };
+        let health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("db-writer".into())
             .stack_size(WRITER_STACK_BYTES)
-            .spawn(move || run_writer(connection, &inbox, history_len, &path))
+            .spawn(move || run_writer(connection, &inbox, history_len, &health))
             .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
     };
     let store = Sqlite {
@@ -285,6 +353,7 @@ pub fn open(
         room_changes,
         falling_behind: AtomicBool::new(false),
         writer: Mutex::new(Some(writer)),
+        health,
     };
     Ok((Arc::new(store), saved))
 }
@@ -345,6 +414,14 @@ impl Store for Sqlite {
             path: self.path.clone(),
             problem,
         }
+    }
+
+    fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -518,21 +595,32 @@ struct Inbox {
 
 /// The writer thread: owns the connection and does every write. A room change goes before
 /// any message; messages are taken as they queued up (at most [`MAX_BATCH`]) and written
-/// in one transaction, with the rooms they touched trimmed. On [`Command::Stop`] (or when
-/// the store is gone) it writes what came before, folds the WAL into the main file and
-/// ends.
-fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, path: &Path) {
+/// in one transaction, with the rooms they touched trimmed. Every outcome is recorded in
+/// `health`, and while the store is down it probes every [`PROBE_INTERVAL`]. On
+/// [`Command::Stop`] (or when the store is gone) it writes what came before, folds the WAL
+/// into the main file and ends.
+fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, health: &Health) {
+    let path = &health.path;
     let mut batch: Vec<(u64, u64, Arc<str>)> = Vec::new();
     let mut stop = false;
     while !stop {
         while let Ok(change) = inbox.changes.try_recv() {
-            apply(&mut connection, change);
+            apply(&mut connection, change, health);
         }
+        let probe_due = if health.is_up() {
+            crossbeam_channel::never()
+        } else {
+            crossbeam_channel::after(PROBE_INTERVAL)
+        };
         crossbeam_channel::select! {
             recv(inbox.changes) -> change => {
                 if let Ok(change) = change {
-                    apply(&mut connection, change);
+                    apply(&mut connection, change, health);
                 }
+                continue;
+            }
+            recv(probe_due) -> _ => {
+                health.record(&probe(&connection, path));
                 continue;
             }
             recv(inbox.messages) -> command => match command {
@@ -550,7 +638,9 @@ fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, pat
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = write_messages(&mut connection, &batch, history_len) {
+        let written = write_messages(&mut connection, &batch, history_len);
+        health.record(&written);
+        if let Err(e) = written {
             log::error!(
                 "database {}: {} messages not saved to the history: {e}",
                 path.display(),
@@ -570,19 +660,20 @@ fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, pat
     }
 }
 
-/// Writes one room change and answers its caller (who may have given up: not an error).
-fn apply(connection: &mut Connection, change: RoomChange) {
-    match change {
-        RoomChange::Save(room, next_id, done) => {
-            let _ = done.send(save_room(connection, &room, next_id));
-        }
+/// Writes one room change, records its outcome, and answers its caller (who may have
+/// given up: not an error).
+fn apply(connection: &mut Connection, change: RoomChange, health: &Health) {
+    let (outcome, done) = match change {
+        RoomChange::Save(room, next_id, done) => (save_room(connection, &room, next_id), done),
         RoomChange::Delete(id, done) => {
             let deleted = connection
                 .prepare_cached("DELETE FROM rooms WHERE id = ?1")
                 .and_then(|mut statement| statement.execute([id]));
-            let _ = done.send(deleted.map(drop));
+            (deleted.map(drop), done)
         }
-    }
+    };
+    health.record(&outcome);
+    let _ = done.send(outcome);
 }
 
 fn save_room(connection: &mut Connection, room: &RoomRecord, next_id: u64) -> rusqlite::Result<()> {
@@ -598,6 +689,19 @@ fn save_room(connection: &mut Connection, room: &RoomRecord, next_id: u64) -> ru
     ])?;
     tx.prepare_cached(SAVE_NEXT_ID)?.execute([next_id])?;
     tx.commit()
+}
+
+/// Whether the database takes writes again: see the module docs.
+fn probe(connection: &Connection, path: &Path) -> Result<(), String> {
+    let stats = rustix::fs::statvfs(path).map_err(|e| format!("cannot stat: {e}"))?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if free < PROBE_MIN_FREE_BYTES {
+        return Err(format!("{free} bytes free"));
+    }
+    connection
+        .execute(PROBE, [])
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn write_messages(

@@ -193,10 +193,11 @@ fn garbage_on_the_websocket_port_disturbs_no_one() {
 
 /// Two senders send 100 messages each at the same time; all three sockets (the two senders
 /// and a listener) see all 200 in one and the same order, each sender's in its own order.
+/// (The senders flood on purpose: `msgs_per_second` is off.)
 #[test]
 fn all_sockets_see_the_same_order_of_messages() {
     const PER_SENDER: usize = 100;
-    let server = TestServer::start();
+    let server = TestServer::start_with(|c| c.msgs_per_second = 0);
     let gate = Gate::new(3);
     let mut handles = vec![];
     for name in ["alice", "bob", "carol"] {
@@ -233,7 +234,8 @@ fn all_sockets_see_the_same_order_of_messages() {
 /// A socket that joins and then never reads does not slow the room: while more than 2 MB of
 /// messages flow (and as long as it takes to fill that socket's buffers), the two reading
 /// sockets get every message; the slow socket's queue overflows, its leave is broadcast, and
-/// when it finally reads, its last frame is a close with code 1008.
+/// when it finally reads, its last frame is a close with code 1008. (The flooder floods on
+/// purpose: `msgs_per_second` is off.)
 #[test]
 fn a_socket_that_stops_reading_is_closed_with_1008_and_slows_no_one() {
     /// Bytes of text in each message; a frame stays well under `max_message_bytes`.
@@ -244,7 +246,10 @@ fn a_socket_that_stops_reading_is_closed_with_1008_and_slows_no_one() {
     const MIN_FLOOD_BYTES: usize = 2 * 1024 * 1024 + 1;
     /// If the slow socket is still a member after this much, the test fails.
     const MAX_FLOOD_BYTES: usize = 64 * 1024 * 1024;
-    let server = TestServer::start_with(|c| c.send_queue_len = 16);
+    let server = TestServer::start_with(|c| {
+        c.send_queue_len = 16;
+        c.msgs_per_second = 0;
+    });
     let mut slow = server.ws("/chats/1/ws");
     slow.join("slow");
     let mut flooder = server.ws("/chats/1/ws");
@@ -342,11 +347,15 @@ fn a_socket_that_stops_reading_is_closed_with_1008_and_slows_no_one() {
 /// dropping anyone: with `send_queue_len` 4, one speaker writes 500 messages without
 /// waiting, and four sockets that keep reading (however far behind their threads fall)
 /// each get all 500 in order, and nobody is closed or leaves. (Issue 10: at 500 x 1,000
-/// msg/s sockets that were reading were closed as slow readers.)
+/// msg/s sockets that were reading were closed as slow readers.) `msgs_per_second` is off:
+/// the speaker floods on purpose.
 #[test]
 fn sockets_that_keep_reading_get_every_event_when_the_feed_is_full() {
     const MESSAGES: usize = 500;
-    let server = TestServer::start_with(|c| c.send_queue_len = 4);
+    let server = TestServer::start_with(|c| {
+        c.send_queue_len = 4;
+        c.msgs_per_second = 0;
+    });
     let mut speaker = server.ws("/chats/1/ws");
     speaker.join("speaker");
     let readers: Vec<Client> = (0..4)
@@ -465,11 +474,15 @@ fn shutdown_closes_sockets_that_never_joined_with_1001() {
 /// them in the same order. Each queue holds more than a socket's whole share of events
 /// (about 600), so this shows no event is lost to a race, apart from the slow-reader rule
 /// (a socket starved of CPU on a loaded machine could otherwise be closed with 1008).
+/// All 200 come from 127.0.0.1, so `max_connections_per_ip` is off.
 #[test]
 fn two_hundred_sockets_join_chat_and_leave_concurrently_without_losing_a_message() {
     const STAYERS: usize = 100;
     const VISITORS: usize = 100;
-    let server = TestServer::start_with(|c| c.send_queue_len = 4096);
+    let server = TestServer::start_with(|c| {
+        c.send_queue_len = 4096;
+        c.max_connections_per_ip = 0;
+    });
     let gate = Gate::new(STAYERS + VISITORS);
     let mut stayers = vec![];
     for i in 0..STAYERS {

@@ -238,8 +238,9 @@ impl RoomMap {
                 {
                     return Err(invalid("password"));
                 }
+                // A full bcrypt queue is 604 (`?`); bcrypt refusing the password, 105.
                 self.hasher
-                    .hash(password)
+                    .hash(password)?
                     .map(Some)
                     .ok_or_else(|| invalid("password"))
             }

@@ -359,6 +359,11 @@ impl Live {
         }
     }
 
+    /// How many sockets have joined under a name.
+    pub(super) fn members(&self) -> usize {
+        self.sockets.values().filter(|s| s.member.is_some()).count()
+    }
+
     /// Connects socket `session` (not joined yet), so it hears of the room's deletion.
     pub(super) fn attach(
         &mut self,

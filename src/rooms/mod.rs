@@ -232,12 +232,43 @@ impl RoomMap {
         self.history_len
     }
 
-    /// Checks `password` against the room's hash, without holding any lock.
-    pub fn password_matches(&self, key: &RoomKey, password: &str) -> bool {
+    /// Checks `password` against the room's hash, without holding any lock; 604 if
+    /// bcrypt's queue is full.
+    pub fn password_matches(&self, key: &RoomKey, password: &str) -> Result<bool, ApiError> {
         match &key.password_hash {
-            Some(hash) => self.hasher.verify(password, hash),
-            None => false,
+            Some(hash) => Ok(self.hasher.verify(password, hash)?),
+            None => Ok(false),
         }
+    }
+
+    /// How many rooms exist (a `/metrics` gauge).
+    pub fn count(&self) -> usize {
+        read(&self.index).by_id.len()
+    }
+
+    /// How many names are joined in all rooms (a `/metrics` gauge): each room's lock in
+    /// turn, for a count.
+    pub fn users_joined(&self) -> usize {
+        let rooms: Vec<Arc<Room>> = read(&self.index).by_id.values().cloned().collect();
+        rooms
+            .iter()
+            .map(|room| room.with_live(&self.services, |live, _| live.members()))
+            .sum()
+    }
+
+    /// Whether the store takes writes (`/healthz`, a `/metrics` gauge).
+    pub fn backend_up(&self) -> bool {
+        self.services.store.is_up()
+    }
+
+    /// Messages waiting for the history writer (a `/metrics` gauge).
+    pub fn history_queue(&self) -> usize {
+        self.services.store.queued()
+    }
+
+    /// bcrypt jobs waiting for a thread (a `/metrics` gauge).
+    pub fn bcrypt_queue(&self) -> usize {
+        self.hasher.queued()
     }
 
     /// Connects socket `session` to room `id` (101 if the room is gone), so that it hears
@@ -350,7 +381,7 @@ mod tests {
 
     /// A map with only the default room, keeping `history_len` messages, saving nothing.
     fn map(feed_len: usize, history_len: usize) -> RoomMap {
-        let hasher = Hasher::start(4).unwrap();
+        let hasher = Hasher::start(4, 0, Arc::default()).unwrap();
         RoomMap::restore(
             Arc::new(NoStore),
             Saved::default(),
@@ -456,8 +487,14 @@ mod tests {
             }],
             history: [(5, vec![(40, Arc::from("{\"id\":40}"))])].into(),
         };
-        let rooms =
-            RoomMap::restore(Arc::new(NoStore), saved, Hasher::start(4).unwrap(), 16, 10).unwrap();
+        let rooms = RoomMap::restore(
+            Arc::new(NoStore),
+            saved,
+            Hasher::start(4, 0, Arc::default()).unwrap(),
+            16,
+            10,
+        )
+        .unwrap();
         let key = rooms.key(&RoomRef::Title("kept".into())).unwrap();
         assert_eq!(
             (key.id, key.visibility, key.password_hash.as_deref()),
@@ -489,9 +526,15 @@ mod tests {
             }],
             history: Default::default(),
         };
-        let error = RoomMap::restore(Arc::new(NoStore), saved, Hasher::start(4).unwrap(), 16, 10)
-            .err()
-            .unwrap();
+        let error = RoomMap::restore(
+            Arc::new(NoStore),
+            saved,
+            Hasher::start(4, 0, Arc::default()).unwrap(),
+            16,
+            10,
+        )
+        .err()
+        .unwrap();
         assert_eq!(error.problem, "room 2 has an unknown visibility \"secret\"");
     }
 
@@ -513,8 +556,8 @@ mod tests {
             .unwrap();
         assert_eq!(room.visibility, Visibility::Private);
         let key = rooms.key(&RoomRef::Title("PRIV".into())).unwrap();
-        assert!(rooms.password_matches(&key, "password1"));
-        assert!(!rooms.password_matches(&key, "password2"));
+        assert_eq!(rooms.password_matches(&key, "password1"), Ok(true));
+        assert_eq!(rooms.password_matches(&key, "password2"), Ok(false));
     }
 
     /// A session thread that panics while joined leaves the room all the same: its

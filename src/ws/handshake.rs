@@ -6,9 +6,24 @@
 //! refused client gets a plain HTTP answer (404, 401, 403) with the same JSON error body
 //! the REST API uses. Where the token may be is `token::presented`'s business; the value
 //! of `Sec-WebSocket-Protocol`, when offered, is echoed back, which browsers require.
+//!
+//! # Connections past the limits (601)
+//! A connection past `max_connections`, or past `max_connections_per_ip` from a client
+//! that is its own peer, is refused by the accept loop itself, before any thread is
+//! started for it: [`Refuser::refuse`] writes the whole 503 answer at once (a fresh
+//! socket's send buffer always takes it), half-closes, and hands the socket to the one
+//! refuser thread, which reads and discards what the client still sends until it closes
+//! (or [`CLOSE_GRACE`] passes), so that the client reads the answer instead of a reset.
+//! The refuser holds at most [`MAX_LINGERING`] sockets; past that a refused socket is
+//! closed at once. Behind a trusted proxy the client's address is known only from the
+//! request's `X-Forwarded-For`, so there the per-address count is taken in [`admit`], by
+//! the handshake thread, and refused like any other handshake.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use tungstenite::error::Error as WsError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -16,8 +31,9 @@ use tungstenite::http::{header, HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, WebSocket};
 
-use super::frame::{linger, Duplex};
+use super::frame::{linger, Duplex, CLOSE_GRACE};
 use crate::error::{ApiError, ErrorKind};
+use crate::limits::ConnectionGuard;
 use crate::path;
 use crate::token;
 use crate::State;
@@ -25,6 +41,14 @@ use crate::State;
 /// tungstenite's read buffer, allocated up front for every socket: small, since chat
 /// frames are small and idle sockets are many. A larger frame grows it as needed.
 const READ_BUFFER_BYTES: usize = 1024;
+/// Refused sockets the refuser thread waits on at once.
+pub const MAX_LINGERING: usize = 256;
+/// Refused sockets waiting for the refuser thread to take them.
+const REFUSED_BACKLOG: usize = 64;
+/// How often the refuser reads its sockets. Its work is discarding input, not delivery.
+const LINGER_TICK: Duration = Duration::from_millis(50);
+/// The refuser thread's stack: one 512-byte scratch buffer.
+const REFUSER_STACK_BYTES: usize = 64 * 1024;
 
 /// Who a socket is, once its handshake has been accepted.
 #[derive(Debug, Clone)]
@@ -35,25 +59,32 @@ pub struct Admission {
     pub token_user: Option<String>,
 }
 
-/// Runs the handshake on a new, blocking connection; `Some` if it was accepted, after which
-/// the socket's writes go through its `Duplex` buffer. A refused or failed handshake is
-/// answered where there is someone to answer, and closed without a reset.
-pub fn accept(state: &State, socket: TcpStream) -> Option<(WebSocket<Duplex>, Admission)> {
+/// Runs the handshake on a new, blocking connection, counted by `connection`; `Some` if it
+/// was accepted, after which the socket's writes go through its `Duplex` buffer. A refused
+/// or failed handshake is answered where there is someone to answer, and closed without a
+/// reset.
+pub fn accept(
+    state: &State,
+    socket: TcpStream,
+    connection: &mut ConnectionGuard,
+) -> Option<(WebSocket<Duplex>, Admission)> {
     let raw = socket.try_clone().ok()?;
     let _ = raw.set_read_timeout(Some(state.config.read_timeout));
+    let peer = raw.peer_addr().ok()?.ip();
     let mut admitted = None;
     // tungstenite's callback signature fixes the (large) error type.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| match admit(state, request) {
-        Ok((admission, protocol)) => {
-            admitted = Some(admission);
-            Ok(echo_protocol(response, protocol))
-        }
-        Err(error) => {
-            log::info!("handshake for {} refused: {error}", request.uri().path());
-            Err(refusal(&error))
-        }
-    };
+    let callback =
+        |request: &Request, response: Response| match admit(state, request, peer, connection) {
+            Ok((admission, protocol)) => {
+                admitted = Some(admission);
+                Ok(echo_protocol(response, protocol))
+            }
+            Err(error) => {
+                log::info!("handshake for {} refused: {error}", request.uri().path());
+                Err(refusal(&error))
+            }
+        };
     let max = state.config.max_message_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -73,7 +104,8 @@ pub fn accept(state: &State, socket: TcpStream) -> Option<(WebSocket<Duplex>, Ad
             // Not a WebSocket upgrade at all (a browser or `curl` on the WebSocket port).
             Err(HandshakeError::Failure(e)) => {
                 log::info!("not a WebSocket handshake: {e}");
-                let _ = (&raw).write_all(&not_a_websocket_response());
+                let error = ApiError::new(ErrorKind::UnsupportedClient);
+                let _ = (&raw).write_all(&error.to_raw_http());
                 true
             }
         };
@@ -84,9 +116,24 @@ pub fn accept(state: &State, socket: TcpStream) -> Option<(WebSocket<Duplex>, Ad
     None
 }
 
-/// Decides whether `request` may open a socket: its room exists and, for a private or
-/// hidden room, it presents a valid token for it. Also returns the subprotocol to echo.
-fn admit(state: &State, request: &Request) -> Result<(Admission, Option<HeaderValue>), ApiError> {
+/// Decides whether `request` from `peer` may open a socket: its client address has a
+/// connection to spare (if the accept loop could not tell, the peer being a trusted
+/// proxy), its room exists and, for a private or hidden room, it presents a valid token
+/// for it. Also returns the subprotocol to echo.
+fn admit(
+    state: &State,
+    request: &Request,
+    peer: std::net::IpAddr,
+    connection: &mut ConnectionGuard,
+) -> Result<(Admission, Option<HeaderValue>), ApiError> {
+    if !connection.address_counted() {
+        let forwarded_for = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        connection.count_address(state.limits.client_addr(peer, forwarded_for))?;
+    }
     let room = path::ws_room(&request.uri().to_string())
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound))?;
     let key = state.rooms.key(&room)?;
@@ -136,14 +183,85 @@ fn refusal(error: &ApiError) -> ErrorResponse {
     response
 }
 
-/// A whole HTTP response for a request that is not a WebSocket upgrade: 400, code 305.
-fn not_a_websocket_response() -> Vec<u8> {
-    let body = ApiError::new(ErrorKind::UnsupportedClient).to_body();
-    format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// Answers connections refused before their handshake, off the accept loop: see the module
+/// docs. Its thread ends once the accept loop has dropped this and its sockets are done.
+pub struct Refuser {
+    queue: Sender<TcpStream>,
+}
+
+impl Refuser {
+    /// Starts the refuser thread.
+    pub fn start() -> io::Result<Refuser> {
+        let (queue, refused) = crossbeam_channel::bounded(REFUSED_BACKLOG);
+        std::thread::Builder::new()
+            .name("ws-refuser".into())
+            .stack_size(REFUSER_STACK_BYTES)
+            .spawn(move || run_refuser(&refused))?;
+        Ok(Refuser { queue })
+    }
+
+    /// Answers `socket` with `error` and leaves it to the refuser thread. Never blocks: it
+    /// runs on the accept loop.
+    pub fn refuse(&self, socket: TcpStream, error: &ApiError) {
+        let answered = socket.set_nonblocking(true).is_ok()
+            && (&socket).write_all(&error.to_raw_http()).is_ok()
+            && socket.shutdown(Shutdown::Write).is_ok();
+        // A refuser that is full, or a socket that took no answer: closed now.
+        if answered {
+            let _ = self.queue.try_send(socket);
+        }
+    }
+}
+
+/// The refuser thread: reads and discards what each refused socket sends until it closes
+/// or its grace runs out.
+fn run_refuser(refused: &Receiver<TcpStream>) {
+    let mut lingering: Vec<(TcpStream, Instant)> = Vec::new();
+    let mut accepting = true;
+    let mut scratch = [0u8; 512];
+    let mut last_read = Instant::now();
+    loop {
+        let next = if lingering.is_empty() {
+            refused.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else if accepting && lingering.len() < MAX_LINGERING {
+            refused.recv_timeout(LINGER_TICK)
+        } else {
+            std::thread::sleep(LINGER_TICK);
+            Err(RecvTimeoutError::Timeout)
+        };
+        match next {
+            Ok(socket) => lingering.push((socket, Instant::now() + CLOSE_GRACE)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if lingering.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => accepting = false,
+        }
+        while lingering.len() < MAX_LINGERING {
+            match refused.try_recv() {
+                Ok(socket) => lingering.push((socket, Instant::now() + CLOSE_GRACE)),
+                Err(_) => break,
+            }
+        }
+        // One pass over the sockets per tick, however many arrive in between.
+        let now = Instant::now();
+        if now.duration_since(last_read) >= LINGER_TICK {
+            last_read = now;
+            lingering
+                .retain_mut(|(socket, until)| now < *until && still_open(socket, &mut scratch));
+        }
+    }
+}
+
+/// Discards what a non-blocking socket has to read; false once the client has closed it.
+fn still_open(mut socket: &TcpStream, scratch: &mut [u8]) -> bool {
+    loop {
+        match socket.read(scratch) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Adds the echoed subprotocol to an accepting response.

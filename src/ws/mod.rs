@@ -3,12 +3,19 @@
 //! Layout of `ws/`, in reading order:
 //! - this file: the accept loop, a thread per socket, and the registry of live sockets
 //!   (for shutdown);
-//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON;
+//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON, and
+//!   the refuser that answers connections past the limits without a thread each;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
 //! - `frame`: encoding server frames, and the buffered non-blocking writer;
 //! - `doorbell`: how the room wakes and closes a socket's thread.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
+//!
+//! Every accepted connection is counted (`max_connections`, and `max_connections_per_ip`
+//! for a peer that is not a trusted proxy) before anything else happens to it; the count
+//! is a `limits::ConnectionGuard` that moves with the socket, from the handshake thread to
+//! the session thread, and is released when the socket's last thread ends, however it
+//! ends. A connection past a limit gets its 503 from the accept loop (`handshake::Refuser`).
 
 mod doorbell;
 mod frame;
@@ -23,9 +30,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::error::ApiError;
+use crate::limits::ConnectionGuard;
 use crate::sync::lock;
 use crate::State;
 use doorbell::{Closing, Doorbell};
+use handshake::Refuser;
 use session::Session;
 
 /// The stack of a socket's threads (handshake, then session). A stack is virtual memory:
@@ -63,9 +73,10 @@ impl WsServer {
             next_id: AtomicU64::new(1),
         });
         let accepting = Arc::clone(&server);
+        let refuser = Refuser::start()?;
         let handle = std::thread::Builder::new()
             .name("ws-accept".into())
-            .spawn(move || accepting.accept_loop(&listener, &state))?;
+            .spawn(move || accepting.accept_loop(&listener, &state, &refuser))?;
         Ok((server, handle))
     }
 
@@ -78,7 +89,12 @@ impl WsServer {
     /// loop: it waits, 5 ms doubling to 1 s, and logs once per burst of failures. The policy
     /// is tiny_http's `AcceptBackoff`, the one the REST listener's accept thread follows,
     /// so both listeners behave alike with one implementation.
-    fn accept_loop(self: &Arc<Self>, listener: &TcpListener, state: &Arc<State>) {
+    fn accept_loop(
+        self: &Arc<Self>,
+        listener: &TcpListener,
+        state: &Arc<State>,
+        refuser: &Refuser,
+    ) {
         let mut backoff = tiny_http::AcceptBackoff::new("WebSocket listener", module_path!());
         for stream in listener.incoming() {
             if self.stopping.load(SeqCst) {
@@ -87,7 +103,10 @@ impl WsServer {
             match stream {
                 Ok(stream) => {
                     backoff.succeeded();
-                    self.spawn_session(stream, state);
+                    match admit(state, &stream) {
+                        Ok(connection) => self.spawn_session(stream, state, connection),
+                        Err(error) => refuser.refuse(stream, &error),
+                    }
                 }
                 Err(e) => {
                     if let Some(pause) = backoff.failed(&e) {
@@ -98,7 +117,12 @@ impl WsServer {
         }
     }
 
-    fn spawn_session(self: &Arc<Self>, stream: TcpStream, state: &Arc<State>) {
+    fn spawn_session(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        state: &Arc<State>,
+        mut connection: ConnectionGuard,
+    ) {
         let id = self.next_id.fetch_add(1, SeqCst);
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(state.config.write_timeout));
@@ -110,12 +134,13 @@ impl WsServer {
         let (server, state) = (Arc::clone(self), Arc::clone(state));
         // The handshake runs on a short-lived thread and the chat on a fresh one, so the
         // handshake's deep stack is not kept by every idle socket.
-        let handshake = move || match handshake::accept(&state, stream) {
+        let handshake = move || match handshake::accept(&state, stream, &mut connection) {
             Some((ws, admission)) => {
                 let session = Session::new(state, id, admission, doorbell, ws);
                 let ended = Arc::clone(&server);
                 server.spawn(id, "ws-session", move || {
                     session.run();
+                    drop(connection);
                     ended.forget(id);
                 });
             }
@@ -181,6 +206,19 @@ impl WsServer {
             };
         }
     }
+}
+
+/// Counts a new connection: in all, and against its peer's address unless the peer is a
+/// trusted proxy (then the handshake counts it, once it has read `X-Forwarded-For`).
+fn admit(state: &State, stream: &TcpStream) -> Result<ConnectionGuard, ApiError> {
+    let limits = &state.limits;
+    let mut connection = limits.connections.open()?;
+    if let Ok(peer) = stream.peer_addr() {
+        if !limits.is_trusted_proxy(peer.ip()) {
+            connection.count_address(peer.ip())?;
+        }
+    }
+    Ok(connection)
 }
 
 /// Runs `work`, turning a panic into `None` and an error line: a bug in one socket must

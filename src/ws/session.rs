@@ -22,9 +22,22 @@
 //! there is room again.
 //!
 //! Bad input is answered with an error event to this socket only, and the socket stays
-//! open; only an oversized frame (1009), invalid UTF-8 (1007) or a protocol violation
-//! (1002) ends it. However it ends (a panic included), a joined socket's leave is
-//! broadcast: the [`Membership`] detaches it when dropped.
+//! open; only an oversized frame (1009), invalid UTF-8 (1007), a protocol violation
+//! (1002) or a flood (1008) ends it. However it ends (a panic included), a joined socket's
+//! leave is broadcast: the [`Membership`] detaches it when dropped.
+//!
+//! # The frame rate
+//! Every data frame passes the socket's own [`FrameLimit`] (`msgs_per_second` in bursts of
+//! `msgs_burst`) before anything else is done with it. It lives in this thread's [`Chat`],
+//! so checking it takes no lock and costs no other socket anything. A frame past it is
+//! dropped, answered with a 603 error event, and never reaches the room; the
+//! `flood_close_after`-th refusal within a minute closes the socket with 1008 (its leave is
+//! broadcast as for any close). A client that keeps under the rate never notices it.
+//!
+//! # Counters
+//! `metrics` counters are bumped here, never under the room's lock: frames received,
+//! events handed to the socket (after `Membership::read` has returned), and why the
+//! socket closed.
 
 use std::io;
 use std::sync::Arc;
@@ -41,6 +54,8 @@ use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
+use crate::limits::{FrameLimit, Verdict};
+use crate::metrics::{Closed, Limit};
 use crate::rooms::{Membership, Refusal};
 use crate::State;
 
@@ -70,6 +85,8 @@ enum Ending {
     NotUtf8,
     /// A violation of RFC 6455.
     ProtocolViolation,
+    /// `flood_close_after` frames refused within a minute (1008).
+    Flood,
     /// Nothing heard for `pong_timeout`.
     Silent,
     /// Asked to close, it did not take its pending bytes within `write_timeout`.
@@ -88,8 +105,30 @@ impl Ending {
             Ending::TooBig => Some(CloseCode::Size),
             Ending::NotUtf8 => Some(CloseCode::Invalid),
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
+            Ending::Flood => Some(CloseCode::Policy),
             Ending::Silent => Some(CloseCode::Away),
             Ending::Stalled | Ending::Gone => None,
+        }
+    }
+
+    /// The `reason` it is counted under; `closing` is why the server was closing it, if it
+    /// was.
+    fn counted_as(&self, closing: Option<Closing>) -> Closed {
+        let server = |closing| match closing {
+            Closing::SlowReader => Closed::Slow,
+            Closing::RoomDeleted => Closed::RoomDeleted,
+            Closing::Shutdown => Closed::Shutdown,
+        };
+        match self {
+            Ending::ServerClosed(closing) => server(*closing),
+            Ending::Stalled => closing.map_or(Closed::Client, server),
+            Ending::TooBig => Closed::TooBig,
+            Ending::Silent => Closed::PingTimeout,
+            Ending::Flood => Closed::Flood,
+            Ending::ClientClosed(_)
+            | Ending::NotUtf8
+            | Ending::ProtocolViolation
+            | Ending::Gone => Closed::Client,
         }
     }
 }
@@ -125,6 +164,8 @@ struct Chat {
     /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
     /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
     input_held: bool,
+    /// This socket's frame rate (see the module docs).
+    frames: FrameLimit,
 }
 
 impl Session {
@@ -155,12 +196,14 @@ impl Session {
             .attach(self.admission.room_id, self.id, subscriber)
         {
             Ok(membership) => {
+                let frames = self.state.limits.frame_limit();
                 let mut chat = Chat {
                     session: self,
                     membership,
                     reading: None,
                     pending: None,
                     input_held: false,
+                    frames,
                 };
                 let ending = chat.run();
                 // The leave is broadcast before the goodbye, which may take a while.
@@ -180,6 +223,8 @@ impl Session {
     /// then a half-close and a linger, so the client reads the close instead of a reset.
     fn finish(mut self, ending: &Ending) {
         log::info!("socket {} closed: {ending:?}", self.id);
+        let reason = ending.counted_as(self.doorbell.closing());
+        self.state.metrics.socket_closed(reason);
         let duplex = self.ws.get_mut();
         match ending.close_code() {
             Some(code) => {
@@ -312,6 +357,8 @@ impl Chat {
                 .read(reading.cursor, until, FEED_BATCH, |text| {
                     duplex.push_text(text.as_bytes())
                 });
+            let delivered = usize::try_from(cursor - reading.cursor).unwrap_or(usize::MAX);
+            self.session.state.metrics.events_delivered(delivered);
             self.reading = (cursor < until).then_some(Reading { cursor, ..reading });
             if !self.has_news() {
                 return;
@@ -379,9 +426,13 @@ impl Chat {
                 Err(e) => return Err(ending_for(e)),
             };
             heard = true;
+            if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                self.session.state.metrics.event_received();
+            }
             match message {
                 // Once a close is under way, the client's last words are ignored.
                 _ if self.session.doorbell.closing().is_some() && !message.is_close() => {}
+                Message::Text(_) | Message::Binary(_) if !self.within_rate()? => {}
                 Message::Text(text) => self.answer(text.as_str().to_owned()),
                 Message::Binary(_) => self.reply_error(ApiError::new(ErrorKind::InvalidJson)),
                 Message::Close(frame) => {
@@ -395,6 +446,25 @@ impl Chat {
             self.move_feed_events();
         }
         Ok(heard)
+    }
+
+    /// Checks a data frame against the socket's rate: `Ok(true)` to handle it; `Ok(false)`
+    /// if it is dropped (and the client told, 603); `Err` for a flood.
+    fn within_rate(&mut self) -> Result<bool, Ending> {
+        let metrics = &self.session.state.metrics;
+        match self.frames.check(Instant::now()) {
+            Verdict::Pass => Ok(true),
+            Verdict::Refuse => {
+                metrics.refused(Limit::Messages);
+                log::debug!("socket {}: frame over the rate dropped", self.session.id);
+                self.reply_error(ApiError::new(ErrorKind::TooManyMessages));
+                Ok(false)
+            }
+            Verdict::Close => {
+                metrics.refused(Limit::Messages);
+                Err(Ending::Flood)
+            }
+        }
     }
 
     /// Handles one text frame; a mistake is reported to this socket only, and a frame the
@@ -427,6 +497,10 @@ impl Chat {
                     return Err(ApiError::field(ErrorKind::ClientUnauthorized, "name").into());
                 }
                 let joined = self.membership.join(&name, &color, since)?;
+                self.session
+                    .state
+                    .metrics
+                    .events_delivered(joined.replay.len());
                 // What was said before comes first, then the feed from this join on.
                 let duplex = self.session.ws.get_mut();
                 for text in &joined.replay {

@@ -630,7 +630,12 @@ impl Binary {
     /// quiet logs, bcrypt at its cheapest and `secret` as `SECRET_KEY`, so that restarts on
     /// the same directory keep rooms, history and tokens.
     pub fn spawn_on_database(dir: &Scratch, secret: &str) -> Binary {
-        let config = json!({
+        Binary::spawn_on_database_with(dir, secret, json!({}))
+    }
+
+    /// [`Binary::spawn_on_database`] with the keys of `extra` added to its configuration.
+    pub fn spawn_on_database_with(dir: &Scratch, secret: &str, extra: Value) -> Binary {
+        let mut config = json!({
             "address": "127.0.0.1:0",
             "ws_address": "127.0.0.1:0",
             "log_file": null,
@@ -638,6 +643,9 @@ impl Binary {
             "bcrypt_cost": 4,
             "db_path": "chitchat.db",
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         Binary::spawn_with_config(dir, &config, &[("SECRET_KEY", secret)])
     }
 

@@ -1,0 +1,397 @@
+//! The numbers `GET /metrics` shows, and their rendering in Prometheus' text format
+//! (version 0.0.4).
+//!
+//! Two kinds of number:
+//! - **counters** (`..._total`), kept here as atomics and only ever incremented, by whoever
+//!   sees the event happen: a socket's thread, an HTTP worker, the bcrypt queue, a limit.
+//!   An increment is one relaxed atomic add: no lock, no system call, no log line, so it may
+//!   happen anywhere, even under a room's lock (none does: see `ws::session`);
+//! - **gauges** (how many rooms, sockets, members now), not kept at all: they are read from
+//!   where the truth lives, at scrape time ([`Gauges`], filled in by `http`), so they can
+//!   never drift from it.
+//!
+//! The exposition is written by hand rather than with a client crate: a dozen series, three
+//! lines each, label values that are fixed words or numbers, no histograms. The format is
+//! `# HELP`, `# TYPE`, then `name{label="value"} number` lines; every label value of a
+//! counter with a fixed set of values is written from the start (at 0), so a dashboard sees
+//! the series before the first event.
+//!
+//! This module is a leaf: it knows no socket, lock or request. [`Limit`] and [`Closed`]
+//! name what the other modules count.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The `Content-Type` of the exposition (SPEC, Metrics and health).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+/// HTTP statuses are counted in an array indexed by status: 100 to 599.
+const STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+
+/// A limit that refused something: the `limit` label of `chitchat_limit_refusals_total`,
+/// named after its config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A WebSocket connection past `max_connections` (601).
+    MaxConnections,
+    /// A WebSocket connection past `max_connections_per_ip` (601).
+    MaxConnectionsPerIp,
+    /// A token request past `token_attempts_per_minute` failures (602).
+    TokenAttempts,
+    /// A room creation past `rooms_per_minute` (602).
+    Rooms,
+    /// A chat frame past `msgs_per_second` / `msgs_burst` (603).
+    Messages,
+    /// A token or password request with bcrypt's queue full, `bcrypt_queue_len` (604).
+    BcryptQueue,
+}
+
+impl Limit {
+    /// Every limit, in the order they are rendered.
+    pub const ALL: [Limit; 6] = [
+        Limit::MaxConnections,
+        Limit::MaxConnectionsPerIp,
+        Limit::TokenAttempts,
+        Limit::Rooms,
+        Limit::Messages,
+        Limit::BcryptQueue,
+    ];
+
+    /// The label value: the limit's config key.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max_connections",
+            Limit::MaxConnectionsPerIp => "max_connections_per_ip",
+            Limit::TokenAttempts => "token_attempts_per_minute",
+            Limit::Rooms => "rooms_per_minute",
+            Limit::Messages => "msgs_per_second",
+            Limit::BcryptQueue => "bcrypt_queue_len",
+        }
+    }
+}
+
+/// Why a chat socket ended: the `reason` label of `chitchat_sockets_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it, went away, or broke the protocol.
+    Client,
+    /// It stopped reading while its room's feed was full (1008).
+    Slow,
+    /// It sent `flood_close_after` refused frames within a minute (1008).
+    Flood,
+    /// It sent a frame over `max_message_bytes` (1009).
+    TooBig,
+    /// It was silent for `pong_timeout_s`.
+    PingTimeout,
+    /// Its room was deleted (1001).
+    RoomDeleted,
+    /// The server stopped (1001).
+    Shutdown,
+    /// The backend (Redis) was lost (1012). SQLite never closes sockets.
+    Backend,
+}
+
+impl Closed {
+    /// Every reason, in the order they are rendered.
+    pub const ALL: [Closed; 8] = [
+        Closed::Client,
+        Closed::Slow,
+        Closed::Flood,
+        Closed::TooBig,
+        Closed::PingTimeout,
+        Closed::RoomDeleted,
+        Closed::Shutdown,
+        Closed::Backend,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Client => "client",
+            Closed::Slow => "slow",
+            Closed::Flood => "flood",
+            Closed::TooBig => "too_big",
+            Closed::PingTimeout => "ping_timeout",
+            Closed::RoomDeleted => "room_deleted",
+            Closed::Shutdown => "shutdown",
+            Closed::Backend => "backend",
+        }
+    }
+}
+
+/// The counters, shared by everything that counts (one `Arc` in `State`).
+pub struct Metrics {
+    /// Data frames read from clients (text or binary), refused ones included.
+    events_received: AtomicU64,
+    /// Room events handed to sockets to write (feed events and replayed history), one per
+    /// event per socket.
+    events_delivered: AtomicU64,
+    /// Chat sockets ended, by [`Closed`] (indexed like `Closed::ALL`).
+    sockets_closed: [AtomicU64; Closed::ALL.len()],
+    /// REST responses sent, by status (index `status - 100`).
+    http_responses: Vec<AtomicU64>,
+    /// Refusals, by [`Limit`] (indexed like `Limit::ALL`).
+    refusals: [AtomicU64; Limit::ALL.len()],
+    /// bcrypt hashes and checks queued (each runs once).
+    bcrypt_jobs: AtomicU64,
+}
+
+/// The gauges, read at scrape time from where each number lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Rooms that exist.
+    pub rooms: usize,
+    /// WebSocket connections open, handshaking or chatting (what `max_connections` counts).
+    pub sockets_open: usize,
+    /// Names joined, in all rooms.
+    pub users_joined: usize,
+    /// Messages waiting for the history writer.
+    pub history_queue: usize,
+    /// bcrypt jobs waiting for a hashing thread.
+    pub bcrypt_queue: usize,
+    /// Whether the backend takes writes.
+    pub backend_up: bool,
+    /// Keys in each per-address table of the limits.
+    pub tracked: Vec<(Limit, usize)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            events_received: AtomicU64::new(0),
+            events_delivered: AtomicU64::new(0),
+            sockets_closed: Default::default(),
+            http_responses: STATUSES.map(|_| AtomicU64::new(0)).collect(),
+            refusals: Default::default(),
+            bcrypt_jobs: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// A data frame came in from a client.
+    pub fn event_received(&self) {
+        self.events_received.fetch_add(1, Relaxed);
+    }
+
+    /// `count` room events were handed to one socket.
+    pub fn events_delivered(&self, count: usize) {
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        self.events_delivered.fetch_add(count, Relaxed);
+    }
+
+    /// A chat socket ended, for `reason`.
+    pub fn socket_closed(&self, reason: Closed) {
+        if let Some(i) = Closed::ALL.iter().position(|r| *r == reason) {
+            self.sockets_closed[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A REST response with `status` was written. Statuses outside 100-599 are not counted
+    /// (the server writes none).
+    pub fn http_response(&self, status: u16) {
+        let index = status.checked_sub(*STATUSES.start()).map(usize::from);
+        if let Some(counter) = index.and_then(|i| self.http_responses.get(i)) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A bcrypt hash or check was queued.
+    pub fn bcrypt_job(&self) {
+        self.bcrypt_jobs.fetch_add(1, Relaxed);
+    }
+
+    /// `limit` refused something.
+    pub fn refused(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The exposition: every counter, and `gauges`, in Prometheus' text format.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        gauge(
+            &mut out,
+            "chitchat_rooms",
+            "Rooms that exist.",
+            count(gauges.rooms),
+        );
+        gauge(
+            &mut out,
+            "chitchat_sockets_open",
+            "WebSocket connections open, handshaking or chatting.",
+            count(gauges.sockets_open),
+        );
+        gauge(
+            &mut out,
+            "chitchat_users_joined",
+            "Names joined in all rooms.",
+            count(gauges.users_joined),
+        );
+        counter(
+            &mut out,
+            "chitchat_events_received_total",
+            "Data frames read from WebSocket clients.",
+            &[("", self.events_received.load(Relaxed))],
+        );
+        counter(
+            &mut out,
+            "chitchat_events_delivered_total",
+            "Room events handed to sockets, one per event per socket.",
+            &[("", self.events_delivered.load(Relaxed))],
+        );
+        let closed: Vec<(String, u64)> = Closed::ALL
+            .iter()
+            .zip(&self.sockets_closed)
+            .map(|(reason, n)| (label("reason", reason.label()), n.load(Relaxed)))
+            .collect();
+        counter(
+            &mut out,
+            "chitchat_sockets_closed_total",
+            "Chat sockets ended, by reason.",
+            &borrowed(&closed),
+        );
+        let responses: Vec<(String, u64)> = STATUSES
+            .zip(&self.http_responses)
+            .map(|(status, n)| (status, n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(status, n)| (label("status", &status.to_string()), n))
+            .collect();
+        counter(
+            &mut out,
+            "chitchat_http_responses_total",
+            "REST responses sent, by HTTP status.",
+            &borrowed(&responses),
+        );
+        let refusals: Vec<(String, u64)> = Limit::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(limit, n)| (label("limit", limit.label()), n.load(Relaxed)))
+            .collect();
+        counter(
+            &mut out,
+            "chitchat_limit_refusals_total",
+            "Requests, connections and frames refused, by the limit (config key) that refused them.",
+            &borrowed(&refusals),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chitchat_limit_tracked_addresses Client addresses a limit keeps state for.\n# TYPE chitchat_limit_tracked_addresses gauge"
+        );
+        for (limit, n) in &gauges.tracked {
+            let labels = label("limit", limit.label());
+            let _ = writeln!(out, "chitchat_limit_tracked_addresses{labels} {n}");
+        }
+        gauge(
+            &mut out,
+            "chitchat_history_queue",
+            "Messages waiting to be written to the history.",
+            count(gauges.history_queue),
+        );
+        counter(
+            &mut out,
+            "chitchat_bcrypt_jobs_total",
+            "Password hashes and checks queued for bcrypt.",
+            &[("", self.bcrypt_jobs.load(Relaxed))],
+        );
+        gauge(
+            &mut out,
+            "chitchat_bcrypt_queue",
+            "Password hashes and checks waiting for a bcrypt thread.",
+            count(gauges.bcrypt_queue),
+        );
+        gauge(
+            &mut out,
+            "chitchat_backend_up",
+            "1 while the backend (the database) takes writes, else 0.",
+            u64::from(gauges.backend_up),
+        );
+        out.push_str("# HELP chitchat_build_info The running version.\n");
+        out.push_str("# TYPE chitchat_build_info gauge\n");
+        let version = label("version", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "chitchat_build_info{version} 1");
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// A counter's lines, one per `(labels, value)`; `labels` is `""` or `{k="v"}`.
+fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, value) in series {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+fn borrowed(series: &[(String, u64)]) -> Vec<(&str, u64)> {
+    series.iter().map(|(l, v)| (l.as_str(), *v)).collect()
+}
+
+/// `{name="value"}`, the value escaped as the format requires (backslash, quote, newline).
+fn label(name: &str, value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    format!("{{{name}=\"{escaped}\"}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_are_rendered_with_help_and_type() {
+        let metrics = Metrics::default();
+        metrics.http_response(200);
+        metrics.http_response(200);
+        metrics.http_response(429);
+        metrics.http_response(42);
+        metrics.refused(Limit::Rooms);
+        metrics.socket_closed(Closed::Flood);
+        metrics.events_delivered(3);
+        let text = metrics.render(&Gauges {
+            rooms: 2,
+            backend_up: true,
+            ..Gauges::default()
+        });
+        for line in [
+            "# TYPE chitchat_rooms gauge",
+            "chitchat_rooms 2",
+            "chitchat_backend_up 1",
+            "# TYPE chitchat_http_responses_total counter",
+            "chitchat_http_responses_total{status=\"200\"} 2",
+            "chitchat_http_responses_total{status=\"429\"} 1",
+            "chitchat_limit_refusals_total{limit=\"rooms_per_minute\"} 1",
+            "chitchat_limit_refusals_total{limit=\"msgs_per_second\"} 0",
+            "chitchat_sockets_closed_total{reason=\"flood\"} 1",
+            "chitchat_sockets_closed_total{reason=\"backend\"} 0",
+            "chitchat_events_delivered_total 3",
+            &format!(
+                "chitchat_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("status=\"42\""), "{text}");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("v", "a\"b\\c\nd"), r#"{v="a\"b\\c\nd"}"#);
+    }
+}
