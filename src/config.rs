@@ -2,8 +2,7 @@
 //!
 //! Owns every tunable of the server and how it is read. The file uses snake_case keys; the Go
 //! version's keys (`Address`, `ReadTimeout`, `WriteTimeout`, `Static`) are accepted as
-//! aliases so an old deployment keeps starting, and `RedisURL` is accepted and ignored with a
-//! warning. Anything else stops start-up: an unknown key, a value of the wrong kind or an
+//! aliases so an old deployment keeps starting (`RedisURL` is `redis_url`). Anything else stops start-up: an unknown key, a value of the wrong kind or an
 //! unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits with
 //! code 2. Nothing falls back silently (the Go version tried `../config.json`).
 //!
@@ -57,6 +56,11 @@ pub struct Config {
     /// How many `send` events each room keeps for sockets that join later (`history_len`);
     /// 0 keeps none. Below `send_queue_len`, since a joining socket gets them all at once.
     pub history_len: usize,
+    /// Several nodes (`redis_url`, `redis://host:port/db`): rooms, history, presence and the
+    /// fan-out go through this Redis, and `db_path` is not used.
+    pub redis_url: Option<String>,
+    /// With Redis: how long a node that stopped keeps its members (`presence_ttl_s`).
+    pub presence_ttl: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +83,8 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(60),
             db_path: Some(PathBuf::from("chitchat.db")),
             history_len: 50,
+            redis_url: None,
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -125,14 +131,8 @@ impl Config {
         let map: Map<String, Value> = serde_json::from_str(&text)
             .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
         let mut config = Config::default();
-        let mut warnings = Vec::new();
+        let warnings = Vec::new();
         for (key, value) in &map {
-            if key == "RedisURL" {
-                warnings.push(format!(
-                    "{source}: `RedisURL` is ignored: rooms are kept in `db_path`"
-                ));
-                continue;
-            }
             config
                 .set(key, value)
                 .map_err(|problem| fail(Some(key), problem))?;
@@ -174,6 +174,8 @@ impl Config {
             "pong_timeout_s" => self.pong_timeout = seconds(value)?,
             "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
             "history_len" => self.history_len = whole(value)?,
+            "redis_url" | "RedisURL" => self.redis_url = optional(value, redis_url)?,
+            "presence_ttl_s" => self.presence_ttl = seconds(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -248,6 +250,17 @@ fn whole(value: &Value) -> Result<usize, String> {
         .ok_or_else(|| "expected a whole number".into())
 }
 
+/// `redis://host[:port][/db]` (or `rediss://`, `unix://`, `redis+unix://`), as the
+/// client reads it; an empty string means none.
+fn redis_url(value: &Value) -> Result<String, String> {
+    let url = string(value)?;
+    let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("expected redis://host:port/db, got {url:?}"));
+    }
+    Ok(url)
+}
+
 fn level(value: &Value) -> Result<LevelFilter, String> {
     string(value)?
         .parse()
@@ -293,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn go_keys_are_aliases_and_redis_url_only_warns() {
+    fn go_keys_are_aliases() {
         let (config, warnings) = load(
             r#"{"Address":"0.0.0.0:9000","ReadTimeout":5,"WriteTimeout":7,"Static":"public","RedisURL":"redis://x"}"#,
             &[],
@@ -303,7 +316,35 @@ mod tests {
         assert_eq!(config.read_timeout, Duration::from_secs(5));
         assert_eq!(config.write_timeout, Duration::from_secs(7));
         assert_eq!(config.static_dir, Some(PathBuf::from("public")));
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(config.redis_url.as_deref(), Some("redis://x"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn redis_url_and_presence_ttl_are_read_and_checked() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert_eq!(
+            (config.redis_url, config.presence_ttl),
+            (None, Duration::from_secs(15))
+        );
+        let (config, _) = load(
+            r#"{"redis_url":"redis://127.0.0.1:6390/0","presence_ttl_s":2}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6390/0")
+        );
+        assert_eq!(config.presence_ttl, Duration::from_secs(2));
+        for (json, key) in [
+            (r#"{"redis_url":"127.0.0.1:6379"}"#, "redis_url"),
+            (r#"{"RedisURL":7}"#, "RedisURL"),
+            (r#"{"presence_ttl_s":0}"#, "presence_ttl_s"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
     }
 
     #[test]

@@ -160,8 +160,8 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     })?;
     let result = match route {
         Route::Page => Ok(page(state)),
-        Route::Health => Ok(Reply::json(200, &json!({"status": true}))),
-        Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
+        Route::Health => health(state),
+        Route::ListRooms => state.rooms.list().map(|rooms| Reply::json(200, &rooms)),
         Route::CreateRoom => create_room(state, request),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room),
@@ -172,6 +172,15 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
         Route::StaticFile(name) => static_file(state, &name),
     };
     result.map_err(Reply::from)
+}
+
+/// 200 while the server can serve chat; 503 with code 605 while its backend cannot be used
+/// (SPEC, Metrics and health).
+fn health(state: &State) -> Result<Reply, ApiError> {
+    if !state.rooms.backend_up() {
+        return Err(ApiError::new(ErrorKind::StorageUnavailable));
+    }
+    Ok(Reply::json(200, &json!({"status": true})))
 }
 
 fn page(state: &State) -> Reply {

@@ -70,6 +70,7 @@ pub mod event;
 mod hasher;
 mod http;
 pub mod path;
+mod redis_link;
 mod rooms;
 mod store;
 mod sync;
@@ -120,6 +121,8 @@ pub enum StartError {
     /// The database cannot be used: unreadable, not a database, damaged, locked, or of an
     /// unknown schema. Never answered by starting afresh: `main` exits with code 2.
     Store(StoreError),
+    /// `redis_url` cannot be used (a Redis that is only down is waited for, not this).
+    Redis(String),
 }
 
 impl fmt::Display for StartError {
@@ -131,6 +134,7 @@ impl fmt::Display for StartError {
             StartError::Secret(e) => write!(f, "cannot generate a token secret: {e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
+            StartError::Redis(e) => write!(f, "{e}"),
         }
     }
 }
@@ -147,20 +151,33 @@ pub struct Running {
     state: Arc<State>,
 }
 
-/// Opens the database, binds both listeners and starts serving.
+/// Opens the database (or connects to Redis: SPEC, Several nodes), binds both listeners and
+/// starts serving.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    // First, so that a database problem stops start-up before anything listens.
-    let (store, saved) =
-        store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
     let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
-    let rooms = RoomMap::restore(
-        store,
-        saved,
-        hasher,
-        config.send_queue_len,
-        config.history_len,
-    )
-    .map_err(StartError::Store)?;
+    // First, so that a database problem stops start-up before anything listens.
+    let rooms = match &config.redis_url {
+        Some(url) => RoomMap::clustered(
+            url,
+            config.presence_ttl,
+            hasher,
+            config.send_queue_len,
+            config.history_len,
+        )
+        .map_err(StartError::Redis)?,
+        None => {
+            let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
+                .map_err(StartError::Store)?;
+            RoomMap::restore(
+                store,
+                saved,
+                hasher,
+                config.send_queue_len,
+                config.history_len,
+            )
+            .map_err(StartError::Store)?
+        }
+    };
     let secret = match &config.secret_key {
         Some(secret) => secret.clone(),
         None => {

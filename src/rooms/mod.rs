@@ -29,14 +29,18 @@
 //! # The seam for several nodes
 //! Storage goes through the [`Store`] trait (SQLite, or nothing with `db_path: null`);
 //! `http` and `ws` only ever call `RoomMap` and `Membership`, so another store and fan-out
-//! (Redis) plug in here without touching them.
+//! plug in here without touching them. With `redis_url` set, [`RoomMap::clustered`] builds
+//! a map whose every public function goes to `cluster` (Redis, read through) instead of the
+//! index: the index stays empty, and the local rooms there only deliver events.
 
 mod catalog;
+mod cluster;
 mod fanout;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 pub use catalog::{
     RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
@@ -48,10 +52,11 @@ use crate::clock::now_rfc3339;
 use crate::error::ApiError;
 use crate::hasher::Hasher;
 use crate::path::RoomRef;
-use crate::store::{Saved, Store, StoreError};
+use crate::store::{NoStore, Saved, Store, StoreError};
 use crate::sync::read;
 
 use catalog::{not_found, Info};
+use cluster::Cluster;
 use fanout::Room;
 
 /// Every room, and the locks described in the module docs.
@@ -67,6 +72,8 @@ pub struct RoomMap {
     feed_len: usize,
     /// How many `send` events each room keeps for sockets that join later.
     history_len: usize,
+    /// Several nodes: Redis instead of the index and the store (see `cluster`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Ids and titles to rooms.
@@ -139,6 +146,7 @@ impl RoomMap {
             hasher,
             feed_len,
             history_len,
+            cluster: None,
         };
         let mut history = saved.history;
         let mut index = crate::sync::write(&map.index);
@@ -172,16 +180,54 @@ impl RoomMap {
         Ok(map)
     }
 
-    /// Writes out the history still queued for the database. Called once, at shutdown.
+    /// Several nodes: a map that keeps nothing itself and asks Redis at `redis_url`, with
+    /// members' leaves reaped after `presence_ttl`. Waits briefly for the first connection.
+    pub fn clustered(
+        redis_url: &str,
+        presence_ttl: Duration,
+        hasher: Hasher,
+        feed_len: usize,
+        history_len: usize,
+    ) -> Result<RoomMap, String> {
+        let cluster = Cluster::start(redis_url, presence_ttl, feed_len, history_len)?;
+        Ok(RoomMap {
+            index: RwLock::new(Index {
+                by_id: BTreeMap::new(),
+                by_title: HashMap::new(),
+                next_id: 1,
+            }),
+            writes: Mutex::new(()),
+            store: Arc::new(NoStore),
+            hasher,
+            feed_len,
+            history_len,
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Writes out the history still queued for the database, or retires this node from
+    /// Redis. Called once, at shutdown.
     pub fn close(&self) {
         self.store.close();
+        if let Some(cluster) = &self.cluster {
+            cluster.close();
+        }
+    }
+
+    /// Whether the backend can be used now: always with SQLite (a failed write answers 605
+    /// by itself), while the link is up with Redis. For `/healthz` and `chitchat_backend_up`.
+    pub fn backend_up(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.backend_up())
     }
 
     /// Every room except hidden ones, by id. Users are shown for public rooms only: a
     /// listing has no token for each private room.
-    pub fn list(&self) -> Vec<RoomView> {
+    pub fn list(&self) -> Result<Vec<RoomView>, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.list();
+        }
         let rooms: Vec<Arc<Room>> = read(&self.index).by_id.values().cloned().collect();
-        rooms
+        let views = rooms
             .iter()
             .filter_map(|room| {
                 room.with_live(&*self.store, |live, _| {
@@ -190,11 +236,15 @@ impl RoomMap {
                         .then(|| live.view(visibility == Visibility::Public))
                 })
             })
-            .collect()
+            .collect();
+        Ok(views)
     }
 
     /// The access data of the room `room_ref` names, or 101.
     pub fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.key(room_ref);
+        }
         let room = read(&self.index)
             .find(room_ref)
             .cloned()
@@ -208,6 +258,9 @@ impl RoomMap {
 
     /// The room with `id` as clients see it, with or without its users.
     pub fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.view(id, with_users);
+        }
         Ok(self
             .room(id)?
             .with_live(&*self.store, |live, _| live.view(with_users)))
@@ -216,6 +269,9 @@ impl RoomMap {
     /// Room `id`'s kept messages with an id above `since`, oldest first, at most `limit`
     /// of them (the newest), as broadcast.
     pub fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.messages(id, since, limit);
+        }
         Ok(self
             .room(id)?
             .with_live(&*self.store, |live, _| live.messages(since, limit)))
@@ -243,12 +299,19 @@ impl RoomMap {
         session: u64,
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<Membership, ApiError> {
-        let room = self.room(id)?;
-        room.with_live(&*self.store, |live, _| live.attach(session, subscriber))?;
+        let room = match &self.cluster {
+            Some(cluster) => cluster.attach(id, session, subscriber)?,
+            None => {
+                let room = self.room(id)?;
+                room.with_live(&*self.store, |live, _| live.attach(session, subscriber))?;
+                room
+            }
+        };
         Ok(Membership {
             room,
             store: Arc::clone(&self.store),
             session,
+            cluster: self.cluster.clone(),
         })
     }
 
@@ -268,6 +331,8 @@ pub struct Membership {
     room: Arc<Room>,
     store: Arc<dyn Store>,
     session: u64,
+    /// Several nodes: joins and sends go through Redis.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Membership {
@@ -278,6 +343,9 @@ impl Membership {
 
     /// Takes `name` in the room and broadcasts the join; see `fanout` for the rules.
     pub fn join(&self, name: &str, color: &str, since: Option<u64>) -> Result<Joined, Refusal> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.join(&self.room, self.session, name, color, since);
+        }
         self.room.with_live(&*self.store, |live, after| {
             live.join(self.session, name, color, since, after)
         })
@@ -285,6 +353,9 @@ impl Membership {
 
     /// Broadcasts `msg` under the joined name; returns the message's id.
     pub fn send(&self, msg: &str) -> Result<u64, Refusal> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.send(&self.room, self.session, msg);
+        }
         self.room.with_live(&*self.store, |live, after| {
             live.send(self.session, msg, after)
         })
@@ -320,13 +391,16 @@ impl Drop for Membership {
     fn drop(&mut self) {
         self.room
             .with_live(&*self.store, |live, after| live.detach(self.session, after));
+        if let Some(cluster) = &self.cluster {
+            cluster.forget(&self.room);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NoStore, RoomRecord, SavedRoom};
+    use crate::store::{RoomRecord, SavedRoom};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
     /// A map with only the default room, keeping `history_len` messages, saving nothing.

@@ -81,6 +81,7 @@ impl Ending {
             Ending::ClientClosed(code) => Some(*code),
             Ending::ServerClosed(Closing::SlowReader) => Some(CloseCode::Policy),
             Ending::ServerClosed(Closing::RoomDeleted | Closing::Shutdown) => Some(CloseCode::Away),
+            Ending::ServerClosed(Closing::BackendLost) => Some(CloseCode::Restart),
             Ending::TooBig => Some(CloseCode::Size),
             Ending::NotUtf8 => Some(CloseCode::Invalid),
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
@@ -157,11 +158,15 @@ impl Session {
                 drop(chat.membership);
                 chat.session.finish(&ending);
             }
-            // The room was deleted between the handshake and now.
+            // The room was deleted between the handshake and now, or Redis went away.
             Err(error) => {
+                let closing = match error.kind {
+                    ErrorKind::StorageUnavailable => Closing::BackendLost,
+                    _ => Closing::RoomDeleted,
+                };
                 let mut session = self;
                 session.ws.get_mut().push_text(error.to_event().as_bytes());
-                session.finish(&Ending::ServerClosed(Closing::RoomDeleted));
+                session.finish(&Ending::ServerClosed(closing));
             }
         }
     }
