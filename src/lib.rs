@@ -157,6 +157,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let hasher = Hasher::start(config.bcrypt_cost).map_err(StartError::Thread)?;
     // First, so that a database problem stops start-up before anything listens.
     let rooms = match &config.redis_url {
+        // The URL may carry a password: it is not logged.
         Some(url) => RoomMap::clustered(
             url,
             config.presence_ttl,

@@ -70,7 +70,7 @@ const MAX_BEAT: Duration = Duration::from_secs(1);
 /// How long `start` waits for the first connection before serving (503 until it comes).
 const START_WAIT: Duration = Duration::from_secs(3);
 /// Connections kept open for reuse; more are opened when needed and closed after.
-const POOL_LEN: usize = 16;
+const POOL_LEN: usize = 32;
 
 /// Room 1 on a fresh Redis, once, whichever node starts first.
 const INIT: &str = r#"
@@ -104,11 +104,19 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1"#;
 
 /// KEYS: rooms, titles, history, msgid, members. ARGV: id, the JSON read before, its
-/// lower-cased title, channel. 1 done, 0 changed meanwhile, -1 gone.
+/// lower-cased title, channel, prefix. 1 done, 0 changed meanwhile, -1 gone. The members'
+/// entries in their nodes' hashes go too, so no reaper meets them later.
 const DELETE: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return -1 end
 if current ~= ARGV[2] then return 0 end
+local members = redis.call('HGETALL', KEYS[5])
+for i = 1, #members, 2 do
+  local node = string.match(cjson.decode(members[i + 1]).owner, '^([^:]*):')
+  if node then
+    redis.call('HDEL', ARGV[5] .. 'node:' .. node .. ':members', ARGV[1] .. ':' .. members[i])
+  end
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
@@ -280,6 +288,8 @@ pub struct Link {
     /// True while the subscription runs and the node is registered: REST calls and chat
     /// go through only then (SPEC, Metrics and health: `chitchat_backend_up`).
     up: AtomicBool,
+    /// Set once this node has seen Redis with its data, to tell a Redis that lost it.
+    seen_data: AtomicBool,
     stopping: AtomicBool,
     /// A dead node's members are reaped once this long has passed without its heartbeat.
     ttl: Duration,
@@ -335,6 +345,7 @@ impl Link {
             node,
             pool: Mutex::new(Vec::new()),
             up: AtomicBool::new(false),
+            seen_data: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             ttl,
             history_len,
@@ -549,7 +560,7 @@ impl Link {
             updated_at: crate::clock::now_rfc3339(),
         };
         let json = serde_json::to_string(&room).expect("a StoredRoom serialises");
-        let _: i64 = self
+        let fresh: i64 = self
             .scripts
             .init
             .key(key("next_room_id"))
@@ -558,6 +569,12 @@ impl Link {
             .arg(json)
             .arg("public chat")
             .invoke(connection)?;
+        if fresh == 1 && self.seen_data.load(SeqCst) {
+            // Without persistence a restarted Redis starts empty: rooms, ids and history
+            // are gone (README, Several nodes: run Redis with an append-only file).
+            log::error!("Redis came back empty: its rooms, ids and history were lost");
+        }
+        self.seen_data.store(true, SeqCst);
         self.retire(connection)?;
         redis::pipe()
             .atomic()
@@ -756,6 +773,7 @@ impl Link {
                 .arg(&before.raw)
                 .arg(lower)
                 .arg(channel(id))
+                .arg(PREFIX)
                 .invoke(c)
         })?;
         match done {
@@ -767,17 +785,30 @@ impl Link {
 
     /// Room `id`'s members, by name.
     pub fn members(&self, id: u64) -> Result<Vec<StoredMember>, Down> {
-        let all: Vec<String> = self.command(|c| {
-            redis::cmd("HVALS")
-                .arg(key(&format!("members:{id}")))
-                .query(c)
-        })?;
-        let mut members: Vec<StoredMember> = all
-            .iter()
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .collect();
-        members.sort_by(|a, b| a.username.cmp(&b.username));
-        Ok(members)
+        Ok(self.members_of(&[id])?.pop().unwrap_or_default())
+    }
+
+    /// The members of each room of `ids`, by name, in one round trip (for a listing).
+    pub fn members_of(&self, ids: &[u64]) -> Result<Vec<Vec<StoredMember>>, Down> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HVALS").arg(key(&format!("members:{id}")));
+        }
+        let all: Vec<Vec<String>> = self.command(|c| pipe.query(c))?;
+        Ok(all
+            .into_iter()
+            .map(|room| {
+                let mut members: Vec<StoredMember> = room
+                    .iter()
+                    .filter_map(|json| serde_json::from_str(json).ok())
+                    .collect();
+                members.sort_by(|a, b| a.username.cmp(&b.username));
+                members
+            })
+            .collect())
     }
 
     /// Room `id`'s kept messages with an id above `since`, oldest first.

@@ -96,6 +96,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Runs `redis-cli` against it and returns what it printed.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8(output.stdout).expect("redis-cli prints UTF-8")
+    }
+
     /// SIGKILL: what a crash or an operator's `kill -9` does.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -335,6 +345,8 @@ fn users_lists_the_members_of_every_node() {
     bob.join("bob");
     for node in [&a, &b] {
         assert_eq!(usernames(&node.get("/chats/1").json()), ["ann", "bob"]);
+        let listed = node.get("/chats").json();
+        assert_eq!(usernames(&listed[0]), ["ann", "bob"]);
     }
     bob.send_json(&json!({"event_type": "leave"}));
     ann.next_event_where("bob's leave", |e| {
@@ -441,7 +453,8 @@ fn history_and_since_are_shared_by_the_nodes() {
     assert_eq!(listed[0]["msg"], "three");
 }
 
-/// Deleting a room on one node closes its sockets on the other (a 101 event, then 1001).
+/// Deleting a room on one node closes its sockets on the other (a 101 event, then 1001), and
+/// leaves nothing of its members behind in Redis.
 #[test]
 fn deleting_a_room_on_one_node_closes_its_sockets_on_the_other() {
     let redis = Redis::start("delete");
@@ -455,6 +468,20 @@ fn deleting_a_room_on_one_node_closes_its_sockets_on_the_other() {
     let error = bob.next_event_where("the 101 event", |e| e["event_type"] == "error");
     assert_eq!(error["error"]["code"], 101);
     assert_eq!(bob.expect_close(), 1001);
+    let held = redis.cli(&["--scan", "--pattern", "chitchat:node:*:members"]);
+    for node_key in held.lines() {
+        let fields = redis.cli(&["HKEYS", node_key]);
+        assert!(
+            !fields.contains(&format!("{id}:")),
+            "{node_key} still holds {fields}"
+        );
+    }
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", &format!("chitchat:members:{id}")])
+            .trim(),
+        "0"
+    );
 }
 
 /// A node that stops cleanly broadcasts its members' leaves at once, through Redis.

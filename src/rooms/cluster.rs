@@ -68,6 +68,7 @@ impl Cluster {
         history_len: usize,
     ) -> Result<Arc<Cluster>, String> {
         let node = random_node_id().map_err(|e| format!("cannot make a node id: {e}"))?;
+        log::info!("node {node}: rooms, history and presence are in Redis; db_path is not used");
         let link = Link::new(url, presence_ttl, history_len, node)?;
         let cluster = Arc::new(Cluster {
             link: Arc::clone(&link),
@@ -102,16 +103,27 @@ impl Cluster {
 
     /// Every room except hidden ones; users for public rooms only (as on one node).
     pub(super) fn list(&self) -> Result<Vec<RoomView>, ApiError> {
-        let mut views = Vec::new();
-        for room in self.link.rooms()? {
-            let info = info(&room)?;
-            if info.visibility == Visibility::Hidden {
-                continue;
-            }
-            let public = info.visibility == Visibility::Public;
-            views.push(self.view_of(&info, public)?);
-        }
-        Ok(views)
+        let listed: Vec<Info> = self
+            .link
+            .rooms()?
+            .iter()
+            .map(info)
+            .filter(|info| !matches!(info, Ok(i) if i.visibility == Visibility::Hidden))
+            .collect::<Result<_, _>>()?;
+        let public: Vec<u64> = listed
+            .iter()
+            .filter(|i| i.visibility == Visibility::Public)
+            .map(|i| i.id)
+            .collect();
+        let mut members = self.link.members_of(&public)?.into_iter();
+        Ok(listed
+            .iter()
+            .map(|info| {
+                let users = (info.visibility == Visibility::Public)
+                    .then(|| members.next().unwrap_or_default());
+                view(info, users)
+            })
+            .collect())
     }
 
     pub(super) fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError> {
@@ -130,30 +142,11 @@ impl Cluster {
 
     /// `info` as clients see it, with the members Redis lists on every node.
     pub(super) fn view_of(&self, info: &Info, with_users: bool) -> Result<RoomView, ApiError> {
-        let users = if with_users {
-            let members = self.link.members(info.id)?;
-            Some(
-                members
-                    .into_iter()
-                    .map(|m| UserView {
-                        username: m.username,
-                        color: m.color,
-                        last_activity: m.last_activity,
-                    })
-                    .collect(),
-            )
-        } else {
-            None
+        let users = match with_users {
+            true => Some(self.link.members(info.id)?),
+            false => None,
         };
-        Ok(RoomView {
-            id: info.id,
-            title: info.title.clone(),
-            description: info.description.clone(),
-            visibility: info.visibility,
-            created_at: info.created_at.clone(),
-            updated_at: info.updated_at.clone(),
-            users,
-        })
+        Ok(view(info, users))
     }
 
     pub(super) fn messages(
@@ -354,6 +347,28 @@ pub(super) fn info(read: &RoomRead) -> Result<Info, ApiError> {
         updated_at: room.updated_at.clone(),
         revision: 0,
     })
+}
+
+/// `info` as clients see it, with `users` when they may see them.
+fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
+    RoomView {
+        id: info.id,
+        title: info.title.clone(),
+        description: info.description.clone(),
+        visibility: info.visibility,
+        created_at: info.created_at.clone(),
+        updated_at: info.updated_at.clone(),
+        users: users.map(|members| {
+            members
+                .into_iter()
+                .map(|m| UserView {
+                    username: m.username,
+                    color: m.color,
+                    last_activity: m.last_activity,
+                })
+                .collect()
+        }),
+    }
 }
 
 /// `info` as Redis keeps it.
