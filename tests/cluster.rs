@@ -719,3 +719,88 @@ fn chat_rules_hold_across_two_nodes() {
         e["event_type"] == "join" && e["name"] == "ann"
     });
 }
+
+/// A Redis that stops answering without closing anything (`CLIENT PAUSE`: what a hung server
+/// or a silently dropped connection looks like) is noticed by the subscription's ping: the
+/// node closes its sockets with 1012 and answers 503, then serves again once Redis answers.
+#[test]
+fn a_redis_that_stops_answering_closes_sockets_with_1012_until_it_answers() {
+    let redis = Redis::start("pause");
+    let a = node(&redis, Duration::from_secs(15));
+    let mut ann = a.ws("/chats/1/ws");
+    ann.join("ann");
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "4000", "ALL"]).trim(), "OK");
+    let paused = Instant::now();
+    assert_eq!(ann.expect_close(), 1012);
+    assert!(
+        paused.elapsed() < Duration::from_secs(4),
+        "noticed only after the pause"
+    );
+    assert_eq!(a.get("/healthz").status, 503);
+    wait_until("healthz 200 after the pause", TIMEOUT, || {
+        a.get("/healthz").status == 200
+    });
+    let mut ann = a.ws("/chats/1/ws");
+    ann.join("ann");
+}
+
+/// Back-pressure across nodes: a socket on node B that stops reading cannot slow a speaker
+/// on node A (B's subscriber never waits): B's feed overshoots, the laggard is closed with
+/// 1008 and its leave broadcast, and a socket on B that reads gets every message in order.
+#[test]
+fn a_reader_that_stops_reading_on_another_node_is_closed_and_slows_no_one() {
+    /// Messages sent before the flooder waits until the reader on B has them.
+    const WINDOW: usize = 8;
+    /// Bytes of text in each message: the slow socket's kernel buffers (a few MB on the
+    /// loopback) must fill before its client counts as not reading.
+    const MSG_BYTES: usize = 3000;
+    /// If the slow socket is still a member after this many messages (64 MB), the test fails.
+    const MAX_MESSAGES: usize = 64 * 1024 * 1024 / MSG_BYTES;
+    let redis = Redis::start("slow");
+    let small = |config: &mut chitchat::Config| {
+        config.redis_url = Some(redis.url());
+        config.send_queue_len = 16;
+        config.history_len = 4;
+    };
+    let (a, b) = (TestServer::start_with(small), TestServer::start_with(small));
+    let mut slow = b.ws("/chats/1/ws");
+    slow.join("slow");
+    let mut reader = b.ws("/chats/1/ws");
+    reader.join("reader");
+    let mut flooder = a.ws("/chats/1/ws");
+    flooder.join("flooder");
+    reader.next_event_where("flooder's join", |e| e["name"] == "flooder");
+    let mut said = Vec::new();
+    let mut heard = Vec::new();
+    let mut slow_left = false;
+    while !slow_left {
+        assert!(
+            said.len() < MAX_MESSAGES,
+            "the slow socket was never closed"
+        );
+        for _ in 0..WINDOW {
+            let msg = format!("{} {}", said.len(), "x".repeat(MSG_BYTES));
+            flooder.say(&msg);
+            said.push(msg);
+        }
+        let last = said.last().unwrap().clone();
+        // The flooder reads its own messages too, or node A would close it as slow.
+        flooder.next_event_where("the flooder's last message", |e| e["msg"] == last.as_str());
+        loop {
+            let event = reader.next_event_where("the flood", |e| e["event_type"] != "join");
+            slow_left |= event["event_type"] == "leave" && event["name"] == "slow";
+            if event["event_type"] == "send" {
+                heard.push(event["msg"].as_str().unwrap().to_owned());
+            }
+            if event["msg"] == last.as_str() {
+                break;
+            }
+        }
+    }
+    assert!(
+        heard == said,
+        "the reader on B missed or reordered messages"
+    );
+    assert_eq!(slow.expect_close(), 1008);
+    assert_eq!(usernames(&a.get("/chats/1").json()), ["flooder", "reader"]);
+}
