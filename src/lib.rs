@@ -16,6 +16,9 @@
 //! - `rooms`: the room map: ids, titles, validation, members, each room's feed of events,
 //!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
+//! - `redis_link`: several nodes (`redis_url`): rooms, ids, history, presence and each
+//!   room's one order in Redis, the subscription every node delivers from, and what
+//!   happens when Redis goes away (`rooms/cluster.rs` is the room map's side of it).
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests.
 //! - `http`: the REST API and the page, on tiny_http worker threads.
@@ -56,6 +59,13 @@
 //! Threads crossed: the speaker's session thread, then each member's (through its
 //! doorbell); the disk is reached on the history writer's thread, off the path. Locks: the
 //! room's lock, once for the speaker and once per member per batch of events.
+//!
+//! With several nodes (`redis_url`), step 2 only checks the name and the feed's room; the
+//! speaker's thread then runs one Lua script in Redis (no lock held) that numbers the
+//! message, keeps it in the history and publishes it on the room's channel. Every node's
+//! `redis-subscriber` thread, the speaker's too, appends it to the local feed (the room's
+//! lock) and notes sleeping members; steps 3 and 4 follow unchanged. One Redis script at a
+//! time gives every socket, on every node, the channel's order.
 //!
 //! [`start`] builds one [`State`], hands it to both listeners, and returns a [`Running`]
 //! server; `main` only parses arguments, sets up logging and waits for a signal.

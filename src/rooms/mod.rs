@@ -631,6 +631,95 @@ mod tests {
         assert_eq!(users(&rooms), ["ann"]);
     }
 
+    /// Several nodes: a room whose events come from the subscription, with a link that never
+    /// connects (leaves are then refused at once, which these tests do not need).
+    fn shared_room(feed_len: usize) -> Arc<Room> {
+        let link = crate::redis_link::Link::new(
+            "redis://127.0.0.1:1",
+            std::time::Duration::from_secs(15),
+            10,
+            "test".into(),
+        )
+        .unwrap();
+        Arc::new(Room::new(
+            Info::placeholder(7),
+            Vec::new(),
+            0,
+            feed_len,
+            10,
+            Some(link),
+        ))
+    }
+
+    fn shared_reader(room: &Room, session: u64) -> Arc<Probe> {
+        let probe = Arc::new(Probe::default());
+        room.with_live(&NoStore, |live, _| live.attach(session, probe.clone()))
+            .unwrap();
+        probe
+    }
+
+    fn read_shared(room: &Room, session: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        room.with_live(&NoStore, |live, after| {
+            live.read(session, usize::MAX, &mut out, after)
+        });
+        out.iter().map(|t| t.to_string()).collect()
+    }
+
+    /// A socket that joins through Redis reads nothing until its own join comes back, then
+    /// reads from it on: what came before is in the history its join replayed, not twice.
+    #[test]
+    fn a_joining_socket_reads_from_its_own_join_on() {
+        use crate::redis_link::Kind;
+        let room = shared_room(16);
+        shared_reader(&room, 1);
+        room.with_live(&NoStore, |live, after| {
+            live.begin_join(1, "ann", "red", after).map(drop)
+        })
+        .unwrap();
+        let deliver = |kind, origin, text: &str| {
+            room.with_live(&NoStore, |live, after| {
+                live.deliver(kind, origin, text, after)
+            })
+        };
+        deliver(Kind::Send, None, "before");
+        assert!(read_shared(&room, 1).is_empty());
+        deliver(Kind::Join, Some(1), "ann joins");
+        deliver(Kind::Send, None, "after");
+        assert_eq!(read_shared(&room, 1), ["ann joins", "after"]);
+    }
+
+    /// The subscriber never waits: it appends to a full feed; a stalled laggard is closed
+    /// past the capacity, and at twice the capacity every laggard is, stalled or not.
+    #[test]
+    fn the_subscription_overshoots_a_full_feed_and_closes_laggards() {
+        use crate::redis_link::Kind;
+        let room = shared_room(4);
+        let probes: Vec<Arc<Probe>> = (1..=3).map(|s| shared_reader(&room, s)).collect();
+        for session in 1..=3 {
+            room.with_live(&NoStore, |live, after| {
+                live.begin_join(session, &format!("u{session}"), "red", after)
+                    .map(drop)
+            })
+            .unwrap();
+            room.with_live(&NoStore, |live, after| {
+                live.deliver(Kind::Join, Some(session), "join", after)
+            });
+        }
+        probes[1].stalled.store(true, SeqCst);
+        let closed = |i: usize| *crate::sync::lock(&probes[i].closed);
+        for n in 0..8 {
+            room.with_live(&NoStore, |live, after| {
+                live.deliver(Kind::Send, None, &format!("m{n}"), after)
+            });
+            read_shared(&room, 1);
+        }
+        assert_eq!(closed(0), None, "a reader that reads stays");
+        assert_eq!(closed(1), Some(CloseReason::SlowReader));
+        assert_eq!(closed(2), Some(CloseReason::SlowReader), "the hard bound");
+        assert_eq!(read_shared(&room, 1).len(), 0);
+    }
+
     /// Message ids count 1, 2, 3 in the room's order, and the history keeps the newest
     /// `history_len` for `since` to pick from.
     #[test]
