@@ -804,3 +804,38 @@ fn a_reader_that_stops_reading_on_another_node_is_closed_and_slows_no_one() {
     assert_eq!(slow.expect_close(), 1008);
     assert_eq!(usernames(&a.get("/chats/1").json()), ["flooder", "reader"]);
 }
+
+/// A node taken for dead while it still runs (its heartbeat key gone, as after a long
+/// pause): the other node reaps its members and broadcasts each leave once; the node itself
+/// finds out at its next heartbeat, closes its sockets with 1012, and serves again.
+#[test]
+fn a_node_taken_for_dead_closes_its_sockets_and_serves_again() {
+    let redis = Redis::start("dead");
+    let (a, b) = two_nodes(&redis);
+    let mut ann = a.ws("/chats/1/ws");
+    ann.join("ann");
+    let mut bob = b.ws("/chats/1/ws");
+    bob.join("bob");
+    ann.next_event_where("bob's join", |e| e["name"] == "bob");
+    // The heartbeat key of the node that holds bob: the one whose members hash names him.
+    let alive = redis
+        .cli(&["--scan", "--pattern", "chitchat:node:*:members"])
+        .lines()
+        .find(|key| redis.cli(&["HKEYS", key]).contains("1:bob"))
+        .expect("bob's node holds him")
+        .replace(":members", ":alive");
+    assert_eq!(redis.cli(&["DEL", &alive]).trim(), "1");
+    let leave = ann.next_event_where("bob's leave", |e| e["event_type"] == "leave");
+    assert_eq!(leave["name"], "bob");
+    assert_eq!(bob.expect_close(), 1012);
+    wait_until("node B healthy again", TIMEOUT, || {
+        b.get("/healthz").status == 200
+    });
+    let mut bob = b.ws("/chats/1/ws");
+    bob.join("bob");
+    let next = ann.next_event();
+    assert_eq!(
+        (&next["event_type"], &next["name"]),
+        (&json!("join"), &json!("bob"))
+    );
+}
