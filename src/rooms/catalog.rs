@@ -155,7 +155,9 @@ impl RoomMap {
                     Refused::Taken => ApiError::field(ErrorKind::DuplicateRoom, "title"),
                     _ => cluster::unavailable(),
                 })?;
-            return cluster.view_of(&info, visibility == Visibility::Public);
+            // A new room has nobody in it: no need to ask.
+            let users = (visibility == Visibility::Public).then(Vec::new);
+            return Ok(cluster::view(&info, users));
         }
         let _writing = lock(&self.writes);
         let id = {

@@ -350,7 +350,7 @@ pub(super) fn info(read: &RoomRead) -> Result<Info, ApiError> {
 }
 
 /// `info` as clients see it, with `users` when they may see them.
-fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
+pub(super) fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
     RoomView {
         id: info.id,
         title: info.title.clone(),
