@@ -1,5 +1,8 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench
+.PHONY: run build test bench redis-server
+
+# apt-get needs root: sudo when we are not root.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Quiet on purpose: `make run` shows what the server prints (README, "Run it"), not make's
 # echo of each command or cargo's status lines; errors and warnings still show. make stays
@@ -14,7 +17,8 @@ build:
 
 # Everything CI checks: formatting, lints, unit and integration tests, then the browser
 # end-to-end test (which installs Chromium and its npm client when they are missing).
-test:
+# tests/cluster.rs runs redis-server processes of its own (never the system service).
+test: redis-server
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test
@@ -22,3 +26,10 @@ test:
 
 bench:
 	bash bench/run.sh
+
+# Debian's redis-server (with redis-cli), installed when missing, for tests/cluster.rs.
+redis-server:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
+		echo "make: installing Debian's redis-server" >&2; \
+		$(AS_ROOT) apt-get update && \
+		$(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }

@@ -2,8 +2,7 @@
 //!
 //! Owns every tunable of the server and how it is read. The file uses snake_case keys; the Go
 //! version's keys (`Address`, `ReadTimeout`, `WriteTimeout`, `Static`) are accepted as
-//! aliases so an old deployment keeps starting, and `RedisURL` is accepted and ignored with a
-//! warning. Anything else stops start-up: an unknown key, a value of the wrong kind or an
+//! aliases so an old deployment keeps starting (`RedisURL` is `redis_url`). Anything else stops start-up: an unknown key, a value of the wrong kind or an
 //! unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits with
 //! code 2. Nothing falls back silently (the Go version tried `../config.json`).
 //!
@@ -94,6 +93,11 @@ pub struct Config {
     /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
     /// 0: no bound.
     pub bcrypt_queue_len: usize,
+    /// Several nodes (`redis_url`, `redis://host:port/db`): rooms, history, presence and the
+    /// fan-out go through this Redis, and `db_path` is not used.
+    pub redis_url: Option<String>,
+    /// With Redis: how long a node that stopped keeps its members (`presence_ttl_s`).
+    pub presence_ttl: Duration,
 }
 
 impl Default for Config {
@@ -130,6 +134,8 @@ impl Default for Config {
             msgs_burst: 40,
             flood_close_after: 100,
             bcrypt_queue_len: 64,
+            redis_url: None,
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -176,14 +182,8 @@ impl Config {
         let map: Map<String, Value> = serde_json::from_str(&text)
             .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
         let mut config = Config::default();
-        let mut warnings = Vec::new();
+        let warnings = Vec::new();
         for (key, value) in &map {
-            if key == "RedisURL" {
-                warnings.push(format!(
-                    "{source}: `RedisURL` is ignored: rooms are kept in `db_path`"
-                ));
-                continue;
-            }
             config
                 .set(key, value)
                 .map_err(|problem| fail(Some(key), problem))?;
@@ -236,6 +236,8 @@ impl Config {
             "msgs_burst" => self.msgs_burst = whole(value)?,
             "flood_close_after" => self.flood_close_after = whole(value)?,
             "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
+            "redis_url" | "RedisURL" => self.redis_url = optional(value, redis_url)?,
+            "presence_ttl_s" => self.presence_ttl = seconds(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -324,6 +326,20 @@ fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
         .collect()
 }
 
+/// `redis://[:password@]host[:port][/db]`, or a Unix socket (`unix://` or `redis+unix://`).
+/// TLS (`rediss://`) is not built in: it would bring a TLS stack for one optional feature.
+fn redis_url(value: &Value) -> Result<String, String> {
+    let url = string(value)?;
+    if url.starts_with("rediss://") {
+        return Err("rediss:// (TLS) is not supported; use redis:// on a private network".into());
+    }
+    let schemes = ["redis://", "unix://", "redis+unix://"];
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("expected redis://host:port/db, got {url:?}"));
+    }
+    Ok(url)
+}
+
 fn level(value: &Value) -> Result<LevelFilter, String> {
     string(value)?
         .parse()
@@ -369,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn go_keys_are_aliases_and_redis_url_only_warns() {
+    fn go_keys_are_aliases() {
         let (config, warnings) = load(
             r#"{"Address":"0.0.0.0:9000","ReadTimeout":5,"WriteTimeout":7,"Static":"public","RedisURL":"redis://x"}"#,
             &[],
@@ -379,7 +395,36 @@ mod tests {
         assert_eq!(config.read_timeout, Duration::from_secs(5));
         assert_eq!(config.write_timeout, Duration::from_secs(7));
         assert_eq!(config.static_dir, Some(PathBuf::from("public")));
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(config.redis_url.as_deref(), Some("redis://x"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn redis_url_and_presence_ttl_are_read_and_checked() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert_eq!(
+            (config.redis_url, config.presence_ttl),
+            (None, Duration::from_secs(15))
+        );
+        let (config, _) = load(
+            r#"{"redis_url":"redis://127.0.0.1:6390/0","presence_ttl_s":2}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6390/0")
+        );
+        assert_eq!(config.presence_ttl, Duration::from_secs(2));
+        for (json, key) in [
+            (r#"{"redis_url":"127.0.0.1:6379"}"#, "redis_url"),
+            (r#"{"redis_url":"rediss://host:6380"}"#, "redis_url"),
+            (r#"{"RedisURL":7}"#, "RedisURL"),
+            (r#"{"presence_ttl_s":0}"#, "presence_ttl_s"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
         Route::Page => Ok(page(state)),
         Route::Health => health(state),
         Route::Metrics => return metrics(state, request, client),
-        Route::ListRooms => Ok(Reply::json(200, &state.rooms.list())),
+        Route::ListRooms => state.rooms.list().map(|rooms| Reply::json(200, &rooms)),
         Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room),

@@ -16,6 +16,9 @@
 //! - `rooms`: the room map: ids, titles, validation, members, each room's feed of events,
 //!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
 //! - `store`: the SQLite file behind the room map, behind a `Store` trait.
+//! - `redis_link`: several nodes (`redis_url`): rooms, ids, history, presence and each
+//!   room's one order in Redis, the subscription every node delivers from, and what
+//!   happens when Redis goes away (`rooms/cluster.rs` is the room map's side of it).
 //! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
 //! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
 //!   queue is bounded (`bcrypt_queue_len`).
@@ -65,6 +68,13 @@
 //! doorbell); the disk is reached on the history writer's thread, off the path. Locks: the
 //! room's lock, once for the speaker and once per member per batch of events.
 //!
+//! With several nodes (`redis_url`), step 2 only checks the name and the feed's room; the
+//! speaker's thread then runs one Lua script in Redis (no lock held) that numbers the
+//! message, keeps it in the history and publishes it on the room's channel. Every node's
+//! `redis-subscriber` thread, the speaker's too, appends it to the local feed (the room's
+//! lock) and notes sleeping members; steps 3 and 4 follow unchanged. One Redis script at a
+//! time gives every socket, on every node, the channel's order.
+//!
 //! [`start`] builds one [`State`], hands it to both listeners, and returns a [`Running`]
 //! server; `main` only parses arguments, sets up logging and waits for a signal.
 
@@ -80,6 +90,7 @@ mod http;
 mod limits;
 mod metrics;
 pub mod path;
+mod redis_link;
 mod rooms;
 mod store;
 mod sync;
@@ -138,6 +149,8 @@ pub enum StartError {
     /// The database cannot be used: unreadable, not a database, damaged, locked, or of an
     /// unknown schema. Never answered by starting afresh: `main` exits with code 2.
     Store(StoreError),
+    /// `redis_url` cannot be used (a Redis that is only down is waited for, not this).
+    Redis(String),
 }
 
 impl fmt::Display for StartError {
@@ -149,6 +162,7 @@ impl fmt::Display for StartError {
             StartError::Secret(e) => write!(f, "cannot generate a token secret: {e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
+            StartError::Redis(e) => write!(f, "{e}"),
         }
     }
 }
@@ -165,11 +179,9 @@ pub struct Running {
     state: Arc<State>,
 }
 
-/// Opens the database, binds both listeners and starts serving.
+/// Opens the database (or connects to Redis: SPEC, Several nodes), binds both listeners and
+/// starts serving.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    // First, so that a database problem stops start-up before anything listens.
-    let (store, saved) =
-        store::open(config.db_path.as_deref(), config.history_len).map_err(StartError::Store)?;
     let metrics = Arc::new(Metrics::default());
     let hasher = Hasher::start(
         config.bcrypt_cost,
@@ -177,14 +189,30 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
     )
     .map_err(StartError::Thread)?;
-    let rooms = RoomMap::restore(
-        store,
-        saved,
-        hasher,
-        config.send_queue_len,
-        config.history_len,
-    )
-    .map_err(StartError::Store)?;
+    // First, so that a database problem stops start-up before anything listens.
+    let rooms = match &config.redis_url {
+        // The URL may carry a password: it is not logged.
+        Some(url) => RoomMap::clustered(
+            url,
+            config.presence_ttl,
+            hasher,
+            config.send_queue_len,
+            config.history_len,
+        )
+        .map_err(StartError::Redis)?,
+        None => {
+            let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
+                .map_err(StartError::Store)?;
+            RoomMap::restore(
+                store,
+                saved,
+                hasher,
+                config.send_queue_len,
+                config.history_len,
+            )
+            .map_err(StartError::Store)?
+        }
+    };
     let secret = match &config.secret_key {
         Some(secret) => secret.clone(),
         None => {

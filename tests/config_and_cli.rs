@@ -226,15 +226,25 @@ fn go_config_keys_are_accepted_as_aliases() {
     assert_healthy(http);
 }
 
-/// `RedisURL` (Go) is accepted, ignored, and named in a warning.
+/// `RedisURL` (Go) is `redis_url`: a node whose Redis cannot be reached still starts, says
+/// so, and answers `/healthz` with 503 and code 605 (tests/cluster.rs covers a real Redis).
 #[test]
-fn redis_url_is_accepted_and_ignored_with_a_warning() {
+fn redis_url_alias_is_used_and_an_unreachable_redis_makes_healthz_503() {
     let scratch = Scratch::new("redis-url");
     let mut config = quiet_config();
-    config["RedisURL"] = json!("redis://localhost:6379");
+    // Port 1 on the loopback: nothing listens there, so the connection is refused at once.
+    config["RedisURL"] = json!("redis://127.0.0.1:1");
     let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
-    server.ready();
-    server.wait_for_line("a warning naming RedisURL", |l| l.text.contains("RedisURL"));
+    let (http, _) = server.ready();
+    server.wait_for_line("a warning that Redis is unreachable", |l| {
+        l.text.contains("Redis is not reachable")
+    });
+    let response = get(http, "/healthz");
+    assert_eq!(response.status, 503, "body: {}", response.body);
+    assert_eq!(
+        response.json(),
+        json!({"status": false, "error": {"code": 605, "error": "Backend error: Storage unavailable"}})
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,9 +18,12 @@ use serde::Deserialize;
 
 use crate::clock::now_rfc3339;
 use crate::error::{ApiError, ErrorKind};
+use crate::path::RoomRef;
+use crate::redis_link::Refused;
 use crate::store::{RoomRecord, StoreError};
 use crate::sync::{lock, read, write};
 
+use super::cluster::{self, Cluster};
 use super::fanout::{Aftermath, Room};
 use super::view::{RoomView, Visibility};
 use super::RoomMap;
@@ -74,6 +77,21 @@ impl Info {
         })
     }
 
+    /// Several nodes: the local stand-in of room `id`, which only delivers events; the room's
+    /// description is read from Redis.
+    pub(super) fn placeholder(id: u64) -> Info {
+        Info {
+            id,
+            title: String::new(),
+            description: String::new(),
+            visibility: Visibility::Public,
+            password_hash: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            revision: 0,
+        }
+    }
+
     /// The room as the database stores it.
     pub(super) fn record(&self) -> RoomRecord {
         RoomRecord {
@@ -86,6 +104,14 @@ impl Info {
             updated_at: self.updated_at.clone(),
         }
     }
+}
+
+/// An update's validated fields.
+struct Patch {
+    title: Option<String>,
+    description: Option<String>,
+    visibility: Option<Visibility>,
+    password: Option<String>,
 }
 
 /// The body of `POST /chats` and `PUT /chats/<room>`; every field optional so that a
@@ -109,14 +135,8 @@ impl RoomMap {
         let visibility = validate_visibility(input.visibility.as_deref())?;
         let password_hash = self.hash_for(visibility, input.password.as_deref(), None)?;
         let now = now_rfc3339();
-        let _writing = lock(&self.writes);
-        let id = {
-            let index = read(&self.index);
-            index.check_title_free(&title, None)?;
-            index.next_id
-        };
-        let info = Info {
-            id,
+        let mut info = Info {
+            id: 0,
             title,
             description,
             visibility,
@@ -125,6 +145,27 @@ impl RoomMap {
             updated_at: now,
             revision: 0,
         };
+        if let Some(cluster) = &self.cluster {
+            // The title check and the id are one script: unique across nodes (SPEC).
+            let lower = info.title.to_lowercase();
+            info.id = cluster
+                .link
+                .create_room(&lower, &cluster::stored(&info))
+                .map_err(|refused| match refused {
+                    Refused::Taken => ApiError::field(ErrorKind::DuplicateRoom, "title"),
+                    _ => cluster::unavailable(),
+                })?;
+            // A new room has nobody in it: no need to ask.
+            let users = (visibility == Visibility::Public).then(Vec::new);
+            return Ok(cluster::view(&info, users));
+        }
+        let _writing = lock(&self.writes);
+        let id = {
+            let index = read(&self.index);
+            index.check_title_free(&info.title, None)?;
+            index.next_id
+        };
+        info.id = id;
         self.services
             .store
             .save_room(&info.record(), id + 1)
@@ -157,13 +198,28 @@ impl RoomMap {
             .as_deref()
             .map(|v| validate_visibility(Some(v)))
             .transpose()?;
+        let patch = Patch {
+            title,
+            description,
+            visibility,
+            password: input.password,
+        };
+        if let Some(cluster) = &self.cluster {
+            return self.update_shared(cluster, id, &patch);
+        }
+        let Patch {
+            title,
+            description,
+            visibility,
+            password,
+        } = patch;
         let room = self.room(id)?;
         for _ in 0..UPDATE_TRIES {
             let current = room.with_live(&self.services, |live, _| live.info.clone());
             let new_visibility = visibility.unwrap_or(current.visibility);
             let password_hash = self.hash_for(
                 new_visibility,
-                input.password.as_deref(),
+                password.as_deref(),
                 current.password_hash.clone(),
             )?;
             let _writing = lock(&self.writes);
@@ -206,10 +262,69 @@ impl RoomMap {
         Err(ApiError::new(ErrorKind::StorageUnavailable))
     }
 
+    /// Several nodes: `update` through Redis. The script applies the change only if the
+    /// room is still as read (else this starts again), and keeps titles unique.
+    fn update_shared(
+        &self,
+        cluster: &Cluster,
+        id: u64,
+        patch: &Patch,
+    ) -> Result<RoomView, ApiError> {
+        for _ in 0..UPDATE_TRIES {
+            let before = cluster.find(&RoomRef::Id(id))?;
+            let current = cluster::info(&before)?;
+            let new_visibility = patch.visibility.unwrap_or(current.visibility);
+            let password_hash = self.hash_for(
+                new_visibility,
+                patch.password.as_deref(),
+                current.password_hash.clone(),
+            )?;
+            let mut info = current.clone();
+            if let Some(title) = &patch.title {
+                info.title.clone_from(title);
+            }
+            if let Some(description) = &patch.description {
+                info.description.clone_from(description);
+            }
+            info.visibility = new_visibility;
+            info.password_hash = password_hash;
+            info.updated_at = now_rfc3339();
+            let (old, new) = (current.title.to_lowercase(), info.title.to_lowercase());
+            match cluster
+                .link
+                .update_room(&before, &old, &new, &cluster::stored(&info))
+            {
+                Ok(()) => return cluster.view_of(&info, true),
+                Err(Refused::Changed) => continue,
+                Err(Refused::Taken) => {
+                    return Err(ApiError::field(ErrorKind::DuplicateRoom, "title"))
+                }
+                Err(Refused::Gone) => return Err(not_found()),
+                Err(_) => return Err(cluster::unavailable()),
+            }
+        }
+        log::warn!("room {id}: {UPDATE_TRIES} concurrent updates in a row; this one gave up");
+        Err(ApiError::new(ErrorKind::StorageUnavailable))
+    }
+
     /// Removes room `id`, on disk first. Its sockets are told (a 101 event, then close
     /// 1001); its id is never reused, and tokens for it die with it (their key included
     /// its id and hash).
     pub fn delete(&self, id: u64) -> Result<(), ApiError> {
+        if let Some(cluster) = &self.cluster {
+            // Every node closes the room's sockets when the script's `x` event reaches it.
+            for _ in 0..UPDATE_TRIES {
+                let before = cluster.find(&RoomRef::Id(id))?;
+                let lower = before.room.title.to_lowercase();
+                match cluster.link.delete_room(&before, &lower) {
+                    Ok(()) => return Ok(()),
+                    Err(Refused::Changed) => continue,
+                    Err(Refused::Gone) => return Err(not_found()),
+                    Err(_) => return Err(cluster::unavailable()),
+                }
+            }
+            return Err(ApiError::new(ErrorKind::StorageUnavailable));
+        }
         let _writing = lock(&self.writes);
         let room = self.room(id)?;
         self.services.store.delete_room(id).map_err(unsaved)?;
@@ -261,6 +376,7 @@ impl RoomMap {
             last_message_id,
             self.feed_len,
             self.history_len,
+            None,
         ))
     }
 }

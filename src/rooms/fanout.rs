@@ -32,6 +32,19 @@
 //! members taking one mutex for each event made them queue behind each other. Each socket
 //! keeps its cursor in its [`Subscriber`], where the room reads it to trim the feed and to
 //! find laggards. Lock order: the room's lock, then the feed's; readers take the feed's only.
+//!
+//! # Several nodes: a feed filled from the subscription
+//! With Redis (`rooms::cluster`), Redis orders the room's events, not this lock: a join,
+//! send or leave is checked here (the speaker's own node still makes it wait while a local
+//! reader is behind, as above), then run as a Redis script with no lock held, and the event
+//! comes back, to every node, the speaker's too, through the subscription
+//! ([`Live::deliver`]). The subscriber thread serves every room of the node, so it must never
+//! wait: it appends even to a full feed. Speakers on other nodes do not see this node's
+//! readers, so the feed may overshoot its capacity; at twice the capacity (a hard bound)
+//! every socket still behind the oldest event is closed as a slow reader (1008), stalled or
+//! not, so the subscriber is never slowed and memory stays bounded. A socket that joins
+//! reads nothing until its own join comes back ([`Socket::joining`]): what came before is
+//! in the history its join replayed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -40,6 +53,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::clock::now_rfc3339;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::{as_replay, join_message, leave_message, EventType, ServerEvent};
+use crate::redis_link::{Kind, Link};
 use crate::store::Store;
 use crate::sync::{lock, read, write};
 
@@ -76,6 +90,9 @@ pub enum CloseReason {
     SlowReader,
     /// The room was deleted (a 101 error event, then close 1001).
     RoomDeleted,
+    /// Several nodes: Redis is unreachable, so events may have been missed (close 1012,
+    /// "service restart": the client reconnects and resumes with `since`).
+    BackendLost,
 }
 
 /// Why a chat action did not happen.
@@ -110,6 +127,8 @@ pub struct Room {
     head: Arc<AtomicU64>,
     /// Set while speakers wait for room in the feed: readers at its front then free it.
     waiting: AtomicBool,
+    /// Several nodes: where leaves are published (see the module docs).
+    link: Option<Arc<Link>>,
 }
 
 /// The room's recent events, read by every member from its own cursor.
@@ -139,6 +158,9 @@ pub(super) struct Live {
     head: Arc<AtomicU64>,
     /// The most events the feed holds before speakers wait (`send_queue_len`).
     capacity: usize,
+    /// Set when Redis orders the room's events (several nodes): leaves are published, not
+    /// appended here, and the feed fills from [`Live::deliver`].
+    shared: bool,
     /// The last `history_len` `send` events with their ids, oldest first.
     history: VecDeque<(u64, Arc<str>)>,
     history_len: usize,
@@ -156,6 +178,9 @@ struct Socket {
     member: Option<Member>,
     /// After a leave: the socket still reads the events before its leave, up to here.
     reads_until: Option<u64>,
+    /// Several nodes: joined, but its own join has not come back from Redis yet; it reads
+    /// nothing until then, and from its join on.
+    joining: bool,
 }
 
 impl Socket {
@@ -169,10 +194,11 @@ impl Socket {
 }
 
 /// The name a socket joined with.
-struct Member {
-    username: String,
-    color: String,
-    last_activity: String,
+#[derive(Clone)]
+pub(super) struct Member {
+    pub(super) username: String,
+    pub(super) color: String,
+    pub(super) last_activity: String,
 }
 
 /// What a join hands back to its socket.
@@ -180,8 +206,9 @@ pub struct Joined {
     /// The kept messages it asked for, as replayed (`"replay":true`), oldest first: to be
     /// sent before anything from the feed.
     pub replay: Vec<String>,
-    /// Where in the feed it reads from: its own join.
-    pub cursor: u64,
+    /// Where in the feed it reads from: its own join; `None` with several nodes, where the
+    /// join comes back through the subscription (see `Membership::join_arrived`).
+    pub cursor: Option<u64>,
 }
 
 /// What a room's work after its lock needs: the store (history) and the waker thread.
@@ -204,11 +231,13 @@ pub struct Aftermath {
     slow: Vec<String>,
     /// A message for the database's history: room id, message id, its text.
     persist: Option<(u64, u64, Arc<str>)>,
+    /// Several nodes: leaves to publish through Redis (socket, lower-cased name, text).
+    leaves: Vec<(u64, String, String)>,
 }
 
 impl Aftermath {
     /// Wakes, closes, logs and persists what the locked work left for it.
-    pub fn finish(self, room_id: u64, services: &Services) {
+    pub fn finish(self, room_id: u64, services: &Services, link: Option<&Link>) {
         if self.wake_later {
             services.waker.wake(self.wake);
         } else {
@@ -228,6 +257,13 @@ impl Aftermath {
         if let Some((room_id, id, text)) = self.persist {
             services.store.append_message(room_id, id, &text);
         }
+        if let Some(link) = link {
+            for (session, lower, text) in self.leaves {
+                // Refused: the name was reaped or the room deleted; down: the link's
+                // recovery retires this node's members. Either way nothing is left to do.
+                let _ = link.leave(room_id, &lower, &link.owner(session), &text);
+            }
+        }
     }
 }
 
@@ -239,6 +275,7 @@ impl Room {
         last_message_id: u64,
         capacity: usize,
         history_len: usize,
+        link: Option<Arc<Link>>,
     ) -> Room {
         let id = info.id;
         let mut history: VecDeque<_> = history.into();
@@ -263,12 +300,14 @@ impl Room {
                 head,
                 // A feed of one event could never hold a join and the leave it may need.
                 capacity: capacity.max(2),
+                shared: link.is_some(),
                 history,
                 history_len,
                 last_message_id,
                 waiting: Vec::new(),
             }),
             waiting: AtomicBool::new(false),
+            link,
         }
     }
 
@@ -285,8 +324,13 @@ impl Room {
             self.waiting.store(!live.waiting.is_empty(), SeqCst);
             result
         };
-        after.finish(self.id, services);
+        after.finish(self.id, services, self.link.as_deref());
         result
+    }
+
+    /// Whether no socket is connected to the room (several nodes: it can be dropped).
+    pub(super) fn is_idle(&self) -> bool {
+        lock(&self.live).sockets.is_empty()
     }
 
     /// The room's title, for the index.
@@ -380,6 +424,7 @@ impl Live {
                 subscriber,
                 member: None,
                 reads_until: None,
+                joining: false,
             },
         );
         Ok(())
@@ -389,7 +434,7 @@ impl Live {
     pub(super) fn detach(&mut self, session: u64, after: &mut Aftermath) {
         if let Some(socket) = self.sockets.remove(&session) {
             if let Some(member) = socket.member {
-                self.push_leave(&member, after);
+                self.push_leave(session, &member, after);
             }
             self.release_waiting(after);
         }
@@ -397,11 +442,14 @@ impl Live {
 
     /// Takes every socket away (the room is being deleted) and has them closed.
     pub(super) fn close_all(&mut self, after: &mut Aftermath) {
+        self.close_all_for(CloseReason::RoomDeleted, after);
+    }
+
+    /// Takes every socket away and has them closed for `reason`; nothing is broadcast.
+    pub(super) fn close_all_for(&mut self, reason: CloseReason, after: &mut Aftermath) {
         self.deleted = true;
         for socket in std::mem::take(&mut self.sockets).into_values() {
-            after
-                .close
-                .push((socket.subscriber, CloseReason::RoomDeleted));
+            after.close.push((socket.subscriber, reason));
         }
         let mut feed = write(&self.feed);
         feed.first_seq = feed.head();
@@ -459,7 +507,7 @@ impl Live {
             .collect();
         Ok(Joined {
             replay,
-            cursor: seq,
+            cursor: Some(seq),
         })
     }
 
@@ -501,12 +549,13 @@ impl Live {
         self.make_space(session, after)?;
         let socket = self.socket(session)?;
         let member = socket.member.take().ok_or_else(user_not_found)?;
+        socket.joining = false;
         // It still reads what was said before it left, not its own leave.
         let head = self.head();
         if let Some(socket) = self.sockets.get_mut(&session) {
             socket.reads_until = Some(head);
         }
-        self.push_leave(&member, after);
+        self.push_leave(session, &member, after);
         Ok(head)
     }
 
@@ -544,30 +593,7 @@ impl Live {
         if self.has_space() {
             return Ok(());
         }
-        let (oldest, head) = {
-            let feed = read(&self.feed);
-            (feed.first_seq, feed.head())
-        };
-        let slow: Vec<u64> = self
-            .sockets
-            .iter()
-            .filter(|(_, s)| {
-                s.reads(head) && s.subscriber.cursor() <= oldest && s.subscriber.is_stalled()
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in slow {
-            if let Some(socket) = self.sockets.remove(&id) {
-                after
-                    .close
-                    .push((socket.subscriber, CloseReason::SlowReader));
-                if let Some(member) = socket.member {
-                    after.slow.push(member.username.clone());
-                    self.push_leave(&member, after);
-                }
-            }
-        }
-        self.trim();
+        self.close_laggards(false, after);
         if self.has_space() {
             return Ok(());
         }
@@ -583,9 +609,45 @@ impl Live {
         Err(Refusal::Busy)
     }
 
+    /// Closes the sockets that have not read the feed's oldest event: those whose clients
+    /// stopped reading, or, with `all`, every one of them. Their leaves are broadcast.
+    fn close_laggards(&mut self, all: bool, after: &mut Aftermath) {
+        let (oldest, head) = {
+            let feed = read(&self.feed);
+            (feed.first_seq, feed.head())
+        };
+        let slow: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| {
+                s.reads(head)
+                    && s.subscriber.cursor() <= oldest
+                    && (all || s.subscriber.is_stalled())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            if let Some(socket) = self.sockets.remove(&id) {
+                after
+                    .close
+                    .push((socket.subscriber, CloseReason::SlowReader));
+                if let Some(member) = socket.member {
+                    after.slow.push(member.username.clone());
+                    self.push_leave(id, &member, after);
+                }
+            }
+        }
+        self.trim();
+    }
+
+    /// How many events the feed holds.
+    fn feed_len(&self) -> usize {
+        read(&self.feed).events.len()
+    }
+
     /// Whether the feed may take one more event.
     fn has_space(&self) -> bool {
-        read(&self.feed).events.len() < self.capacity
+        self.feed_len() < self.capacity
     }
 
     /// Drops the feed events every reading socket has read.
@@ -637,21 +699,33 @@ impl Live {
         seq
     }
 
-    fn push_leave(&mut self, member: &Member, after: &mut Aftermath) {
+    /// Broadcasts `member`'s leave: appended here, or, with several nodes, published
+    /// through Redis once the lock is released (it comes back through `deliver`).
+    fn push_leave(&mut self, session: u64, member: &Member, after: &mut Aftermath) {
+        let text = self.leave_event(member, &now_rfc3339());
+        if self.shared {
+            let lower = member.username.to_lowercase();
+            after.leaves.push((session, lower, text.to_string()));
+        } else {
+            self.push(text, after);
+        }
+    }
+
+    /// `member`'s leave event at `time`.
+    pub(super) fn leave_event(&self, member: &Member, time: &str) -> Arc<str> {
         let msg = leave_message(&member.username);
-        let text = self.event(
+        self.event(
             EventType::Leave,
             &member.username,
             &member.color,
             &msg,
-            &now_rfc3339(),
+            time,
             None,
-        );
-        self.push(text, after);
+        )
     }
 
     /// Serialises an event of this room, once for all its members.
-    fn event(
+    pub(super) fn event(
         &self,
         event_type: EventType,
         name: &str,
@@ -684,6 +758,99 @@ impl Live {
             .member
             .as_mut()
             .ok_or_else(user_not_found)
+    }
+}
+
+/// Several nodes: the steps around a Redis script. Each runs under the room's lock; the
+/// script runs between them with no lock held (see the module docs).
+impl Live {
+    /// Before a join's script: the socket holds no name yet, and the feed has room (or the
+    /// speaker waits, as for a local join). From here the socket counts as a reader, so the
+    /// feed keeps what arrives, but reads nothing until its join comes back.
+    pub(super) fn begin_join(
+        &mut self,
+        session: u64,
+        name: &str,
+        color: &str,
+        after: &mut Aftermath,
+    ) -> Result<Member, Refusal> {
+        if self.socket(session)?.member.is_some() {
+            return Err(ApiError::field(ErrorKind::DuplicateUsername, "name").into());
+        }
+        self.make_space(session, after)?;
+        let member = Member {
+            username: name.to_owned(),
+            color: color.to_owned(),
+            last_activity: now_rfc3339(),
+        };
+        let head = self.head();
+        let socket = self.socket(session)?;
+        socket.member = Some(member.clone());
+        socket.joining = true;
+        socket.subscriber.set_cursor(head);
+        socket.reads_until = None;
+        Ok(member)
+    }
+
+    /// Where a socket whose join went through Redis reads from, once its join has come back
+    /// (`None` until then).
+    pub(super) fn join_arrived(&self, session: u64) -> Option<u64> {
+        let socket = self.sockets.get(&session)?;
+        (socket.member.is_some() && !socket.joining).then(|| socket.subscriber.cursor())
+    }
+
+    /// After a join's script that did not take the name: the socket holds none again.
+    pub(super) fn undo_join(&mut self, session: u64) {
+        if let Some(socket) = self.sockets.get_mut(&session) {
+            socket.member = None;
+            socket.joining = false;
+        }
+    }
+
+    /// Before a send's script: the socket's name, with its last activity now, once the
+    /// feed has room.
+    pub(super) fn begin_send(
+        &mut self,
+        session: u64,
+        after: &mut Aftermath,
+    ) -> Result<Member, Refusal> {
+        self.member(session)?;
+        self.make_space(session, after)?;
+        let member = self.member(session)?;
+        member.last_activity = now_rfc3339();
+        Ok(member.clone())
+    }
+
+    /// An event from the subscription, in Redis's order: appended even to a full feed (the
+    /// subscriber serves every room and never waits); past twice the capacity, every socket
+    /// still behind is closed as a slow reader. A socket's own join starts its reading.
+    pub(super) fn deliver(
+        &mut self,
+        kind: Kind,
+        origin: Option<u64>,
+        text: &str,
+        after: &mut Aftermath,
+    ) {
+        if self.deleted {
+            return;
+        }
+        if kind == Kind::Join {
+            let seq = self.head();
+            if let Some(socket) = origin.and_then(|o| self.sockets.get_mut(&o)) {
+                if socket.joining {
+                    socket.joining = false;
+                    socket.subscriber.set_cursor(seq);
+                }
+            }
+        }
+        self.push(text.into(), after);
+        if self.feed_len() > self.capacity {
+            self.trim();
+        }
+        if self.feed_len() > self.capacity {
+            let hard = self.feed_len() >= self.capacity.saturating_mul(2);
+            self.close_laggards(hard, after);
+        }
     }
 }
 

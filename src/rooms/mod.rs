@@ -30,15 +30,19 @@
 //! # The seam for several nodes
 //! Storage goes through the [`Store`] trait (SQLite, or nothing with `db_path: null`);
 //! `http` and `ws` only ever call `RoomMap` and `Membership`, so another store and fan-out
-//! (Redis) plug in here without touching them.
+//! plug in here without touching them. With `redis_url` set, [`RoomMap::clustered`] builds
+//! a map whose every public function goes to `cluster` (Redis, read through) instead of the
+//! index: the index stays empty, and the local rooms there only deliver events.
 
 mod catalog;
+mod cluster;
 mod fanout;
 mod view;
 mod waker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 pub use catalog::{
     RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
@@ -50,10 +54,11 @@ use crate::clock::now_rfc3339;
 use crate::error::ApiError;
 use crate::hasher::Hasher;
 use crate::path::RoomRef;
-use crate::store::{Saved, Store, StoreError};
+use crate::store::{NoStore, Saved, Store, StoreError};
 use crate::sync::read;
 
 use catalog::{not_found, Info};
+use cluster::Cluster;
 use fanout::{Room, Services};
 use waker::Waker;
 
@@ -70,6 +75,8 @@ pub struct RoomMap {
     feed_len: usize,
     /// How many `send` events each room keeps for sockets that join later.
     history_len: usize,
+    /// Several nodes: Redis instead of the index and the store (see `cluster`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Ids and titles to rooms.
@@ -144,6 +151,7 @@ impl RoomMap {
             hasher,
             feed_len,
             history_len,
+            cluster: None,
         };
         let mut history = saved.history;
         let mut index = crate::sync::write(&map.index);
@@ -178,16 +186,66 @@ impl RoomMap {
         Ok(map)
     }
 
-    /// Writes out the history still queued for the database. Called once, at shutdown.
+    /// Several nodes: a map that keeps nothing itself and asks Redis at `redis_url`, with
+    /// members' leaves reaped after `presence_ttl`. Waits briefly for the first connection.
+    pub fn clustered(
+        redis_url: &str,
+        presence_ttl: Duration,
+        hasher: Hasher,
+        feed_len: usize,
+        history_len: usize,
+    ) -> Result<RoomMap, String> {
+        let waker =
+            Waker::start().map_err(|e| format!("cannot start the room waker thread: {e}"))?;
+        let services = Services {
+            store: Arc::new(NoStore),
+            waker,
+        };
+        let cluster = Cluster::start(
+            redis_url,
+            presence_ttl,
+            feed_len,
+            history_len,
+            services.clone(),
+        )?;
+        Ok(RoomMap {
+            index: RwLock::new(Index {
+                by_id: BTreeMap::new(),
+                by_title: HashMap::new(),
+                next_id: 1,
+            }),
+            writes: Mutex::new(()),
+            services,
+            hasher,
+            feed_len,
+            history_len,
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Writes out the history still queued for the database, or retires this node from
+    /// Redis. Called once, at shutdown.
     pub fn close(&self) {
         self.services.store.close();
+        if let Some(cluster) = &self.cluster {
+            cluster.close();
+        }
+    }
+
+    /// Whether the backend can be used now: with SQLite while its writes succeed, with Redis
+    /// while the link is up. For `/healthz` and `chitchat_backend_up`.
+    pub fn backend_up(&self) -> bool {
+        self.services.store.is_up() && self.cluster.as_ref().is_none_or(|c| c.backend_up())
     }
 
     /// Every room except hidden ones, by id. Users are shown for public rooms only: a
     /// listing has no token for each private room.
-    pub fn list(&self) -> Vec<RoomView> {
+    pub fn list(&self) -> Result<Vec<RoomView>, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.list();
+        }
         let rooms: Vec<Arc<Room>> = read(&self.index).by_id.values().cloned().collect();
-        rooms
+        let views = rooms
             .iter()
             .filter_map(|room| {
                 room.with_live(&self.services, |live, _| {
@@ -196,11 +254,15 @@ impl RoomMap {
                         .then(|| live.view(visibility == Visibility::Public))
                 })
             })
-            .collect()
+            .collect();
+        Ok(views)
     }
 
     /// The access data of the room `room_ref` names, or 101.
     pub fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.key(room_ref);
+        }
         let room = read(&self.index)
             .find(room_ref)
             .cloned()
@@ -214,6 +276,9 @@ impl RoomMap {
 
     /// The room with `id` as clients see it, with or without its users.
     pub fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.view(id, with_users);
+        }
         Ok(self
             .room(id)?
             .with_live(&self.services, |live, _| live.view(with_users)))
@@ -222,6 +287,9 @@ impl RoomMap {
     /// Room `id`'s kept messages with an id above `since`, oldest first, at most `limit`
     /// of them (the newest), as broadcast.
     pub fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.messages(id, since, limit);
+        }
         Ok(self
             .room(id)?
             .with_live(&self.services, |live, _| live.messages(since, limit)))
@@ -256,11 +324,6 @@ impl RoomMap {
             .sum()
     }
 
-    /// Whether the store takes writes (`/healthz`, a `/metrics` gauge).
-    pub fn backend_up(&self) -> bool {
-        self.services.store.is_up()
-    }
-
     /// Messages waiting for the history writer (a `/metrics` gauge).
     pub fn history_queue(&self) -> usize {
         self.services.store.queued()
@@ -280,14 +343,21 @@ impl RoomMap {
         session: u64,
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<Membership, ApiError> {
-        let room = self.room(id)?;
-        let attached = Arc::clone(&subscriber);
-        room.with_live(&self.services, |live, _| live.attach(session, attached))?;
+        let room = match &self.cluster {
+            Some(cluster) => cluster.attach(id, session, Arc::clone(&subscriber))?,
+            None => {
+                let room = self.room(id)?;
+                let attached = Arc::clone(&subscriber);
+                room.with_live(&self.services, |live, _| live.attach(session, attached))?;
+                room
+            }
+        };
         Ok(Membership {
             room,
             services: self.services.clone(),
             session,
             subscriber,
+            cluster: self.cluster.clone(),
         })
     }
 
@@ -309,6 +379,8 @@ pub struct Membership {
     session: u64,
     /// The socket's doorbell, which holds its cursor in the feed.
     subscriber: Arc<dyn Subscriber>,
+    /// Several nodes: joins and sends go through Redis.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Membership {
@@ -319,6 +391,9 @@ impl Membership {
 
     /// Takes `name` in the room and broadcasts the join; see `fanout` for the rules.
     pub fn join(&self, name: &str, color: &str, since: Option<u64>) -> Result<Joined, Refusal> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.join(&self.room, self.session, name, color, since);
+        }
         self.room.with_live(&self.services, |live, after| {
             live.join(self.session, name, color, since, after)
         })
@@ -326,6 +401,9 @@ impl Membership {
 
     /// Broadcasts `msg` under the joined name; returns the message's id.
     pub fn send(&self, msg: &str) -> Result<u64, Refusal> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.send(&self.room, self.session, msg);
+        }
         self.room.with_live(&self.services, |live, after| {
             live.send(self.session, msg, after)
         })
@@ -352,6 +430,13 @@ impl Membership {
         end
     }
 
+    /// With several nodes, where the socket reads the feed from once its own join has come
+    /// back through the subscription; `None` until then.
+    pub fn join_arrived(&self) -> Option<u64> {
+        self.room
+            .with_live(&self.services, |live, _| live.join_arrived(self.session))
+    }
+
     /// Whether the feed has events past `cursor` (no lock taken).
     pub fn has_news(&self, cursor: u64) -> bool {
         self.room.has_news(cursor)
@@ -370,13 +455,16 @@ impl Drop for Membership {
         self.room.with_live(&self.services, |live, after| {
             live.detach(self.session, after)
         });
+        if let Some(cluster) = &self.cluster {
+            cluster.forget(&self.room);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NoStore, RoomRecord, SavedRoom};
+    use crate::store::{RoomRecord, SavedRoom};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
     /// A map with only the default room, keeping `history_len` messages, saving nothing.
@@ -627,6 +715,112 @@ mod tests {
             Some(CloseReason::SlowReader)
         );
         assert_eq!(users(&rooms), ["ann"]);
+    }
+
+    /// Several nodes: a room whose events come from the subscription, with a link that never
+    /// connects (leaves are then refused at once, which these tests do not need).
+    fn shared_room(feed_len: usize) -> Arc<Room> {
+        let link = crate::redis_link::Link::new(
+            "redis://127.0.0.1:1",
+            std::time::Duration::from_secs(15),
+            10,
+            "test".into(),
+        )
+        .unwrap();
+        Arc::new(Room::new(
+            Info::placeholder(7),
+            Vec::new(),
+            0,
+            feed_len,
+            10,
+            Some(link),
+        ))
+    }
+
+    /// What a room's after-lock work needs in these tests: no store, a waker.
+    fn services() -> Services {
+        Services {
+            store: Arc::new(NoStore),
+            waker: Waker::start().unwrap(),
+        }
+    }
+
+    fn shared_reader(room: &Room, services: &Services, session: u64) -> Arc<Probe> {
+        let probe = Arc::new(Probe::default());
+        room.with_live(services, |live, _| live.attach(session, probe.clone()))
+            .unwrap();
+        probe
+    }
+
+    /// Reads what `probe`'s socket may read, as its session would: nothing before its own
+    /// join has come back, then from its cursor on.
+    fn read_shared(room: &Room, services: &Services, probe: &Probe, session: u64) -> Vec<String> {
+        let Some(cursor) = room.with_live(services, |live, _| live.join_arrived(session)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let (end, _) = room.read(cursor, u64::MAX, usize::MAX, |t| out.push(t.to_owned()));
+        probe.set_cursor(end);
+        out
+    }
+
+    /// A socket that joins through Redis reads nothing until its own join comes back, then
+    /// reads from it on: what came before is in the history its join replayed, not twice.
+    #[test]
+    fn a_joining_socket_reads_from_its_own_join_on() {
+        use crate::redis_link::Kind;
+        let (room, services) = (shared_room(16), services());
+        let probe = shared_reader(&room, &services, 1);
+        room.with_live(&services, |live, after| {
+            live.begin_join(1, "ann", "red", after).map(drop)
+        })
+        .unwrap();
+        let deliver = |kind, origin, text: &str| {
+            room.with_live(&services, |live, after| {
+                live.deliver(kind, origin, text, after)
+            })
+        };
+        deliver(Kind::Send, None, "before");
+        assert!(read_shared(&room, &services, &probe, 1).is_empty());
+        deliver(Kind::Join, Some(1), "ann joins");
+        deliver(Kind::Send, None, "after");
+        assert_eq!(
+            read_shared(&room, &services, &probe, 1),
+            ["ann joins", "after"]
+        );
+    }
+
+    /// The subscriber never waits: it appends to a full feed; a stalled laggard is closed
+    /// past the capacity, and at twice the capacity every laggard is, stalled or not.
+    #[test]
+    fn the_subscription_overshoots_a_full_feed_and_closes_laggards() {
+        use crate::redis_link::Kind;
+        let (room, services) = (shared_room(4), services());
+        let probes: Vec<Arc<Probe>> = (1..=3)
+            .map(|s| shared_reader(&room, &services, s))
+            .collect();
+        for session in 1..=3 {
+            room.with_live(&services, |live, after| {
+                live.begin_join(session, &format!("u{session}"), "red", after)
+                    .map(drop)
+            })
+            .unwrap();
+            room.with_live(&services, |live, after| {
+                live.deliver(Kind::Join, Some(session), "join", after)
+            });
+        }
+        probes[1].stalled.store(true, SeqCst);
+        let closed = |i: usize| *crate::sync::lock(&probes[i].closed);
+        for n in 0..8 {
+            room.with_live(&services, |live, after| {
+                live.deliver(Kind::Send, None, &format!("m{n}"), after)
+            });
+            read_shared(&room, &services, &probes[0], 1);
+        }
+        assert_eq!(closed(0), None, "a reader that reads stays");
+        assert_eq!(closed(1), Some(CloseReason::SlowReader));
+        assert_eq!(closed(2), Some(CloseReason::SlowReader), "the hard bound");
+        assert_eq!(read_shared(&room, &services, &probes[0], 1).len(), 0);
     }
 
     /// Message ids count 1, 2, 3 in the room's order, and the history keeps the newest

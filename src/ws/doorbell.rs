@@ -26,6 +26,9 @@ pub enum Closing {
     RoomDeleted,
     /// The server is stopping (1001).
     Shutdown,
+    /// Several nodes: Redis is unreachable (1012, "service restart": reconnect, resume
+    /// with `since`).
+    BackendLost,
 }
 
 /// A socket's doorbell and flags, shared by its session thread, its room and the
@@ -47,7 +50,12 @@ struct Inner {
     fd: OwnedFd,
 }
 
-const CLOSINGS: [Closing; 3] = [Closing::SlowReader, Closing::RoomDeleted, Closing::Shutdown];
+const CLOSINGS: [Closing; 4] = [
+    Closing::SlowReader,
+    Closing::RoomDeleted,
+    Closing::Shutdown,
+    Closing::BackendLost,
+];
 
 impl Doorbell {
     /// A new doorbell: one eventfd.
@@ -150,6 +158,7 @@ impl Subscriber for Doorbell {
             match reason {
                 CloseReason::SlowReader => Closing::SlowReader,
                 CloseReason::RoomDeleted => Closing::RoomDeleted,
+                CloseReason::BackendLost => Closing::BackendLost,
             },
         );
     }

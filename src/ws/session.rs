@@ -102,6 +102,7 @@ impl Ending {
             Ending::ClientClosed(code) => Some(*code),
             Ending::ServerClosed(Closing::SlowReader) => Some(CloseCode::Policy),
             Ending::ServerClosed(Closing::RoomDeleted | Closing::Shutdown) => Some(CloseCode::Away),
+            Ending::ServerClosed(Closing::BackendLost) => Some(CloseCode::Restart),
             Ending::TooBig => Some(CloseCode::Size),
             Ending::NotUtf8 => Some(CloseCode::Invalid),
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
@@ -118,6 +119,7 @@ impl Ending {
             Closing::SlowReader => Closed::Slow,
             Closing::RoomDeleted => Closed::RoomDeleted,
             Closing::Shutdown => Closed::Shutdown,
+            Closing::BackendLost => Closed::Backend,
         };
         match self {
             Ending::ServerClosed(closing) => server(*closing),
@@ -161,6 +163,9 @@ struct Chat {
     reading: Option<Reading>,
     /// A frame the room had no room for yet: retried before anything else is read.
     pending: Option<String>,
+    /// Set after a join that went through Redis, until it comes back (the feed is read
+    /// from that join on: `Membership::join_arrived`).
+    awaiting_join: bool,
     /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
     /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
     input_held: bool,
@@ -203,6 +208,7 @@ impl Session {
                     reading: None,
                     pending: None,
                     input_held: false,
+                    awaiting_join: false,
                     frames,
                 };
                 let ending = chat.run();
@@ -210,11 +216,15 @@ impl Session {
                 drop(chat.membership);
                 chat.session.finish(&ending);
             }
-            // The room was deleted between the handshake and now.
+            // The room was deleted between the handshake and now, or Redis went away.
             Err(error) => {
+                let closing = match error.kind {
+                    ErrorKind::StorageUnavailable => Closing::BackendLost,
+                    _ => Closing::RoomDeleted,
+                };
                 let mut session = self;
                 session.ws.get_mut().push_text(error.to_event().as_bytes());
-                session.finish(&Ending::ServerClosed(Closing::RoomDeleted));
+                session.finish(&Ending::ServerClosed(closing));
             }
         }
     }
@@ -342,6 +352,16 @@ impl Chat {
     /// buffer (no allocation per event) and writes them out every [`FLUSH_BYTES`]. Stops
     /// when the socket takes no more: the rest waits in the feed.
     fn move_feed_events(&mut self) {
+        if self.awaiting_join {
+            let Some(cursor) = self.membership.join_arrived() else {
+                return;
+            };
+            self.awaiting_join = false;
+            self.reading = Some(Reading {
+                cursor,
+                until: None,
+            });
+        }
         while let Some(reading) = self.reading {
             if self.unsent_bytes() >= FLUSH_BYTES {
                 match self.session.ws.get_mut().send_some() {
@@ -506,8 +526,10 @@ impl Chat {
                 for text in &joined.replay {
                     duplex.push_text(text.as_bytes());
                 }
-                self.reading = Some(Reading {
-                    cursor: joined.cursor,
+                // With several nodes the join comes back through Redis: reading starts there.
+                self.awaiting_join = joined.cursor.is_none();
+                self.reading = joined.cursor.map(|cursor| Reading {
+                    cursor,
                     until: None,
                 });
                 log::info!("socket {id} joined room {room_id} as {name}");
