@@ -115,14 +115,28 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let source = path.display().to_string();
-        let fail = |key: Option<&str>, problem: String| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
+            key: None,
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&source, &text, env)
+    }
+
+    /// What [`Config::load`] does once the file is read: `text` is its contents and
+    /// `source` names it in errors and warnings. Separate so the parser can be tested and
+    /// fuzzed without a file (`fuzz/fuzz_targets/config.rs`).
+    pub fn parse(
+        source: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let fail = |key: Option<&str>, problem: String| ConfigError {
+            source: source.to_owned(),
             key: key.map(str::to_owned),
             problem,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
-        let map: Map<String, Value> = serde_json::from_str(&text)
+        let map: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
         let mut config = Config::default();
         let mut warnings = Vec::new();
