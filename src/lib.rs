@@ -84,6 +84,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
+/// What `token::verify` checks a token against; public so the token fuzz target
+/// (`fuzz/fuzz_targets/token.rs`) can build one.
+pub use rooms::{RoomKey, Visibility};
 
 use hasher::Hasher;
 use rooms::RoomMap;
