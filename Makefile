@@ -1,5 +1,5 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench
+.PHONY: run build test bench fuzz
 
 run: build
 	./target/release/chitchat --config config.json
@@ -17,3 +17,10 @@ test:
 
 bench:
 	bash bench/run.sh
+
+# Every fuzz target for FUZZ_SECONDS each (default 20), one at a time, at low priority:
+# builds fuzz/ (its own workspace, on nightly), installing cargo-fuzz and nightly when
+# missing. Not part of `make test`. Longer runs: `fuzz/run.sh 600 http_request`.
+FUZZ_SECONDS ?= 20
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
