@@ -73,39 +73,67 @@ pub struct Answer {
 /// Writes `input` to a new connection to `addr`, shuts the writing half, and reads the
 /// answer to its end. Panics (a finding) if the end does not come within the deadline.
 pub fn exchange(addr: SocketAddr, input: &[u8]) -> Answer {
+    exchange_in_two(addr, input, None)
+}
+
+/// Like [`exchange`], for a WebSocket: writes `handshake`, and when the answer's headers say
+/// `101`, then writes `after` (frames: a client may only send them once upgraded); then
+/// shuts the writing half and reads to the end. `after` is not sent after a refusal.
+pub fn exchange_in_two(addr: SocketAddr, handshake: &[u8], after: Option<&[u8]>) -> Answer {
+    let deadline = Instant::now() + ANSWER_DEADLINE;
     let mut stream = connect(addr);
     // The server may answer and close before reading everything (a 413, a bad request
     // line): a failed write is then expected, and the answer is still read.
-    let _ = stream.write_all(input);
+    let _ = stream.write_all(handshake);
+    let mut answer = Answer {
+        bytes: Vec::new(),
+        reset: false,
+    };
+    if let Some(after) = after {
+        let upgraded = read_until(&mut stream, &mut answer, deadline, |bytes| {
+            find(bytes, b"\r\n\r\n").is_some()
+        });
+        if upgraded && answer.bytes.starts_with(b"HTTP/1.1 101 ") {
+            let _ = stream.write_all(after);
+        }
+    }
     let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + ANSWER_DEADLINE;
-    let mut bytes = Vec::new();
+    read_until(&mut stream, &mut answer, deadline, |_| false);
+    answer
+}
+
+/// Reads into `answer` until `done` says so (true) or the connection ends (false).
+fn read_until(
+    stream: &mut TcpStream,
+    answer: &mut Answer,
+    deadline: Instant,
+    done: impl Fn(&[u8]) -> bool,
+) -> bool {
     let mut buffer = [0u8; 16 * 1024];
-    loop {
+    while !done(&answer.bytes) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             panic!(
                 "hang: the answer did not end within {ANSWER_DEADLINE:?}; {} bytes so far: {:?}",
-                bytes.len(),
-                String::from_utf8_lossy(&bytes[..bytes.len().min(400)])
+                answer.bytes.len(),
+                String::from_utf8_lossy(&answer.bytes[..answer.bytes.len().min(400)])
             );
         }
         stream
             .set_read_timeout(Some(left))
             .expect("a non-zero timeout is accepted");
         match stream.read(&mut buffer) {
-            Ok(0) => {
-                return Answer {
-                    bytes,
-                    reset: false,
-                }
-            }
-            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            Ok(0) => return false,
+            Ok(n) => answer.bytes.extend_from_slice(&buffer[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
             Err(e) if e.kind() == ErrorKind::TimedOut => {}
-            Err(_) => return Answer { bytes, reset: true },
+            Err(_) => {
+                answer.reset = true;
+                return false;
+            }
         }
     }
+    true
 }
 
 /// A connection to `addr`, retried briefly: under load the local ports can run short.
@@ -297,10 +325,16 @@ impl Tally {
     }
 
     /// Counts one outcome; prints the table at 1k, 10k, 100k, ... and every 100k inputs.
+    /// `CHITCHAT_FUZZ_VERBOSE=1` prints every outcome (for running a few inputs by hand).
     pub fn count(&self, outcome: impl Into<String>) {
+        static VERBOSE: OnceLock<bool> = OnceLock::new();
+        let outcome = outcome.into();
+        if *VERBOSE.get_or_init(|| std::env::var_os("CHITCHAT_FUZZ_VERBOSE").is_some()) {
+            eprintln!("{}: {outcome}", self.name);
+        }
         let n = self.execs.fetch_add(1, Ordering::Relaxed) + 1;
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        *counts.entry(outcome.into()).or_default() += 1;
+        *counts.entry(outcome).or_default() += 1;
         if n == 1_000 || n == 10_000 || n % 100_000 == 0 {
             eprintln!("{} after {n} inputs: {counts:?}", self.name);
         }
