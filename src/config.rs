@@ -175,9 +175,7 @@ impl Config {
                 self.static_dir = optional(value, string)?.map(PathBuf::from)
             }
             "secret_key" => self.secret_key = optional(value, string)?.filter(|s| !s.is_empty()),
-            "token_ttl_minutes" => {
-                self.token_ttl = Duration::from_secs_f64(positive(value)? * 60.0)
-            }
+            "token_ttl_minutes" => self.token_ttl = duration(positive(value)? * 60.0)?,
             "max_message_bytes" => self.max_message_bytes = count(value)?,
             "max_body_bytes" => self.max_body_bytes = count(value)?,
             "log_file" => self.log_file = optional(value, string)?.map(PathBuf::from),
@@ -243,7 +241,15 @@ fn positive(value: &Value) -> Result<f64, String> {
 }
 
 fn seconds(value: &Value) -> Result<Duration, String> {
-    positive(value).map(Duration::from_secs_f64)
+    duration(positive(value)?)
+}
+
+/// `secs` as a `Duration`, which must not round to zero: a zero socket timeout is refused
+/// by the OS, and the server would then run with no timeout at all.
+fn duration(secs: f64) -> Result<Duration, String> {
+    Some(Duration::from_secs_f64(secs))
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a positive number: this one rounds to no time at all".into())
 }
 
 fn count(value: &Value) -> Result<usize, String> {
@@ -376,6 +382,24 @@ mod tests {
         let err = load(r#"{"history_len":300,"send_queue_len":300}"#, &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("history_len"));
         assert!(err.to_string().contains("send_queue_len (300)"), "{err}");
+    }
+
+    /// Found by the `config` fuzz target (fuzz/fuzz_targets/config.rs) with
+    /// `{"write_timeout_s":21e-303}`: positive, so accepted, but a zero `Duration`; the OS
+    /// refuses a zero socket timeout, the error is ignored, and the socket has none at all.
+    #[test]
+    fn a_duration_that_rounds_to_zero_is_refused() {
+        for (json, key) in [
+            (r#"{"write_timeout_s":21e-303}"#, "write_timeout_s"),
+            (r#"{"read_timeout_s":1e-10}"#, "read_timeout_s"),
+            (r#"{"ping_interval_s":1e-300}"#, "ping_interval_s"),
+            (r#"{"token_ttl_minutes":1e-300}"#, "token_ttl_minutes"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+        let (config, _) = load(r#"{"read_timeout_s":1e-9}"#, &[]).unwrap();
+        assert_eq!(config.read_timeout, Duration::from_nanos(1));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `PORT`, `WS_PORT` and `SECRET_KEY`. Invariants beyond "no panic": parsing is
 //! deterministic; an error names the file (or the environment) and, when it names a key,
 //! its message says which; an accepted config keeps `history_len` below `send_queue_len`,
-//! has no zero limits, and honours the environment (`PORT` -> `0.0.0.0:$PORT`).
+//! has no zero limits or durations, and honours the environment (`PORT` -> `0.0.0.0:$PORT`).
 
 #![no_main]
 
@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             assert!((4..=31).contains(&config.bcrypt_cost));
             assert!(!config.read_timeout.is_zero() && !config.write_timeout.is_zero());
             assert!(!config.token_ttl.is_zero());
+            assert!(!config.ping_interval.is_zero() && !config.pong_timeout.is_zero());
             for warning in &warnings {
                 assert!(warning.starts_with(SOURCE), "{warning}");
             }
