@@ -90,7 +90,10 @@ pub fn exchange_in_two(addr: SocketAddr, handshake: &[u8], after: Option<&[u8]>)
         reset: false,
     };
     if let Some(after) = after {
-        let upgraded = read_until(&mut stream, &mut answer, deadline, |bytes| {
+        // A handshake the server is still waiting to see the end of gets no answer until
+        // its read timeout: give up waiting soon, and end the input instead.
+        let patience = (Instant::now() + UPGRADE_PATIENCE).min(deadline);
+        let upgraded = read_until(&mut stream, &mut answer, patience, false, |bytes| {
             find(bytes, b"\r\n\r\n").is_some()
         });
         if upgraded && answer.bytes.starts_with(b"HTTP/1.1 101 ") {
@@ -98,20 +101,28 @@ pub fn exchange_in_two(addr: SocketAddr, handshake: &[u8], after: Option<&[u8]>)
         }
     }
     let _ = stream.shutdown(Shutdown::Write);
-    read_until(&mut stream, &mut answer, deadline, |_| false);
+    read_until(&mut stream, &mut answer, deadline, true, |_| false);
     answer
 }
 
-/// Reads into `answer` until `done` says so (true) or the connection ends (false).
+/// How long [`exchange_in_two`] waits for a handshake's answer before it ends the input.
+const UPGRADE_PATIENCE: Duration = Duration::from_millis(300);
+
+/// Reads into `answer` until `done` says so (true), the connection ends or `until` passes
+/// (false). Past `until` is a hang, and panics, when `hang` is set.
 fn read_until(
     stream: &mut TcpStream,
     answer: &mut Answer,
-    deadline: Instant,
+    until: Instant,
+    hang: bool,
     done: impl Fn(&[u8]) -> bool,
 ) -> bool {
     let mut buffer = [0u8; 16 * 1024];
     while !done(&answer.bytes) {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() && !hang {
+            return false;
+        }
         if left.is_zero() {
             panic!(
                 "hang: the answer did not end within {ANSWER_DEADLINE:?}; {} bytes so far: {:?}",
