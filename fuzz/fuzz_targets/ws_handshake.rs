@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// What to send after the upgrade (see the module doc).
 fn frames(mode: u8, rest: &[u8]) -> Vec<u8> {
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         return rest.to_vec();
     }
     let mut out = Vec::new();

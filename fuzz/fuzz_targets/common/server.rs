@@ -346,7 +346,7 @@ impl Tally {
         let n = self.execs.fetch_add(1, Ordering::Relaxed) + 1;
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         *counts.entry(outcome).or_default() += 1;
-        if n == 1_000 || n == 10_000 || n % 100_000 == 0 {
+        if n == 1_000 || n == 10_000 || n.is_multiple_of(100_000) {
             eprintln!("{} after {n} inputs: {counts:?}", self.name);
         }
     }
