@@ -1,5 +1,5 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench redis-server
+.PHONY: run build test bench redis-server fuzz
 
 # apt-get needs root: sudo when we are not root.
 AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -33,3 +33,10 @@ redis-server:
 		echo "make: installing Debian's redis-server" >&2; \
 		$(AS_ROOT) apt-get update && \
 		$(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+
+# Every fuzz target for FUZZ_SECONDS each (default 20), one at a time, at low priority:
+# builds fuzz/ (its own workspace, on nightly), installing cargo-fuzz and nightly when
+# missing. Not part of `make test`. Longer runs: `fuzz/run.sh 600 http_request`.
+FUZZ_SECONDS ?= 20
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)

@@ -172,14 +172,28 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let source = path.display().to_string();
-        let fail = |key: Option<&str>, problem: String| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
+            key: None,
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&source, &text, env)
+    }
+
+    /// What [`Config::load`] does once the file is read: `text` is its contents and
+    /// `source` names it in errors and warnings. Separate so the parser can be tested and
+    /// fuzzed without a file (`fuzz/fuzz_targets/config.rs`).
+    pub fn parse(
+        source: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let fail = |key: Option<&str>, problem: String| ConfigError {
+            source: source.to_owned(),
             key: key.map(str::to_owned),
             problem,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
-        let map: Map<String, Value> = serde_json::from_str(&text)
+        let map: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
         let mut config = Config::default();
         let warnings = Vec::new();
@@ -212,9 +226,7 @@ impl Config {
                 self.static_dir = optional(value, string)?.map(PathBuf::from)
             }
             "secret_key" => self.secret_key = optional(value, string)?.filter(|s| !s.is_empty()),
-            "token_ttl_minutes" => {
-                self.token_ttl = Duration::from_secs_f64(positive(value)? * 60.0)
-            }
+            "token_ttl_minutes" => self.token_ttl = duration(positive(value)? * 60.0)?,
             "max_message_bytes" => self.max_message_bytes = count(value)?,
             "max_body_bytes" => self.max_body_bytes = count(value)?,
             "log_file" => self.log_file = optional(value, string)?.map(PathBuf::from),
@@ -293,7 +305,15 @@ fn positive(value: &Value) -> Result<f64, String> {
 }
 
 fn seconds(value: &Value) -> Result<Duration, String> {
-    positive(value).map(Duration::from_secs_f64)
+    duration(positive(value)?)
+}
+
+/// `secs` as a `Duration`, which must not round to zero: a zero socket timeout is refused
+/// by the OS, and the server would then run with no timeout at all.
+fn duration(secs: f64) -> Result<Duration, String> {
+    Some(Duration::from_secs_f64(secs))
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a positive number: this one rounds to no time at all".into())
 }
 
 fn count(value: &Value) -> Result<usize, String> {
@@ -554,6 +574,24 @@ mod tests {
             let err = load(json, &[]).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{json}");
         }
+    }
+
+    /// Found by the `config` fuzz target (fuzz/fuzz_targets/config.rs) with
+    /// `{"write_timeout_s":21e-303}`: positive, so accepted, but a zero `Duration`; the OS
+    /// refuses a zero socket timeout, the error is ignored, and the socket has none at all.
+    #[test]
+    fn a_duration_that_rounds_to_zero_is_refused() {
+        for (json, key) in [
+            (r#"{"write_timeout_s":21e-303}"#, "write_timeout_s"),
+            (r#"{"read_timeout_s":1e-10}"#, "read_timeout_s"),
+            (r#"{"ping_interval_s":1e-300}"#, "ping_interval_s"),
+            (r#"{"token_ttl_minutes":1e-300}"#, "token_ttl_minutes"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+        let (config, _) = load(r#"{"read_timeout_s":1e-9}"#, &[]).unwrap();
+        assert_eq!(config.read_timeout, Duration::from_nanos(1));
     }
 
     #[test]

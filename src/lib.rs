@@ -106,6 +106,9 @@ use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
 pub use limits::AddrRange;
+/// What `token::verify` checks a token against; public so the token fuzz target
+/// (`fuzz/fuzz_targets/token.rs`) can build one.
+pub use rooms::{RoomKey, Visibility};
 
 use hasher::Hasher;
 use limits::Limits;

@@ -64,6 +64,10 @@ pub fn percent_decode(raw: &str) -> Option<String> {
     while let Some(&byte) = bytes.get(i) {
         if byte == b'%' {
             let hex = raw.get(i + 1..i + 3)?;
+            // `from_str_radix` alone takes a sign: `%+7` would decode to byte 7.
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -98,6 +102,18 @@ mod tests {
         assert_eq!(percent_decode("a%2"), None);
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(percent_decode("%%"), None);
+    }
+
+    /// Found by the `path` fuzz target (fuzz/fuzz_targets/path.rs) with the target
+    /// `:/c\0(a\xf4s%+72w/...`: `u8::from_str_radix` accepts a leading `+`, so `%+7`
+    /// decoded to byte 7 and `/chats/%+41` named the room "A" instead of none.
+    #[test]
+    fn an_escape_with_a_sign_is_malformed() {
+        assert_eq!(percent_decode("%+7"), None);
+        assert_eq!(percent_decode("s%+72w"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert_eq!(RoomRef::from_segment("%+41"), None);
+        assert_eq!(query_param("token=a%+2Eb", "token"), None);
     }
 
     #[test]

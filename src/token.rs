@@ -74,12 +74,10 @@ pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiEr
 }
 
 /// The `alg` of a token's header, read by hand because the JWT library cannot even parse
-/// a header that names an algorithm it does not know (such as `none`).
+/// a header that names an algorithm it does not know (such as `none`). The header must be
+/// a JSON object (RFC 7515): read into a struct, serde would also take an array, and
+/// `["none"]` would be refused as another algorithm (402) rather than as malformed (403).
 fn header_algorithm(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct JwtHeader {
-        alg: String,
-    }
     let mut parts = token.split('.');
     let (header, _, _) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -88,9 +86,8 @@ fn header_algorithm(token: &str) -> Option<String> {
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
         .ok()?;
-    serde_json::from_slice::<JwtHeader>(&json)
-        .ok()
-        .map(|h| h.alg)
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
 }
 
 /// The token a request presents, wherever it is (SPEC, Tokens): `Authorization: Bearer`
@@ -166,6 +163,35 @@ mod tests {
             verify("s", &room(2, "h"), "garbage").unwrap_err().code(),
             403
         );
+    }
+
+    /// Found by the `token` fuzz target (fuzz/fuzz_targets/token.rs): a header that is a
+    /// JSON array, `["max_message_bytes"]` (input `\x01["max_message_bytes"\n]\n\n\n\n\n\t`:
+    /// that header with good claims and signature), was read as naming an algorithm and
+    /// refused with 402; a header that is not an object is malformed: 403. The same for a
+    /// header whose other fields are not UTF-8 (`{"alg":"x","t":"\xac"}`), which serde
+    /// skipped unchecked.
+    #[test]
+    fn a_header_that_is_not_a_json_object_is_malformed() {
+        let token = issue("s", &room(2, "h"), "ann", Duration::from_secs(60)).unwrap();
+        let (_, rest) = token.split_once('.').unwrap();
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for header in [
+            &b"[\"max_message_bytes\"\n]"[..],
+            b"[\"none\"]",
+            b"[\"HS256\"]",
+            b"{\"alg\":\"yyyHS256\",\"t$yp\":\"JW\xac\xdd\xd3\"}",
+        ] {
+            let forged = format!("{}.{rest}", engine.encode(header));
+            assert_eq!(
+                verify("s", &room(2, "h"), &forged).unwrap_err().code(),
+                403,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        let none = format!("{}.{rest}", engine.encode(r#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(verify("s", &room(2, "h"), &none).unwrap_err().code(), 402);
     }
 
     #[test]
