@@ -17,7 +17,6 @@ use common::{read_response, TestServer, TIMEOUT};
 /// thread and a socket for good. Fix belongs in vendor/tiny_http (`ClientConnection::next`,
 /// src/client.rs): answer through the request's writer, or drop it without its 500 first.
 #[test]
-#[ignore = "fuzz finding not fixed yet: tiny_http 505 path deadlocks (see doc comment)"]
 fn http_2_request_line_is_answered_505_not_left_hanging() {
     let server = TestServer::start();
     for version in ["HTTP/2.0", "HTTP/3.0"] {

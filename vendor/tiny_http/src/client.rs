@@ -227,7 +227,9 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // Answered through the request's own writer: the next writer waits for
+                // this one to be dropped, and the request holding it lives on this thread.
+                let writer = rq.into_writer();
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
@@ -235,7 +237,7 @@ impl Iterator for ClientConnection {
                 response
                     .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                     .ok();
-                continue;
+                return None; // where the next request would start is unknown
             }
 
             // updating the status of the connection
