@@ -117,10 +117,15 @@ use rooms::RoomMap;
 use store::StoreError;
 use ws::WsServer;
 
-/// HTTP worker threads. A token request's worker waits for bcrypt (tens of milliseconds, on
-/// a `hasher` thread), so there are enough that a burst of token requests does not hold up
-/// cheap requests behind it.
+/// HTTP worker threads for everything but bcrypt. A token request's worker waits, with no
+/// lock held, while a `hasher` thread runs bcrypt (tens of milliseconds), so [`start`] adds
+/// one worker per bcrypt job that may wait (`bcrypt_queue_len`) and per hashing thread:
+/// with 16 workers and a queue of 64, a flood of wrong passwords left every worker waiting
+/// on bcrypt and a `GET /chats/1` waited seconds behind them (the `guess` bench scenario).
+/// Past the queue, token requests are refused at once (604) and take no worker for long.
 const HTTP_WORKERS: usize = 16;
+/// The most workers added for bcrypt, whatever `bcrypt_queue_len` says (0 is unbounded).
+const MAX_BCRYPT_WORKERS: usize = 256;
 /// An HTTP worker's stack: JSON bodies are capped, and bcrypt runs elsewhere.
 const HTTP_WORKER_STACK_BYTES: usize = 256 * 1024;
 
@@ -265,7 +270,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         config,
     });
     let http = Arc::new(http);
-    let http_workers = (0..HTTP_WORKERS)
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let bcrypt_waiters = match state.config.bcrypt_queue_len {
+        0 => MAX_BCRYPT_WORKERS,
+        len => len.min(MAX_BCRYPT_WORKERS),
+    } + cores;
+    let http_workers = (0..HTTP_WORKERS + bcrypt_waiters)
         .map(|_| {
             let (http, state) = (Arc::clone(&http), Arc::clone(&state));
             std::thread::Builder::new()
