@@ -11,8 +11,10 @@
 //! - one file per scenario, numbered as in the issues: `rest.rs` (1), `fanout.rs` (2),
 //!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6), `slowdisk.rs`
 //!   (7: a fan-out while rooms are created on a disk whose flushes take 30 ms),
-//!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full) and
-//!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle);
+//!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full),
+//!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle) and `guess.rs`
+//!   (10: 100 concurrent wrong-password token requests from many forwarded addresses,
+//!   next to timed GETs);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -22,8 +24,9 @@
 //!
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
-//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale`, `--seconds N` (length
-//! of each timed run, default 10; slowdisk has two, each overload run one),
+//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess` (the default:
+//! all of these), `--seconds N` (length of each timed run, default 10;
+//! slowdisk has two, each overload run one; the guessing flood one),
 //! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk and
 //! overload always run with one, scale never), `--send-queue-len N` (put in the server's
 //! config; default: the server's own), `--fanout 500x200,300x100` (these fan-out shapes,
@@ -31,7 +34,9 @@
 //! per room in the idle scenario, default 500), `--burn N` (CPU burner threads beside
 //! each overload run, default one per core), `--overload-runs N` (default 5),
 //! `--scale-idle-seconds N` (how long the scale scenario's sockets stay silent, default
-//! 60), `--glibc-tunables STRING` (`GLIBC_TUNABLES` in every server's environment, e.g.
+//! 60), `--guess-per-address N`
+//! (guesses sent from each forwarded address before the next, default 1: a new address
+//! every request; 20 also shows the per-address limit), `--glibc-tunables STRING` (`GLIBC_TUNABLES` in every server's environment, e.g.
 //! `glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2`), `--prelude CMD` (a command
 //! that ran before this one, listed in the report; repeatable). `--bench`, which `cargo
 //! bench` adds, is ignored.
@@ -43,6 +48,8 @@ mod churn;
 mod fanout;
 #[path = "load/footprint.rs"]
 mod footprint;
+#[path = "load/guess.rs"]
+mod guess;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/idle.rs"]
@@ -76,8 +83,8 @@ use server::ServerOptions;
 /// Errors in the generator are reported, not recovered: a boxed error is enough.
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Every scenario, in report order.
-const SCENARIOS: [&str; 9] = [
+/// Every scenario `make bench` runs, in report order.
+const SCENARIOS: [&str; 10] = [
     "rest",
     "fanout",
     "idle",
@@ -87,6 +94,7 @@ const SCENARIOS: [&str; 9] = [
     "slowdisk",
     "overload",
     "scale",
+    "guess",
 ];
 
 /// Which HTTP client drives the REST throughput run.
@@ -114,6 +122,7 @@ struct Args {
     burn: usize,
     overload_runs: usize,
     scale_idle_seconds: f64,
+    guess_per_address: u64,
     glibc_tunables: Option<String>,
 }
 
@@ -133,6 +142,7 @@ fn parse_args() -> Res<Args> {
         burn: overload::burn_threads(),
         overload_runs: overload::RUNS,
         scale_idle_seconds: scale::IDLE_SECONDS,
+        guess_per_address: guess::PER_ADDRESS,
         glibc_tunables: None,
     };
     let mut it = std::env::args().skip(1);
@@ -169,6 +179,7 @@ fn parse_args() -> Res<Args> {
             "--burn" => args.burn = value()?.parse()?,
             "--overload-runs" => args.overload_runs = value()?.parse()?,
             "--scale-idle-seconds" => args.scale_idle_seconds = value()?.parse()?,
+            "--guess-per-address" => args.guess_per_address = value()?.parse()?,
             "--glibc-tunables" => args.glibc_tunables = Some(value()?),
             "--fanout" => {
                 args.fanout = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
@@ -272,6 +283,14 @@ fn main() -> ExitCode {
     });
     run("scale", &mut || {
         vec![scale::run(&options, args.scale_idle_seconds)]
+    });
+    run("guess", &mut || {
+        vec![guess::run(
+            &options,
+            guess::GUESSERS,
+            args.guess_per_address,
+            seconds,
+        )]
     });
 
     let context = Context {

@@ -46,7 +46,18 @@ impl HttpClient {
     /// Sends one request and reads its response. On any error the connection is dropped,
     /// so the next request starts on a fresh one.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Res<Response> {
-        let result = self.try_request(method, path, body);
+        self.request_with(method, path, body, &[])
+    }
+
+    /// [`HttpClient::request`] with extra request headers (name, value).
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Res<Response> {
+        let result = self.try_request(method, path, body, headers);
         if result.is_err() {
             self.conn = None;
         }
@@ -91,10 +102,19 @@ impl HttpClient {
         self.conn.as_mut().ok_or_else(|| "no connection".into())
     }
 
-    fn try_request(&mut self, method: &str, path: &str, body: Option<&str>) -> Res<Response> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Res<Response> {
         let addr = self.addr;
         let conn = self.connect()?;
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(body) = body {
             request.push_str("Content-Type: application/json\r\n");
             request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
@@ -108,6 +128,36 @@ impl HttpClient {
         }
         Ok(response)
     }
+}
+
+/// `GET /metrics` as (series with its labels, value) pairs, e.g.
+/// `("chitchat_limit_refusals_total{limit=\"token\"}", 3.0)`; `None` when the server does
+/// not serve it (an older server answers 404).
+pub fn scrape_metrics(addr: SocketAddr) -> Res<Option<Vec<(String, f64)>>> {
+    let response = HttpClient::new(addr).get("/metrics")?;
+    if response.status != 200 {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&response.body);
+    let series = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.trim().rsplit_once(' ')?;
+            Some((name.trim().to_string(), value.parse().ok()?))
+        })
+        .collect();
+    Ok(Some(series))
+}
+
+/// The sum of every series in `metrics` whose name (before any `{`) is `name` and whose
+/// labels contain `label` (`""`: any).
+pub fn metric_sum(metrics: &[(String, f64)], name: &str, label: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(name) && series.contains(label))
+        .map(|(_, value)| value)
+        .sum()
 }
 
 /// Reads one response; the flag says whether the server will close the connection.

@@ -99,6 +99,17 @@ impl Server {
     /// Writes a config named after the scenario, starts the binary and waits for its ready
     /// line: `ChitChat <version> started at http://<addr> (ws://<addr>)`.
     pub fn start(options: &ServerOptions, name: &str) -> Res<Server> {
+        Server::start_with(options, name, &serde_json::Map::new())
+    }
+
+    /// [`Server::start`] with `extra` keys added to the config (they win over the usual
+    /// ones). A server that does not know one of them exits with status 2 before its ready
+    /// line; [`rejected_key`] then names the key.
+    pub fn start_with(
+        options: &ServerOptions,
+        name: &str,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Res<Server> {
         std::fs::create_dir_all(&options.work_dir)?;
         let work_dir = options.work_dir.canonicalize()?;
         let config_path = work_dir.join(format!("{name}.json"));
@@ -129,6 +140,9 @@ impl Server {
         }
         if options.no_db {
             config["db_path"] = serde_json::Value::Null;
+        }
+        for (key, value) in extra {
+            config[key] = value.clone();
         }
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let logs = [
@@ -309,6 +323,46 @@ impl Drop for Server {
         }
         remove_database(&self.db_path);
     }
+}
+
+/// The config key a server named `name` refused at start ("key `trusted_proxies`: unknown
+/// key"), read from its console log; `None` when it refused none.
+pub fn rejected_key(options: &ServerOptions, name: &str) -> Option<String> {
+    let log = std::fs::read_to_string(options.work_dir.join(format!("{name}.stderr.log"))).ok()?;
+    log.lines().find_map(|line| {
+        let (_, rest) = line.split_once("key `")?;
+        let (key, problem) = rest.split_once('`')?;
+        problem.contains("unknown key").then(|| key.to_string())
+    })
+}
+
+/// The ids of `pid`'s threads named `name` (`/proc/<pid>/task/*/comm`).
+pub fn threads_named(pid: u32, name: &str) -> Res<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let id = entry.file_name().to_str().and_then(|n| n.parse().ok());
+        if let (true, Some(id)) = (comm.trim() == name, id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// How many of `pid`'s threads `tids` are in state R (running, or runnable and waiting
+/// for a core) now, from `/proc/<pid>/task/<tid>/stat`.
+pub fn running_threads(pid: u32, tids: &[u32]) -> usize {
+    tids.iter()
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().next().map(|state| state == "R")
+                })
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 /// The one child process of `parent`, found by scanning `/proc/*/stat` for its parent id.

@@ -6,9 +6,10 @@
 //! keep-alive connection and times each. The question is whether slow, CPU-bound requests
 //! starve fast ones: the GET p99 should stay where it is on an idle server.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::http::HttpClient;
@@ -20,7 +21,7 @@ use crate::Res;
 /// Threads asking for tokens.
 pub const TOKEN_THREADS: usize = 8;
 /// Interval between timed GETs.
-const GET_PERIOD: Duration = Duration::from_millis(5);
+pub const GET_PERIOD: Duration = Duration::from_millis(5);
 /// Password of the private room.
 const PASSWORD: &str = "bench-password";
 /// Tokens per second expected of two cores at bcrypt cost 10, and the floor for PASS.
@@ -43,6 +44,37 @@ pub fn run(options: &ServerOptions, threads: usize, seconds: f64) -> Table {
         table.failed(e);
     }
     table
+}
+
+/// Starts a thread that sends `GET /chats/1` every [`GET_PERIOD`] on its own keep-alive
+/// connection until `stop` is set, and hands back each answer's time (µs) and how many
+/// failed or were not 200. A GET that is late (the one before took longer than the
+/// period) goes at once; with `from_due` its time is counted from when it was due, so a
+/// stall of a second counts as the two hundred GETs it held up, not as one slow GET among
+/// a burst of fast catch-up ones.
+pub fn time_gets(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    from_due: bool,
+) -> JoinHandle<(Vec<u32>, u64)> {
+    thread::spawn(move || {
+        let mut client = HttpClient::new(addr);
+        let (mut samples, mut errors) = (Vec::new(), 0u64);
+        let mut due = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            let t = if from_due { due } else { Instant::now() };
+            due += GET_PERIOD;
+            match client.get("/chats/1") {
+                Ok(r) if r.status == 200 => samples.push(sample_us(t.elapsed())),
+                _ => errors += 1,
+            }
+        }
+        (samples, errors)
+    })
 }
 
 fn measure(options: &ServerOptions, threads: usize, seconds: f64, table: &mut Table) -> Res<()> {
@@ -86,27 +118,7 @@ fn measure(options: &ServerOptions, threads: usize, seconds: f64, table: &mut Ta
         .collect();
 
     let stop_gets = Arc::new(AtomicBool::new(false));
-    let get_thread = {
-        let stop_gets = Arc::clone(&stop_gets);
-        thread::spawn(move || {
-            let mut client = HttpClient::new(addr);
-            let (mut samples, mut errors) = (Vec::new(), 0u64);
-            let mut due = Instant::now();
-            while !stop_gets.load(Ordering::SeqCst) {
-                let now = Instant::now();
-                if due > now {
-                    thread::sleep(due - now);
-                }
-                due += GET_PERIOD;
-                let t = Instant::now();
-                match client.get("/chats/1") {
-                    Ok(r) if r.status == 200 => samples.push(sample_us(t.elapsed())),
-                    _ => errors += 1,
-                }
-            }
-            (samples, errors)
-        })
-    };
+    let get_thread = time_gets(addr, Arc::clone(&stop_gets), false);
 
     let (mut issued, mut errors, mut first_error, mut last_end) = (0, 0, None, started);
     for handle in token_threads {
