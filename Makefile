@@ -1,5 +1,5 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench redis-server fuzz
+.PHONY: run build test bench redis-server fuzz soak
 
 # apt-get needs root: sudo when we are not root.
 AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -40,3 +40,11 @@ redis-server:
 FUZZ_SECONDS ?= 20
 fuzz:
 	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# Ten minutes of 1,000 sockets chatting with people coming and going, at the default limits
+# (benches/load/soak.rs): zero server errors, every message to every socket that stayed, the
+# server's RSS every 10 s. Not part of `make bench` or `make test`. Writes target/SOAK.md;
+# `make soak SOAK_SECONDS=60` for a short run.
+SOAK_SECONDS ?= 600
+soak:
+	bash bench/run.sh --only soak --soak-seconds $(SOAK_SECONDS) --out target/SOAK.md

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release server and the load generator (benches/load.rs), raises
 # the open-files limit, runs every scenario against a real server over loopback, and
-# rewrites BENCHMARKS.md. Takes about six minutes on two cores (the scale scenario alone
-# over two: its join storm, then a minute idle).
+# rewrites BENCHMARKS.md. Takes about six and a half minutes on two cores (the scale
+# scenario alone over two: its join storm, then a minute idle; the guessing flood about
+# 20 s, more against a server without bcrypt limits, whose queued guesses finish late).
 #
 # Arguments are passed to the generator, e.g. `bench/run.sh --only fanout --seconds 3`
-# (see the top of benches/load.rs). CHITCHAT_BIN overrides the server binary.
+# (see the top of benches/load.rs). CHITCHAT_BIN overrides the server binary. `make soak`
+# runs `bench/run.sh --only soak --soak-seconds 600 --out target/SOAK.md`: ten minutes
+# more, and never part of a plain run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +28,8 @@ fi
 # socket and the clone that ends its reader) and in the server (the socket and its
 # eventfd), about 18,200 per process, well over the usual 1,024. The server inherits
 # this limit from the generator; with a hard limit below that, the scenario scales down
-# and says so.
+# and says so. The soak needs about 2,200 in the generator (three per socket that stays:
+# its reader, the clone that ends it, the writer) and 2,000 in the server.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 "$generator" \

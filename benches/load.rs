@@ -12,9 +12,11 @@
 //!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6), `slowdisk.rs`
 //!   (7: a fan-out while rooms are created on a disk whose flushes take 30 ms),
 //!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full),
-//!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle) and `guess.rs`
+//!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle), `guess.rs`
 //!   (10: 100 concurrent wrong-password token requests from many forwarded addresses,
-//!   next to timed GETs);
+//!   next to timed GETs) and `soak.rs` (11: 1,000 sockets chatting with churn for ten
+//!   minutes at the default limits, from 20 source addresses; only with `--only soak`,
+//!   which `make soak` passes, never in a plain `make bench`);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -25,7 +27,7 @@
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
 //! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess` (the default:
-//! all of these), `--seconds N` (length of each timed run, default 10;
+//! all of these) or `--only soak`, `--seconds N` (length of each timed run, default 10;
 //! slowdisk has two, each overload run one; the guessing flood one),
 //! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk and
 //! overload always run with one, scale never), `--send-queue-len N` (put in the server's
@@ -34,7 +36,7 @@
 //! per room in the idle scenario, default 500), `--burn N` (CPU burner threads beside
 //! each overload run, default one per core), `--overload-runs N` (default 5),
 //! `--scale-idle-seconds N` (how long the scale scenario's sockets stay silent, default
-//! 60), `--guess-per-address N`
+//! 60), `--soak-seconds N` (how long the soak runs, default 600), `--guess-per-address N`
 //! (guesses sent from each forwarded address before the next, default 1: a new address
 //! every request; 20 also shows the per-address limit), `--glibc-tunables STRING` (`GLIBC_TUNABLES` in every server's environment, e.g.
 //! `glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2`), `--prelude CMD` (a command
@@ -66,6 +68,8 @@ mod scale;
 mod server;
 #[path = "load/slowdisk.rs"]
 mod slowdisk;
+#[path = "load/soak.rs"]
+mod soak;
 #[path = "load/stats.rs"]
 mod stats;
 #[path = "load/tokens.rs"]
@@ -96,6 +100,8 @@ const SCENARIOS: [&str; 10] = [
     "scale",
     "guess",
 ];
+/// Scenarios that run only when `--only` names them: the soak takes ten minutes.
+const ON_REQUEST: [&str; 1] = ["soak"];
 
 /// Which HTTP client drives the REST throughput run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,6 +128,7 @@ struct Args {
     burn: usize,
     overload_runs: usize,
     scale_idle_seconds: f64,
+    soak_seconds: f64,
     guess_per_address: u64,
     glibc_tunables: Option<String>,
 }
@@ -142,6 +149,7 @@ fn parse_args() -> Res<Args> {
         burn: overload::burn_threads(),
         overload_runs: overload::RUNS,
         scale_idle_seconds: scale::IDLE_SECONDS,
+        soak_seconds: soak::SECONDS,
         guess_per_address: guess::PER_ADDRESS,
         glibc_tunables: None,
     };
@@ -153,10 +161,14 @@ fn parse_args() -> Res<Args> {
             "--out" => args.out = PathBuf::from(value()?),
             "--only" => {
                 args.only = value()?.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = args.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                let known = |s: &String| {
+                    SCENARIOS.contains(&s.as_str()) || ON_REQUEST.contains(&s.as_str())
+                };
+                if let Some(bad) = args.only.iter().find(|s| !known(s)) {
                     return Err(format!(
-                        "unknown scenario {bad:?}; known: {}",
-                        SCENARIOS.join(",")
+                        "unknown scenario {bad:?}; known: {},{}",
+                        SCENARIOS.join(","),
+                        ON_REQUEST.join(",")
                     )
                     .into());
                 }
@@ -179,6 +191,7 @@ fn parse_args() -> Res<Args> {
             "--burn" => args.burn = value()?.parse()?,
             "--overload-runs" => args.overload_runs = value()?.parse()?,
             "--scale-idle-seconds" => args.scale_idle_seconds = value()?.parse()?,
+            "--soak-seconds" => args.soak_seconds = value()?.parse()?,
             "--guess-per-address" => args.guess_per_address = value()?.parse()?,
             "--glibc-tunables" => args.glibc_tunables = Some(value()?),
             "--fanout" => {
@@ -292,6 +305,7 @@ fn main() -> ExitCode {
             seconds,
         )]
     });
+    run("soak", &mut || vec![soak::run(&options, args.soak_seconds)]);
 
     let context = Context {
         machine: Machine::detect(),

@@ -58,6 +58,19 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Remarks under the table (server warnings, why a figure is withheld).
     pub notes: Vec<String>,
+    /// Figures over time (the soak's memory curve), each a table of its own under this one.
+    pub series: Vec<Series>,
+}
+
+/// A small table of figures over time: a caption, column headings, rows of cells.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// A sentence above the table.
+    pub caption: String,
+    /// Column headings.
+    pub headers: Vec<String>,
+    /// One row per reading, as many cells as headings.
+    pub rows: Vec<Vec<String>>,
 }
 
 impl Table {
@@ -88,6 +101,11 @@ impl Table {
     /// A remark under the table.
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
+    }
+
+    /// A table of figures over time under this one.
+    pub fn series(&mut self, series: Series) {
+        self.series.push(series);
     }
 
     /// Records that the scenario could not run (or finish), as a MISS.
@@ -274,6 +292,15 @@ pub fn render_table(table: &Table) -> String {
         );
     }
     let _ = writeln!(out);
+    for series in &table.series {
+        let _ = writeln!(out, "{}\n", series.caption);
+        let _ = writeln!(out, "| {} |", series.headers.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(series.headers.len()));
+        for row in &series.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        let _ = writeln!(out);
+    }
     for note in &table.notes {
         let _ = writeln!(out, "- {note}");
     }

@@ -111,7 +111,7 @@ pub fn run(options: &ServerOptions, idle_seconds: f64) -> Table {
 
 /// Raises the soft open-files limit to the hard one; returns the soft limit now and
 /// whether it was raised.
-fn raise_open_files_limit() -> (u64, bool) {
+pub fn raise_open_files_limit() -> (u64, bool) {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     let soft = limit.current.unwrap_or(u64::MAX);

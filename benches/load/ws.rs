@@ -16,7 +16,7 @@
 //! its socket is shut down from outside (the scenario keeps a clone of every `TcpStream`
 //! for this), so no read ever waits on a timeout or polls a flag.
 
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -44,7 +44,17 @@ pub fn client_config() -> WebSocketConfig {
 
 /// Opens a WebSocket to `ws://addr/chats/<room>/ws`.
 pub fn connect(addr: SocketAddr, room: u64) -> Res<Socket> {
-    let stream = TcpStream::connect(addr)?;
+    connect_from(addr, room, None)
+}
+
+/// [`connect`] from the local address `from` (any port) when given: the server counts
+/// sockets per client address (`max_connections_per_ip`), and on Linux every address of
+/// 127.0.0.0/8 is loopback, so one generator can be many clients.
+pub fn connect_from(addr: SocketAddr, room: u64, from: Option<IpAddr>) -> Res<Socket> {
+    let stream = match from {
+        None => TcpStream::connect(addr)?,
+        Some(ip) => tcp_from(ip, addr)?,
+    };
     stream.set_nodelay(true)?;
     let url = format!("ws://{addr}/chats/{room}/ws");
     match tungstenite::client::client_with_config(url.as_str(), stream, Some(client_config())) {
@@ -52,6 +62,17 @@ pub fn connect(addr: SocketAddr, room: u64) -> Res<Socket> {
         Err(tungstenite::HandshakeError::Failure(e)) => Err(format!("handshake: {e}").into()),
         Err(tungstenite::HandshakeError::Interrupted(_)) => Err("handshake interrupted".into()),
     }
+}
+
+/// A TCP connection to `to` from the local address `from`, port chosen by the kernel.
+pub fn tcp_from(from: IpAddr, to: SocketAddr) -> Res<TcpStream> {
+    use socket2::{Domain, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(to), Type::STREAM, None)?;
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
 }
 
 /// Sends one JSON text frame.
@@ -73,7 +94,10 @@ pub fn bench_frame(sender: u32, seq: u32, sent_us: u64) -> String {
 /// A second handle on `socket`'s connection that only writes: lets one thread send on a
 /// schedule while the member thread keeps reading the same connection. Every byte this
 /// handle writes is a whole masked frame; the reading handle writes nothing unless the
-/// server pings (every 54 s, longer than any scenario).
+/// server pings (every 54 s: only the soak lasts that long). Then the reader's pong and a
+/// bench frame may be written at the same moment, each a small frame in one `write(2)`
+/// on a socket whose send buffer is nearly empty; Linux copies such a write into the
+/// stream under the socket's lock, whole, so the two frames cannot interleave.
 pub fn writer_for(socket: &Socket) -> Res<Socket> {
     let stream = socket.get_ref().try_clone()?;
     Ok(WebSocket::from_raw_socket(
@@ -421,7 +445,19 @@ impl Crowd {
         name: String,
         writer: bool,
     ) -> Res<Option<Socket>> {
-        let mut socket = connect(addr, room)?;
+        self.join_from(addr, room, name, writer, None)
+    }
+
+    /// [`Crowd::join`] from the local address `from` when given (see [`connect_from`]).
+    pub fn join_from(
+        &mut self,
+        addr: SocketAddr,
+        room: u64,
+        name: String,
+        writer: bool,
+        from: Option<IpAddr>,
+    ) -> Res<Option<Socket>> {
+        let mut socket = connect_from(addr, room, from)?;
         send_text(&mut socket, join_frame(&name))?;
         let writer = if writer {
             Some(writer_for(&socket)?)
