@@ -15,7 +15,9 @@
 //! - [`path`]: `/chats/<id-or-title>/...` parsed once, for both listeners.
 //! - `rooms`: the room map: ids, titles, validation, members, each room's feed of events,
 //!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
-//! - `store`: the SQLite file behind the room map, behind a `Store` trait.
+//! - `store`: the SQLite file behind the room map, behind a `Store` trait (`store/mod.rs`:
+//!   the trait and its types; `sqlite`: the handle and its writer thread; `schema`:
+//!   opening, checking and migrating the file).
 //! - `redis_link`: several nodes (`redis_url`): rooms, ids, history, presence and each
 //!   room's one order in Redis, the subscription every node delivers from, and what
 //!   happens when Redis goes away (`rooms/cluster.rs` is the room map's side of it).

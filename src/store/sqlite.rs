@@ -1,18 +1,6 @@
-//! The database: rooms, the room id counter and each room's recent messages, in one SQLite
-//! file (`db_path`), so that a restart keeps them.
-//!
-//! [`crate::rooms`] keeps the working set in memory and is this module's only caller; this
-//! is the only module that knows SQL. The room map sees it through the [`Store`] trait, the
-//! seam where another backend plugs in. It offers:
-//! - [`open`]: open or create the file, check it, bring its schema up to date, and
-//!   load everything ([`Saved`]) for the room map to start from;
-//! - [`Store::save_room`] and [`Store::delete_room`]: synchronous, one small transaction
-//!   each, committed before the caller answers, so a `201 Created` means the room is on disk;
-//! - [`Store::append_message`]: queues a broadcast `send` event (with its message id) for
-//!   the message writer thread and returns at once, without touching the disk;
-//! - [`Store::close`]: writes out what is still queued, stops the writer, and folds the WAL
-//!   back into the main file;
-//! - [`Store::is_up`]: whether the database takes writes, for `/healthz` and `/metrics`.
+//! The SQLite file behind [`Store`](super::Store): one file (`db_path`), its writer thread,
+//! and its health (`schema` opens and migrates the file). The trait, the types that cross
+//! it and the `db_path: null` store live in `store/mod.rs`.
 //!
 //! # Why it is built this way
 //! - WAL journal: a reader (`sqlite3 chitchat.db .backup ...`) does not block the server's
@@ -30,11 +18,6 @@
 //!   is written at once and a busy one in larger batches. The fan-out never waits for the
 //!   disk; if the disk falls so far behind that the queue fills, messages are left out of
 //!   the saved history (with a warning) rather than slowing anyone's delivery.
-//! - The schema version is `PRAGMA user_version`. [`MIGRATIONS`] brings an older file
-//!   forward, all steps in one transaction; a file from a newer ChitChat is refused.
-//! - Nothing is reset silently: a file that cannot be opened, is not a database, fails
-//!   SQLite's quick check, has an unknown schema or is locked by another process is a
-//!   [`StoreError`], and the server does not start (`main` exits with code 2).
 //!
 //! - Message ids (SPEC, Message ids) are stored with each message, and each room's last one
 //!   in `rooms.last_message_id`, written in the same transaction: trimming the history
@@ -57,12 +40,8 @@
 //! room writes are still tried (and answered 503, code 605, while they fail), chat goes on,
 //! and messages that cannot be written are left out of the saved history with an error
 //! line. `/healthz` only reads the flag: a health check never waits for the disk.
-//!
-//! `db_path: null` gives a store without a file: every call succeeds and does nothing, and
-//! history lives in the room map's memory only.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -73,51 +52,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::sync::lock;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use rustix::fs::{flock, FlockOperation};
-use rustix::io::Errno;
+use rusqlite::{params, Connection, TransactionBehavior};
 
-/// The schema, one step per version: `MIGRATIONS[n]` takes a file from version `n` to
-/// `n + 1`. Steps are only ever appended, never edited once released, so every file, however
-/// old, takes the same path to the current schema.
-pub const MIGRATIONS: &[&str] = &[
-    // 1: rooms, the id counter, and each room's recent `send` events as broadcast (JSON).
-    // A room's messages go with it (`ON DELETE CASCADE`).
-    "CREATE TABLE rooms (
-         id            INTEGER PRIMARY KEY,
-         title         TEXT NOT NULL,
-         description   TEXT NOT NULL,
-         visibility    TEXT NOT NULL,
-         password_hash TEXT,
-         created_at    TEXT NOT NULL,
-         updated_at    TEXT NOT NULL
-     );
-     CREATE TABLE counters (
-         name  TEXT PRIMARY KEY,
-         value INTEGER NOT NULL
-     );
-     CREATE TABLE messages (
-         seq     INTEGER PRIMARY KEY,
-         room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
-         event   TEXT NOT NULL
-     );
-     CREATE INDEX messages_by_room ON messages (room_id, seq);",
-    // 2: message ids (SPEC, Message ids): each message's id in its room, stored beside it
-    // and inside its event, and each room's last id. Messages kept from version 1 are
-    // numbered 1, 2, 3... in the order they were said.
-    "ALTER TABLE messages ADD COLUMN msg_id INTEGER NOT NULL DEFAULT 0;
-     UPDATE messages SET msg_id = (SELECT count(*) FROM messages AS older
-         WHERE older.room_id = messages.room_id AND older.seq <= messages.seq);
-     UPDATE messages SET event = json_set(event, '$.id', msg_id);
-     ALTER TABLE rooms ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0;
-     UPDATE rooms SET last_message_id =
-         (SELECT coalesce(max(msg_id), 0) FROM messages WHERE room_id = rooms.id);
-     CREATE INDEX messages_by_id ON messages (room_id, msg_id);",
-];
+use super::schema::{load, lock_owner, prepare, trim, MIGRATIONS};
+use super::{RoomRecord, Saved, Store, StoreError};
 
-/// How long a statement waits for another process's lock (a `sqlite3` shell in the middle
-/// of a write) before it fails. Short: a room change's request waits for its write.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Messages that may wait for the writer before new ones are left out of the history.
 const MESSAGE_QUEUE_LEN: usize = 65_536;
 /// The most messages written in one transaction.
@@ -151,105 +90,6 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages (room_id, msg_id, event)
 /// `max`, so the counter never goes back whatever order writes arrive in.
 const SAVE_LAST_MESSAGE_ID: &str =
     "UPDATE rooms SET last_message_id = max(last_message_id, ?2) WHERE id = ?1";
-/// Deletes all but the room's newest `?2` messages.
-const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND msg_id <= (
-         SELECT msg_id FROM messages WHERE room_id = ?1 ORDER BY msg_id DESC LIMIT 1 OFFSET ?2)";
-
-/// A room as stored. The room map converts it to and from its own `Room`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomRecord {
-    pub id: u64,
-    pub title: String,
-    pub description: String,
-    /// `public`, `private` or `hidden`.
-    pub visibility: String,
-    /// The bcrypt hash: kept, so tokens issued before a restart stay valid.
-    pub password_hash: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// A room as read back at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SavedRoom {
-    pub room: RoomRecord,
-    /// The id of the room's last message written.
-    pub last_message_id: u64,
-}
-
-/// Everything read back at start.
-#[derive(Debug, Default)]
-pub struct Saved {
-    /// The next room id to hand out; `None` for a new, empty database.
-    pub next_id: Option<u64>,
-    /// Every room, by id.
-    pub rooms: Vec<SavedRoom>,
-    /// Each room's last `history_len` `send` events with their ids, oldest first.
-    pub history: HashMap<u64, Vec<(u64, Arc<str>)>>,
-}
-
-/// Why the database could not be used. The message names the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError {
-    /// The database file.
-    pub path: PathBuf,
-    /// What went wrong, in a few words.
-    pub problem: String,
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "database {}: {}", self.path.display(), self.problem)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-/// Where the room map saves rooms and history. See the module docs for what each call
-/// promises; every implementation keeps those promises.
-pub trait Store: Send + Sync {
-    /// Saves `room` (new or changed) and the room id counter, before the caller answers.
-    fn save_room(&self, room: &RoomRecord, next_id: u64) -> Result<(), StoreError>;
-    /// Deletes room `id` and its history, before the caller answers.
-    fn delete_room(&self, id: u64) -> Result<(), StoreError>;
-    /// Queues message `msg_id` of room `room_id` (a broadcast `send` event) for the saved
-    /// history. Never blocks and never fails: the fan-out does not wait for the self.
-    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<str>);
-    /// Writes out what is queued. Called once, at shutdown.
-    fn close(&self);
-    /// An error about this store, for a problem its caller found in what was loaded.
-    fn error(&self, problem: String) -> StoreError;
-    /// Whether the backend takes writes now, as the last write (or probe) found. Never
-    /// waits: `/healthz` calls it.
-    fn is_up(&self) -> bool {
-        true
-    }
-    /// Messages queued for the history and not written yet.
-    fn queued(&self) -> usize {
-        0
-    }
-}
-
-/// `db_path: null`: nothing is kept; every call succeeds and does nothing.
-pub struct NoStore;
-
-impl Store for NoStore {
-    fn save_room(&self, _: &RoomRecord, _: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn delete_room(&self, _: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn append_message(&self, _: u64, _: u64, _: &Arc<str>) {}
-    fn close(&self) {}
-    fn error(&self, problem: String) -> StoreError {
-        StoreError {
-            path: PathBuf::new(),
-            problem,
-        }
-    }
-}
-
 /// The SQLite file. See the module docs.
 pub struct Sqlite {
     path: PathBuf,
@@ -313,16 +153,8 @@ enum Command {
     Stop,
 }
 
-/// Opens `path` (creating it if needed), checks and migrates it, trims each room's history
-/// to `history_len`, loads everything, and starts the message writer. `None` (`db_path:
-/// null`) keeps nothing.
-pub fn open(
-    path: Option<&Path>,
-    history_len: usize,
-) -> Result<(Arc<dyn Store>, Saved), StoreError> {
-    let Some(path) = path else {
-        return Ok((Arc::new(NoStore), Saved::default()));
-    };
+/// Opens the SQLite file at `path`: see [`open`](super::open).
+pub(super) fn open(path: &Path, history_len: usize) -> Result<(Arc<dyn Store>, Saved), StoreError> {
     let fail = |problem: String| StoreError {
         path: path.to_owned(),
         problem,
@@ -440,151 +272,6 @@ impl Sqlite {
             Err(_) => Err("the writer thread stopped before answering".into()),
         }
     }
-}
-
-/// Settings, checks and migrations on a freshly opened file; the error is the problem.
-/// Takes the lock file beside `path` for this process's life, or says who holds it.
-fn lock_owner(path: &Path) -> Result<OwnedFd, String> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open its lock file: {e}"))?;
-    let fd = OwnedFd::from(file);
-    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(fd),
-        Err(Errno::WOULDBLOCK) => Err("in use by another ChitChat server".into()),
-        Err(e) => Err(format!("cannot lock it: {e}")),
-    }
-}
-
-fn prepare(
-    connection: &mut Connection,
-    migrations: &[&str],
-    history_len: usize,
-) -> Result<(), String> {
-    let failed = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
-    connection
-        .busy_timeout(BUSY_TIMEOUT)
-        .map_err(failed("cannot set the busy timeout"))?;
-    // Opening is lazy: this first read is where a file that is not a database, or one
-    // locked by another process, shows itself.
-    connection
-        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(failed("cannot read"))?;
-    let mode: String = connection
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(failed("cannot switch to WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        log::warn!("database: the file system does not allow WAL; using journal mode {mode}");
-    }
-    connection
-        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(failed("cannot configure"))?;
-    let check: String = connection
-        .query_row("PRAGMA quick_check", [], |row| row.get(0))
-        .map_err(failed("cannot check"))?;
-    if check != "ok" {
-        return Err(format!("damaged ({check}); restore a backup"));
-    }
-    // IMMEDIATE takes the write lock now: a file another process holds locked fails here,
-    // at start, after BUSY_TIMEOUT, rather than at the first room write.
-    let tx = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(failed("cannot take the write lock"))?;
-    migrate(&tx, migrations)?;
-    let rooms: Vec<u64> = tx
-        .prepare("SELECT DISTINCT room_id FROM messages")
-        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
-        .map_err(failed("cannot read the history"))?;
-    for room_id in rooms {
-        trim(&tx, room_id, history_len).map_err(failed("cannot trim the history"))?;
-    }
-    tx.commit().map_err(failed("cannot commit"))
-}
-
-/// Runs the steps of `migrations` the file has not had yet. Refuses a file whose version is
-/// newer than `migrations` knows: it was written by a newer ChitChat, and guessing could
-/// lose data.
-fn migrate(connection: &Connection, migrations: &[&str]) -> Result<(), String> {
-    let failed = |e: rusqlite::Error| format!("cannot migrate the schema: {e}");
-    let version: i64 = connection
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(failed)?;
-    let known = migrations.len();
-    let version = usize::try_from(version)
-        .ok()
-        .filter(|v| *v <= known)
-        .ok_or_else(|| {
-            format!("schema version {version} is not one this ChitChat knows (0 to {known}); use the ChitChat that wrote it")
-        })?;
-    for (done, step) in migrations.iter().enumerate().skip(version) {
-        connection.execute_batch(step).map_err(failed)?;
-        connection
-            .pragma_update(None, "user_version", done + 1)
-            .map_err(failed)?;
-        log::info!("database schema migrated to version {}", done + 1);
-    }
-    Ok(())
-}
-
-/// Everything the room map starts from.
-fn load(connection: &Connection) -> rusqlite::Result<Saved> {
-    let next_id = connection
-        .query_row(
-            "SELECT value FROM counters WHERE name = 'next_room_id'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
-    let rooms = connection
-        .prepare(
-            "SELECT id, title, description, visibility, password_hash, created_at, updated_at,
-                    last_message_id
-             FROM rooms ORDER BY id",
-        )?
-        .query_map([], |row| {
-            Ok(SavedRoom {
-                room: RoomRecord {
-                    id: row.get(0)?,
-                    title: row.get(1)?,
-                    description: row.get(2)?,
-                    visibility: row.get(3)?,
-                    password_hash: row.get(4)?,
-                    created_at: row.get(5)?,
-                    updated_at: row.get(6)?,
-                },
-                last_message_id: row.get(7)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut history: HashMap<u64, Vec<(u64, Arc<str>)>> = HashMap::new();
-    let mut statement = connection
-        .prepare("SELECT room_id, msg_id, event FROM messages ORDER BY room_id, msg_id")?;
-    let mut rows = statement.query([])?;
-    while let Some(row) = rows.next()? {
-        let event: String = row.get(2)?;
-        history
-            .entry(row.get(0)?)
-            .or_default()
-            .push((row.get(1)?, event.into()));
-    }
-    Ok(Saved {
-        next_id,
-        rooms,
-        history,
-    })
-}
-
-/// Deletes all but room `room_id`'s newest `history_len` messages.
-fn trim(connection: &Connection, room_id: u64, history_len: usize) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(TRIM_HISTORY)?
-        .execute(params![room_id, history_len])
-        .map(drop)
 }
 
 /// The writer thread's two queues.
@@ -730,6 +417,8 @@ fn write_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::open;
+    use crate::store::schema::migrate;
 
     /// A fresh path in the system temp directory, removed (with its WAL files) on drop.
     struct TempDb(PathBuf);

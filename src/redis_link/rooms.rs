@@ -1,0 +1,156 @@
+//! Rooms in Redis: reading them, and creating, updating and deleting them through the
+//! scripts; members and history as the REST side reads them.
+
+use std::collections::HashMap;
+
+use super::{channel, key, Down, Link, Refused, RoomRead, StoredMember, StoredRoom, PREFIX};
+
+impl Link {
+    /// Every room, by id.
+    pub fn rooms(&self) -> Result<Vec<RoomRead>, Down> {
+        let all: HashMap<String, String> =
+            self.command(|c| redis::cmd("HGETALL").arg(key("rooms")).query(c))?;
+        let mut rooms: Vec<RoomRead> = all
+            .into_iter()
+            .filter_map(|(id, raw)| parse_room(&id, raw))
+            .collect();
+        rooms.sort_by_key(|r| r.id);
+        Ok(rooms)
+    }
+
+    /// Room `id`, if it exists.
+    pub fn room(&self, id: u64) -> Result<Option<RoomRead>, Down> {
+        let raw: Option<String> =
+            self.command(|c| redis::cmd("HGET").arg(key("rooms")).arg(id).query(c))?;
+        Ok(raw.and_then(|raw| parse_room(&id.to_string(), raw)))
+    }
+
+    /// The room titled `lower` (lower-cased), if one is.
+    pub fn room_by_title(&self, lower: &str) -> Result<Option<RoomRead>, Down> {
+        let id: Option<u64> =
+            self.command(|c| redis::cmd("HGET").arg(key("titles")).arg(lower).query(c))?;
+        match id {
+            Some(id) => self.room(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a room titled `lower` (lower-cased); returns its new id.
+    pub fn create_room(&self, lower: &str, room: &StoredRoom) -> Result<u64, Refused> {
+        let json = serde_json::to_string(room).expect("a StoredRoom serialises");
+        let id: u64 = self.command(|c| {
+            self.scripts
+                .create
+                .key(key("next_room_id"))
+                .key(key("rooms"))
+                .key(key("titles"))
+                .arg(lower)
+                .arg(&json)
+                .invoke(c)
+        })?;
+        if id == 0 {
+            return Err(Refused::Taken);
+        }
+        Ok(id)
+    }
+
+    /// Replaces room `before` with `room`, if nobody changed it meanwhile.
+    pub fn update_room(
+        &self,
+        before: &RoomRead,
+        old_lower: &str,
+        new_lower: &str,
+        room: &StoredRoom,
+    ) -> Result<(), Refused> {
+        let json = serde_json::to_string(room).expect("a StoredRoom serialises");
+        let done: i64 = self.command(|c| {
+            self.scripts
+                .update
+                .key(key("rooms"))
+                .key(key("titles"))
+                .arg(before.id)
+                .arg(&before.raw)
+                .arg(&json)
+                .arg(old_lower)
+                .arg(new_lower)
+                .invoke(c)
+        })?;
+        match done {
+            1 => Ok(()),
+            0 => Err(Refused::Changed),
+            -2 => Err(Refused::Taken),
+            _ => Err(Refused::Gone),
+        }
+    }
+
+    /// Deletes room `before` (titled `lower`) with its members and history, and tells every
+    /// node to close its sockets.
+    pub fn delete_room(&self, before: &RoomRead, lower: &str) -> Result<(), Refused> {
+        let id = before.id;
+        let done: i64 = self.command(|c| {
+            self.scripts
+                .delete
+                .key(key("rooms"))
+                .key(key("titles"))
+                .key(key(&format!("history:{id}")))
+                .key(key(&format!("msgid:{id}")))
+                .key(key(&format!("members:{id}")))
+                .arg(id)
+                .arg(&before.raw)
+                .arg(lower)
+                .arg(channel(id))
+                .arg(PREFIX)
+                .invoke(c)
+        })?;
+        match done {
+            1 => Ok(()),
+            0 => Err(Refused::Changed),
+            _ => Err(Refused::Gone),
+        }
+    }
+
+    /// Room `id`'s members, by name.
+    pub fn members(&self, id: u64) -> Result<Vec<StoredMember>, Down> {
+        Ok(self.members_of(&[id])?.pop().unwrap_or_default())
+    }
+
+    /// The members of each room of `ids`, by name, in one round trip (for a listing).
+    pub fn members_of(&self, ids: &[u64]) -> Result<Vec<Vec<StoredMember>>, Down> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HVALS").arg(key(&format!("members:{id}")));
+        }
+        let all: Vec<Vec<String>> = self.command(|c| pipe.query(c))?;
+        Ok(all
+            .into_iter()
+            .map(|room| {
+                let mut members: Vec<StoredMember> = room
+                    .iter()
+                    .filter_map(|json| serde_json::from_str(json).ok())
+                    .collect();
+                members.sort_by(|a, b| a.username.cmp(&b.username));
+                members
+            })
+            .collect())
+    }
+
+    /// Room `id`'s kept messages with an id above `since`, oldest first.
+    pub fn history(&self, id: u64, since: u64) -> Result<Vec<String>, Down> {
+        self.command(|c| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(key(&format!("history:{id}")))
+                .arg(format!("({since}"))
+                .arg("+inf")
+                .query(c)
+        })
+    }
+}
+
+fn parse_room(id: &str, raw: String) -> Option<RoomRead> {
+    let id = id.parse().ok()?;
+    let room = serde_json::from_str(&raw).ok()?;
+    Some(RoomRead { id, room, raw })
+}

@@ -1,0 +1,216 @@
+//! Opening a database file: the lock that keeps it to one server, the settings and
+//! checks a file must pass, the schema and its migrations, trimming each room's history,
+//! and loading what the room map starts from. `sqlite` owns the handle and the writer
+//! thread that use the file once it is open.
+//!
+//! - The schema version is `PRAGMA user_version`. [`MIGRATIONS`] brings an older file
+//!   forward, all steps in one transaction; a file from a newer ChitChat is refused.
+//! - Nothing is reset silently: a file that cannot be opened, is not a database, fails
+//!   SQLite's quick check, has an unknown schema or is locked by another process is a
+//!   [`StoreError`](super::StoreError), and the server does not start (`main` exits with code 2).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
+
+use super::{RoomRecord, Saved, SavedRoom};
+
+/// The schema, one step per version: `MIGRATIONS[n]` takes a file from version `n` to
+/// `n + 1`. Steps are only ever appended, never edited once released, so every file, however
+/// old, takes the same path to the current schema.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: rooms, the id counter, and each room's recent `send` events as broadcast (JSON).
+    // A room's messages go with it (`ON DELETE CASCADE`).
+    "CREATE TABLE rooms (
+         id            INTEGER PRIMARY KEY,
+         title         TEXT NOT NULL,
+         description   TEXT NOT NULL,
+         visibility    TEXT NOT NULL,
+         password_hash TEXT,
+         created_at    TEXT NOT NULL,
+         updated_at    TEXT NOT NULL
+     );
+     CREATE TABLE counters (
+         name  TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     );
+     CREATE TABLE messages (
+         seq     INTEGER PRIMARY KEY,
+         room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+         event   TEXT NOT NULL
+     );
+     CREATE INDEX messages_by_room ON messages (room_id, seq);",
+    // 2: message ids (SPEC, Message ids): each message's id in its room, stored beside it
+    // and inside its event, and each room's last id. Messages kept from version 1 are
+    // numbered 1, 2, 3... in the order they were said.
+    "ALTER TABLE messages ADD COLUMN msg_id INTEGER NOT NULL DEFAULT 0;
+     UPDATE messages SET msg_id = (SELECT count(*) FROM messages AS older
+         WHERE older.room_id = messages.room_id AND older.seq <= messages.seq);
+     UPDATE messages SET event = json_set(event, '$.id', msg_id);
+     ALTER TABLE rooms ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0;
+     UPDATE rooms SET last_message_id =
+         (SELECT coalesce(max(msg_id), 0) FROM messages WHERE room_id = rooms.id);
+     CREATE INDEX messages_by_id ON messages (room_id, msg_id);",
+];
+
+/// How long a statement waits for another process's lock (a `sqlite3` shell in the middle
+/// of a write) before it fails. Short: a room change's request waits for its write.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deletes all but the room's newest `?2` messages.
+const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND msg_id <= (
+         SELECT msg_id FROM messages WHERE room_id = ?1 ORDER BY msg_id DESC LIMIT 1 OFFSET ?2)";
+
+/// Settings, checks and migrations on a freshly opened file; the error is the problem.
+/// Takes the lock file beside `path` for this process's life, or says who holds it.
+pub(super) fn lock_owner(path: &Path) -> Result<OwnedFd, String> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open its lock file: {e}"))?;
+    let fd = OwnedFd::from(file);
+    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(Errno::WOULDBLOCK) => Err("in use by another ChitChat server".into()),
+        Err(e) => Err(format!("cannot lock it: {e}")),
+    }
+}
+
+pub(super) fn prepare(
+    connection: &mut Connection,
+    migrations: &[&str],
+    history_len: usize,
+) -> Result<(), String> {
+    let failed = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(failed("cannot set the busy timeout"))?;
+    // Opening is lazy: this first read is where a file that is not a database, or one
+    // locked by another process, shows itself.
+    connection
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(failed("cannot read"))?;
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(failed("cannot switch to WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("database: the file system does not allow WAL; using journal mode {mode}");
+    }
+    connection
+        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(failed("cannot configure"))?;
+    let check: String = connection
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(failed("cannot check"))?;
+    if check != "ok" {
+        return Err(format!("damaged ({check}); restore a backup"));
+    }
+    // IMMEDIATE takes the write lock now: a file another process holds locked fails here,
+    // at start, after BUSY_TIMEOUT, rather than at the first room write.
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed("cannot take the write lock"))?;
+    migrate(&tx, migrations)?;
+    let rooms: Vec<u64> = tx
+        .prepare("SELECT DISTINCT room_id FROM messages")
+        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+        .map_err(failed("cannot read the history"))?;
+    for room_id in rooms {
+        trim(&tx, room_id, history_len).map_err(failed("cannot trim the history"))?;
+    }
+    tx.commit().map_err(failed("cannot commit"))
+}
+
+/// Runs the steps of `migrations` the file has not had yet. Refuses a file whose version is
+/// newer than `migrations` knows: it was written by a newer ChitChat, and guessing could
+/// lose data.
+pub(super) fn migrate(connection: &Connection, migrations: &[&str]) -> Result<(), String> {
+    let failed = |e: rusqlite::Error| format!("cannot migrate the schema: {e}");
+    let version: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(failed)?;
+    let known = migrations.len();
+    let version = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= known)
+        .ok_or_else(|| {
+            format!("schema version {version} is not one this ChitChat knows (0 to {known}); use the ChitChat that wrote it")
+        })?;
+    for (done, step) in migrations.iter().enumerate().skip(version) {
+        connection.execute_batch(step).map_err(failed)?;
+        connection
+            .pragma_update(None, "user_version", done + 1)
+            .map_err(failed)?;
+        log::info!("database schema migrated to version {}", done + 1);
+    }
+    Ok(())
+}
+
+/// Everything the room map starts from.
+pub(super) fn load(connection: &Connection) -> rusqlite::Result<Saved> {
+    let next_id = connection
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'next_room_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let rooms = connection
+        .prepare(
+            "SELECT id, title, description, visibility, password_hash, created_at, updated_at,
+                    last_message_id
+             FROM rooms ORDER BY id",
+        )?
+        .query_map([], |row| {
+            Ok(SavedRoom {
+                room: RoomRecord {
+                    id: row.get(0)?,
+                    title: row.get(1)?,
+                    description: row.get(2)?,
+                    visibility: row.get(3)?,
+                    password_hash: row.get(4)?,
+                    created_at: row.get(5)?,
+                    updated_at: row.get(6)?,
+                },
+                last_message_id: row.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut history: HashMap<u64, Vec<(u64, Arc<str>)>> = HashMap::new();
+    let mut statement = connection
+        .prepare("SELECT room_id, msg_id, event FROM messages ORDER BY room_id, msg_id")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let event: String = row.get(2)?;
+        history
+            .entry(row.get(0)?)
+            .or_default()
+            .push((row.get(1)?, event.into()));
+    }
+    Ok(Saved {
+        next_id,
+        rooms,
+        history,
+    })
+}
+
+/// Deletes all but room `room_id`'s newest `history_len` messages.
+pub(super) fn trim(
+    connection: &Connection,
+    room_id: u64,
+    history_len: usize,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(TRIM_HISTORY)?
+        .execute(params![room_id, history_len])
+        .map(drop)
+}
