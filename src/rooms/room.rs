@@ -1,8 +1,8 @@
 //! A room's handle and the work after its lock: [`Room`] (its lock, its [`Feed`] and the
 //! lock-free [`Room::read`] every member reads it with), the [`Subscriber`] seam through
 //! which the room sees a socket, why a socket was closed or an action refused, what a
-//! join hands back ([`Joined`]), and the [`Aftermath`] done once the lock is released. What happens under the lock is
-//! `fanout` (`Live`).
+//! join hands back ([`Joined`]), and the [`Aftermath`] done once the lock is released.
+//! What happens under the lock is `fanout` (`Live`).
 //!
 //! # Two locks per room
 //! The room's lock ([`Room::live`]) orders its events and guards its members; the feed has
