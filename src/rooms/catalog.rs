@@ -24,7 +24,7 @@ use crate::store::{RoomRecord, StoreError};
 use crate::sync::{lock, read, write};
 
 use super::cluster::{self, Cluster};
-use super::fanout::{Aftermath, Room};
+use super::room::{Aftermath, Room};
 use super::view::{RoomView, Visibility};
 use super::RoomMap;
 

@@ -10,10 +10,10 @@
 //! this node keeps only what delivery needs: the local rooms, their sockets and feeds.
 //!
 //! # One order, and where each step runs
-//! A join or send is checked under the local room's lock (`fanout::Live::begin_join`,
+//! A join or send is checked under the local room's lock (`subscription`: `Live::begin_join`,
 //! `begin_send`: the name, the feed's room for it), run as a script in Redis with no lock
 //! held, and comes back through the subscription to every node, the speaker's included
-//! ([`Listener::deliver`] -> `fanout::Live::deliver`). Leaves are published the same way
+//! ([`Listener::deliver`] -> `subscription`'s `Live::deliver`). Leaves are published the same way
 //! (`fanout`'s `push_leave`). So the order every socket sees is the channel's.
 //!
 //! # Failure
@@ -33,7 +33,7 @@ use crate::redis_link::{Down, Kind, Link, Listener, Refused, RoomRead, StoredMem
 use crate::sync::{read, write};
 
 use super::catalog::Info;
-use super::fanout::{CloseReason, Joined, Refusal, Room, Services, Subscriber};
+use super::room::{CloseReason, Joined, Refusal, Room, Services, Subscriber};
 use super::view::{RoomKey, RoomView, UserView, Visibility};
 
 /// This node's side of a chat served by several nodes. See the module docs.

@@ -5,16 +5,20 @@
 //! - this file: [`RoomMap`], its index and its lock rules; [`Membership`], a socket's
 //!   handle on the room it chats in;
 //! - `catalog`: create, update, delete, validation, and the order of disk and memory;
+//! - `room`: one room's handle: its lock, its feed read without the lock, and the
+//!   [`Subscriber`] seam; what is done after the lock (`Aftermath`);
 //! - `fanout`: one room's members, its feed of events, history and message ids;
+//! - `subscription`: several nodes: the steps around a Redis script, a feed filled from
+//!   the subscription;
 //! - `view`: what the API shows ([`RoomView`]: no hash, by construction);
 //! - `waker`: the thread that rings members' doorbells for chat messages.
 //!
 //! # Locks, and what may happen while each is held
-//! - **A room's lock** (`fanout::Room`) orders that room's events: one lock, so every
+//! - **A room's lock** (`room::Room`) orders that room's events: one lock, so every
 //!   member sees one order. It is held for memory work only: appending an event to the
 //!   feed, copying events out, changing members. Never across disk I/O, bcrypt, a log
 //!   line, or a system call (waking another socket's thread is one: those are collected
-//!   and done after the lock, see `fanout::Aftermath`). Rooms do not share it: a busy
+//!   and done after the lock, see `room::Aftermath`). Rooms do not share it: a busy
 //!   room never slows another.
 //! - **The index** (`RwLock<Index>`): ids and titles to rooms, and the id counter. Held
 //!   for a map lookup or insert; readers (every request) share it. Never held across
@@ -37,6 +41,8 @@
 mod catalog;
 mod cluster;
 mod fanout;
+mod room;
+mod subscription;
 mod view;
 mod waker;
 
@@ -47,7 +53,7 @@ use std::time::Duration;
 pub use catalog::{
     RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
 };
-pub use fanout::{CloseReason, Joined, Refusal, Subscriber};
+pub use room::{CloseReason, Joined, Refusal, Subscriber};
 pub use view::{RoomKey, RoomView, Visibility};
 
 use crate::clock::now_rfc3339;
@@ -59,7 +65,7 @@ use crate::sync::read;
 
 use catalog::{not_found, Info};
 use cluster::Cluster;
-use fanout::{Room, Services};
+use room::{Room, Services};
 use waker::Waker;
 
 /// Every room, and the locks described in the module docs.

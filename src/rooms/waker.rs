@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::fanout::Subscriber;
+use super::room::Subscriber;
 
 /// The waker thread's stack: it only rings doorbells.
 const STACK_BYTES: usize = 64 * 1024;
