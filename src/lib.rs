@@ -28,7 +28,8 @@
 //!   checked before expensive work: connections, failed token requests, room creations,
 //!   each socket's frame rate; every per-address table bounded.
 //! - `metrics`: the counters and the text `/metrics` serves.
-//! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads.
+//! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads
+//!   (`http/tokens.rs`: the token endpoints and the token check).
 //! - `ws`: the WebSocket listener, the handshake, a thread per socket.
 //! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
 //!   `sync`: taking locks.

@@ -6,6 +6,7 @@
 //! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON, and
 //!   the refuser that answers connections past the limits without a thread each;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
+//! - `ending`: how a socket's chat ended: its close code and how `/metrics` counts it;
 //! - `frame`: encoding server frames, and the buffered non-blocking writer;
 //! - `doorbell`: how the room wakes and closes a socket's thread.
 //!
@@ -18,6 +19,7 @@
 //! ends. A connection past a limit gets its 503 from the accept loop (`handshake::Refuser`).
 
 mod doorbell;
+mod ending;
 mod frame;
 mod handshake;
 mod session;

@@ -14,6 +14,11 @@
 //! `Retry-After: 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
 //! other gets the 404 of an unknown path, whatever the method. Every response is counted
 //! by status as it is sent.
+//!
+//! Layout: this file routes, replies and reads bodies, and holds the room, message, page
+//! and operator endpoints; `tokens` holds the token endpoints and the token check.
+
+mod tokens;
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
@@ -31,9 +36,10 @@ use crate::error::{ApiError, ErrorKind};
 use crate::limits::any_contains;
 use crate::metrics::{self, Gauges};
 use crate::path::{self, percent_decode, query_param, RoomRef};
-use crate::rooms::{RoomInput, RoomKey};
+use crate::rooms::RoomInput;
 use crate::token;
 use crate::State;
+use tokens::{bearer, issue_token, renew_token, require_token};
 
 /// What a request asks for, once its method and path are understood.
 #[derive(Debug, PartialEq, Eq)]
@@ -340,103 +346,6 @@ fn messages(
     }
     body.push_str("]\n");
     Ok(Reply::json_text(200, body))
-}
-
-/// The body of `POST /chats/<room>/token`.
-#[derive(Deserialize)]
-struct TokenRequest {
-    name: Option<String>,
-    secret: Option<String>,
-}
-
-/// A wrong secret counts toward `token_attempts_per_minute` for this address and room; past
-/// it the request is refused before bcrypt runs. A right secret, or a full bcrypt queue,
-/// counts nothing.
-fn issue_token(
-    state: &State,
-    request: &mut Request,
-    room: &RoomRef,
-    client: IpAddr,
-) -> Result<Reply, ApiError> {
-    let body: TokenRequest =
-        read_json(request, state.config.max_body_bytes, ErrorKind::InvalidJson)?;
-    let key = state.rooms.key(room)?;
-    if !key.visibility.needs_token() {
-        return Ok(Reply::json(200, &json!({"status": true})));
-    }
-    let name = body
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
-    let secret = body.secret.unwrap_or_default();
-    let attempt = state.limits.token_attempt(client, key.id, Instant::now())?;
-    // This worker waits, holding no lock, while a `hasher` thread runs bcrypt.
-    if !state.rooms.password_matches(&key, &secret)? {
-        attempt.keep();
-        log::info!("room {}: wrong password for a token", key.id);
-        return Err(ApiError::field(ErrorKind::Unauthorized, "secret"));
-    }
-    drop(attempt);
-    token_reply(state, &key, name)
-}
-
-fn renew_token(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
-    if !key.visibility.needs_token() {
-        return Ok(Reply::json(200, &json!({"status": true})));
-    }
-    let claims =
-        require_token(state, request, &key)?.expect("a room that needs a token was given one");
-    token_reply(state, &key, &claims.username)
-}
-
-/// The answer to a token request, in the Go version's field order.
-#[derive(Serialize)]
-struct TokenReply<'a> {
-    status: bool,
-    name: &'a str,
-    room_id: u64,
-    token: String,
-}
-
-fn token_reply(state: &State, key: &RoomKey, name: &str) -> Result<Reply, ApiError> {
-    let token = token::issue(&state.secret, key, name, state.config.token_ttl)
-        .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
-    Ok(Reply::json(
-        201,
-        &TokenReply {
-            status: true,
-            name,
-            room_id: key.id,
-            token,
-        },
-    ))
-}
-
-/// For a private or hidden room, the bearer token's claims (403 without one); `None` for a
-/// public room, which needs none.
-fn require_token(
-    state: &State,
-    request: &Request,
-    key: &RoomKey,
-) -> Result<Option<token::Claims>, ApiError> {
-    if !key.visibility.needs_token() {
-        return Ok(None);
-    }
-    let token = bearer(request).ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
-    token::verify(&state.secret, key, &token).map(Some)
-}
-
-/// The token of the `Authorization: Bearer` header: the one place a REST request carries one.
-fn bearer(request: &Request) -> Option<String> {
-    let authorization = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str());
-    token::presented(authorization, None, None)
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes. A declared or actual length over
