@@ -169,6 +169,12 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
+        // A writer dropped before its turn (a request refused with 417 drops its writer
+        // unused) must not pass the turn on early: the next answer would overtake the
+        // previous one, still being written by another thread.
+        if let Some(turn) = self.trigger.take() {
+            turn.recv().ok();
+        }
         self.on_finish.send(()).ok();
     }
 }
