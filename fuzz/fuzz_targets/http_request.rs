@@ -13,7 +13,6 @@
 mod common;
 
 use common::{assert_http_alive, assert_json_error_body, exchange, parse_response, server, Tally};
-use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
@@ -25,42 +24,11 @@ const TINY_HTTP_OWN: [u16; 4] = [400, 408, 417, 505];
 static TALLY: Tally = Tally::new("http_request");
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(finding) = known_finding(data) {
-        TALLY.count(format!("skipped: {finding}"));
-        return;
-    }
     let answer = exchange(server().http, data);
     let outcome = check(data, &answer.bytes, answer.reset);
     TALLY.count(outcome);
     assert_http_alive();
 });
-
-/// Findings reported but not fixed yet, each pinned by an ignored test: inputs that would
-/// only find them again are skipped (and counted), so a run keeps looking for new ones.
-/// `CHITCHAT_FUZZ_KNOWN=1` sends them anyway, to check a fix.
-fn known_finding(data: &[u8]) -> Option<&'static str> {
-    static SEND_ANYWAY: OnceLock<bool> = OnceLock::new();
-    if *SEND_ANYWAY.get_or_init(|| std::env::var_os("CHITCHAT_FUZZ_KNOWN").is_some()) {
-        return None;
-    }
-    // tiny_http's 505 for HTTP/2.0 and HTTP/3.0 deadlocks the connection's thread:
-    // tests/fuzz_regressions.rs, http_2_request_line_is_answered_505_not_left_hanging.
-    let newer = |version: &[u8]| data.windows(version.len()).any(|w| w == version);
-    if newer(b"HTTP/2.0") || newer(b"HTTP/3.0") {
-        return Some("HTTP/2.0 or 3.0 (known hang)");
-    }
-    // tiny_http's 417 for an `Expect` other than 100-continue is written at once, not after
-    // the answers before it: out of order, or interleaved byte by byte with them.
-    // tests/fuzz_regressions.rs, pipelined_answers_keep_their_order_when_a_later_request_gets_417.
-    let unknown_expect = data.split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("expect")
-                && !value.trim().eq_ignore_ascii_case("100-continue")
-        })
-    });
-    unknown_expect.then_some("Expect other than 100-continue (known 417 disorder)")
-}
 
 /// Checks the first answer to `data`; returns a short name for the outcome.
 fn check(data: &[u8], bytes: &[u8], reset: bool) -> String {
