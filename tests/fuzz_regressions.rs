@@ -8,14 +8,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use common::{read_response, TestServer, TIMEOUT};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
 
 /// Found by `http_request` with `GET /chats/1/messages?since=0&limit=2 HTTP/2.0\r\n\r\n`:
 /// no answer ever came and the connection was never closed. tiny_http writes its 505 for a
 /// version above 1.1 through the connection's *next* writer, which waits for the request's
 /// own writer to be dropped, and that request is still alive on the same thread: the
 /// connection thread blocks forever (no read timeout applies), so each such request keeps a
-/// thread and a socket for good. Fix belongs in vendor/tiny_http (`ClientConnection::next`,
-/// src/client.rs): answer through the request's writer, or drop it without its 500 first.
+/// thread and a socket for good. Fixed in vendor/tiny_http (patch 7: the 505 goes through
+/// the request's own writer).
 #[test]
 fn http_2_request_line_is_answered_505_not_left_hanging() {
     let server = TestServer::start();
@@ -72,4 +74,32 @@ fn pipelined_answers_keep_their_order_when_a_later_request_gets_417() {
         answers[..second].contains("\"token\""),
         "the token's body comes whole before the 417: {answers:?}"
     );
+}
+
+/// Found by `ws_handshake` with raw frames after a good handshake: a text frame, a binary
+/// frame, a ping, then a close with code 3851 (`88 82 02 01 02 74 0d 0a`, masked). The
+/// server answered with a close of 3851, which the target did not expect of ChitChat. The
+/// server was right (RFC 6455, 5.5.1: the answering close echoes the code received, and
+/// 3000-4999 are the client's to choose); the target now allows an echo of a code its
+/// input sent. Pinned: the echo, and the room untouched for the others.
+#[test]
+fn a_client_close_code_is_echoed_and_the_room_goes_on() {
+    let server = TestServer::start();
+    let mut leaver = server.ws("/chats/1/ws");
+    let mut stayer = server.ws("/chats/1/ws");
+    leaver.join("ann");
+    stayer.join("bob");
+    leaver
+        .socket
+        .close(Some(CloseFrame {
+            code: CloseCode::from(3851),
+            reason: "".into(),
+        }))
+        .unwrap();
+    assert_eq!(leaver.expect_close(), 3851);
+    let leave = stayer.next_event_where("ann's leave", |e| e["event_type"] == "leave");
+    assert_eq!(leave["name"], "ann");
+    stayer.say("still here");
+    let echo = stayer.next_event_where("bob's message", |e| e["event_type"] == "send");
+    assert_eq!(echo["msg"], "still here");
 }

@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let after = after.split_first().map(|(&mode, rest)| frames(mode, rest));
     let answer = exchange_in_two(server().ws, handshake, after.as_deref());
-    let outcome = check(data, &answer.bytes, answer.reset);
+    let echoable = client_close_codes(after.as_deref().unwrap_or_default());
+    let outcome = check(data, &answer.bytes, answer.reset, &echoable);
     TALLY.count(outcome);
     assert_ws_alive();
     assert_http_alive();
@@ -89,7 +90,8 @@ fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-fn check(data: &[u8], bytes: &[u8], reset: bool) -> String {
+/// Checks the answer; `echoable` are close codes the client sent, which the server may echo.
+fn check(data: &[u8], bytes: &[u8], reset: bool, echoable: &[u16]) -> String {
     if bytes.is_empty() {
         return if reset {
             "reset, no answer"
@@ -119,7 +121,7 @@ fn check(data: &[u8], bytes: &[u8], reset: bool) -> String {
         assert_json_error_body(&response, &context);
         return format!("{}{}", response.status, if reset { ", reset" } else { "" });
     }
-    let (kinds, cut) = server_frames(rest, &context);
+    let (kinds, cut) = server_frames(rest, echoable, &context);
     assert!(
         !cut || reset,
         "{context}: a frame cut short without a reset"
@@ -129,7 +131,7 @@ fn check(data: &[u8], bytes: &[u8], reset: bool) -> String {
 
 /// Checks the frames the server sent after its 101; returns a summary (the kinds of event,
 /// error codes and close codes seen) and whether the last frame was cut short.
-fn server_frames(mut bytes: &[u8], context: &str) -> (String, bool) {
+fn server_frames(mut bytes: &[u8], echoable: &[u16], context: &str) -> (String, bool) {
     let mut summary = BTreeSet::new();
     let summarise = |summary: &BTreeSet<String>| {
         let kinds: Vec<&str> = summary.iter().map(String::as_str).collect();
@@ -171,7 +173,10 @@ fn server_frames(mut bytes: &[u8], context: &str) -> (String, bool) {
                     [_] => panic!("{context}: a close frame with a one-byte payload"),
                 };
                 if let Some(code) = code {
-                    assert!(CLOSE_CODES.contains(&code), "{context}: close code {code}");
+                    assert!(
+                        CLOSE_CODES.contains(&code) || echoable.contains(&code),
+                        "{context}: close code {code}"
+                    );
                 }
                 summary.insert(format!("close {}", code.unwrap_or(0)));
             }
@@ -184,15 +189,48 @@ fn server_frames(mut bytes: &[u8], context: &str) -> (String, bool) {
 
 /// One server frame off the front of `bytes`: `None` if it is cut short.
 fn server_frame<'a>(bytes: &'a [u8], context: &str) -> Option<(u8, &'a [u8], &'a [u8])> {
-    let (&first, rest) = bytes.split_first()?;
-    let (&second, mut rest) = rest.split_first()?;
-    assert_eq!(first & 0x70, 0, "{context}: reserved bits set");
-    assert_eq!(first & 0x80, 0x80, "{context}: the server fragments frames");
+    let frame = split_frame(bytes)?;
+    assert_eq!(frame.first & 0x70, 0, "{context}: reserved bits set");
     assert_eq!(
-        second & 0x80,
-        0,
+        frame.first & 0x80,
+        0x80,
+        "{context}: the server fragments frames"
+    );
+    assert!(
+        frame.mask.is_none(),
         "{context}: a server frame is never masked"
     );
+    Some((frame.first & 0x0f, frame.payload, frame.rest))
+}
+
+/// The close codes in the client's frames, in the order the server reads them: the server
+/// may echo one back (RFC 6455, 5.5.1), a code of the client's own choosing (3000-4999).
+fn client_close_codes(mut sent: &[u8]) -> Vec<u16> {
+    let mut codes = Vec::new();
+    while let Some(frame) = split_frame(sent) {
+        if let (0x8, [high, low, ..], Some(mask)) = (frame.first & 0x0f, frame.payload, frame.mask)
+        {
+            codes.push(u16::from_be_bytes([high ^ mask[0], low ^ mask[1]]));
+        }
+        sent = frame.rest;
+    }
+    codes
+}
+
+/// A WebSocket frame as it is on the wire, payload still masked.
+struct Frame<'a> {
+    /// FIN, the reserved bits and the opcode.
+    first: u8,
+    mask: Option<[u8; 4]>,
+    payload: &'a [u8],
+    /// The bytes after the frame.
+    rest: &'a [u8],
+}
+
+/// One frame off the front of `bytes`: `None` if it is cut short.
+fn split_frame(bytes: &[u8]) -> Option<Frame<'_>> {
+    let (&first, rest) = bytes.split_first()?;
+    let (&second, mut rest) = rest.split_first()?;
     let length = match second & 0x7f {
         126 => {
             let (length, after) = rest.split_at_checked(2)?;
@@ -203,10 +241,22 @@ fn server_frame<'a>(bytes: &'a [u8], context: &str) -> Option<(u8, &'a [u8], &'a
             let (length, after) = rest.split_at_checked(8)?;
             rest = after;
             let length = u64::from_be_bytes(length.try_into().expect("eight bytes"));
-            usize::try_from(length).expect("a frame length that fits memory")
+            usize::try_from(length).ok()?
         }
         n => usize::from(n),
     };
+    let mask = if second & 0x80 != 0 {
+        let (key, after) = rest.split_at_checked(4)?;
+        rest = after;
+        Some(key.try_into().expect("four bytes"))
+    } else {
+        None
+    };
     let (payload, rest) = rest.split_at_checked(length)?;
-    Some((first & 0x0f, payload, rest))
+    Some(Frame {
+        first,
+        mask,
+        payload,
+        rest,
+    })
 }
