@@ -501,6 +501,8 @@ mod tests {
         cursor: std::sync::atomic::AtomicU64,
         stalled: AtomicBool,
         woken: AtomicUsize,
+        /// The threads that rang `wake`, by name.
+        rung_by: std::sync::Mutex<Vec<String>>,
         closed: std::sync::Mutex<Option<CloseReason>>,
     }
 
@@ -518,6 +520,8 @@ mod tests {
             self.stalled.load(SeqCst)
         }
         fn wake(&self) {
+            let thread = std::thread::current().name().unwrap_or_default().to_owned();
+            crate::sync::lock(&self.rung_by).push(thread);
             self.woken.fetch_add(1, SeqCst);
         }
         fn retry(&self) {
@@ -793,6 +797,36 @@ mod tests {
         assert_eq!(
             read_shared(&room, &services, &probe, 1),
             ["ann joins", "after"]
+        );
+    }
+
+    /// A send from the subscription is rung by the waker thread, as a local send is: the
+    /// one subscriber thread, which serves every room, would fall behind ringing each
+    /// sleeping socket itself. A socket's own join is rung at once.
+    #[test]
+    fn a_send_from_the_subscription_is_rung_by_the_waker_thread() {
+        use crate::redis_link::Kind;
+        let (room, services) = (shared_room(16), services());
+        let probe = shared_reader(&room, &services, 1);
+        room.with_live(&services, |live, after| {
+            live.begin_join(1, "ann", "red", after).map(drop)
+        })
+        .unwrap();
+        let deliver = |kind, origin, text: &str| {
+            room.with_live(&services, |live, after| {
+                live.deliver(kind, origin, text, after)
+            })
+        };
+        deliver(Kind::Join, Some(1), "ann joins");
+        deliver(Kind::Send, None, "hello");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while probe.woken.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let here = std::thread::current().name().unwrap_or_default().to_owned();
+        assert_eq!(
+            *crate::sync::lock(&probe.rung_by),
+            [here, "room-waker".into()]
         );
     }
 

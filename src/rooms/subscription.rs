@@ -105,6 +105,10 @@ impl Live {
             }
         }
         self.push(text.into(), after);
+        // As for a local send: the waker thread rings the sleepers, once for many messages.
+        // Rung here, one subscriber thread would ring every sleeping socket of every node's
+        // room for each message and fall seconds behind (500 sockets x 200 msg/s).
+        after.wake_later = kind == Kind::Send;
         if self.feed_len() > self.capacity {
             self.trim();
         }
