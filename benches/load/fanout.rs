@@ -366,8 +366,11 @@ pub struct Figures {
     pub missing: u64,
     /// Deliveries seen twice, or of messages never sent (whole run, every phase).
     pub duplicates: u64,
-    /// Deliveries out of order (whole run).
+    /// Deliveries out of order from their sender (whole run).
     pub out_of_order: u64,
+    /// Deliveries out of the room's order: a message id at or below one the member saw
+    /// before (whole run).
+    pub out_of_room_order: u64,
     /// Close codes of the sockets the server closed during the run (whole run, every
     /// phase; not while the scenario was shutting them at the end).
     pub closed: Vec<u16>,
@@ -440,6 +443,7 @@ impl Figures {
             missing: expected.saturating_sub(distinct),
             duplicates: tallies.iter().map(|t| t.duplicates + t.unexpected).sum(),
             out_of_order: tallies.iter().map(|t| t.out_of_order).sum(),
+            out_of_room_order: tallies.iter().map(|t| t.out_of_room_order).sum(),
             closed: tallies
                 .iter()
                 .filter(|t| !t.closed_at_teardown)
@@ -508,6 +512,12 @@ impl Figures {
             stats::count(self.out_of_order),
             "0",
             self.out_of_order == 0,
+        );
+        table.check(
+            &name("out of the room's order (an id below one seen before)"),
+            stats::count(self.out_of_room_order),
+            "0",
+            self.out_of_room_order == 0,
         );
         table.check(
             &name("sockets closed or failed during the run"),
