@@ -24,10 +24,12 @@ test: redis-server
 	cargo test
 	bash tests/browser/run.sh
 
-bench:
+# The several-nodes scenario (benches/load/cluster.rs) runs a redis-server of its own.
+bench: redis-server
 	bash bench/run.sh
 
-# Debian's redis-server (with redis-cli), installed when missing, for tests/cluster.rs.
+# Debian's redis-server (with redis-cli), installed when missing, for tests/cluster.rs and
+# the bench's several-nodes scenario.
 redis-server:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
 		echo "make: installing Debian's redis-server" >&2; \

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release server and the load generator (benches/load.rs), raises
 # the open-files limit, runs every scenario against a real server over loopback, and
-# rewrites BENCHMARKS.md. Takes about six and a half minutes on two cores (the scale
+# rewrites BENCHMARKS.md. Takes about seven and a half minutes on two cores (the scale
 # scenario alone over two: its join storm, then a minute idle; the guessing flood about
-# 20 s, more against a server without bcrypt limits, whose queued guesses finish late).
+# 20 s, more against a server without bcrypt limits, whose queued guesses finish late;
+# the several-nodes scenario about 50 s, three fan-outs with a redis-server of its own).
 #
 # Arguments are passed to the generator, e.g. `bench/run.sh --only fanout --seconds 3`
 # (see the top of benches/load.rs). CHITCHAT_BIN overrides the server binary. `make soak`

@@ -14,9 +14,11 @@
 //!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full),
 //!   `scale.rs` (9: 9 rooms x 1,000 sockets joining at once, then idle), `guess.rs`
 //!   (10: 100 concurrent wrong-password token requests from many forwarded addresses,
-//!   next to timed GETs) and `soak.rs` (11: 1,000 sockets chatting with churn for ten
+//!   next to timed GETs), `soak.rs` (11: 1,000 sockets chatting with churn for ten
 //!   minutes at the default limits, from 20 source addresses; only with `--only soak`,
-//!   which `make soak` passes, never in a plain `make bench`);
+//!   which `make soak` passes, never in a plain `make bench`) and `cluster.rs` (12:
+//!   500 x 200 over two nodes sharing a `redis-server` the scenario starts itself, then
+//!   one node on Redis beside one on SQLite);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -26,11 +28,11 @@
 //!
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
-//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess` (the default:
-//! all of these) or `--only soak`, `--seconds N` (length of each timed run, default 10;
-//! slowdisk has two, each overload run one; the guessing flood one),
-//! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk and
-//! overload always run with one, scale never), `--send-queue-len N` (put in the server's
+//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess,cluster` (the
+//! default: all of these) or `--only soak`, `--seconds N` (length of each timed run, default 10;
+//! slowdisk has two, each overload run one; the guessing flood one; cluster three),
+//! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk,
+//! overload and cluster's SQLite node always run with one, scale and the Redis nodes never), `--send-queue-len N` (put in the server's
 //! config; default: the server's own), `--fanout 500x200,300x100` (these fan-out shapes,
 //! subscribers x messages/s, instead of the four), `--idle-room-size N` (sockets
 //! per room in the idle scenario, default 500), `--burn N` (CPU burner threads beside
@@ -46,6 +48,8 @@
 // The modules live in benches/load/ so that cargo sees one bench target, `load`.
 #[path = "load/churn.rs"]
 mod churn;
+#[path = "load/cluster.rs"]
+mod cluster;
 #[path = "load/fanout.rs"]
 mod fanout;
 #[path = "load/footprint.rs"]
@@ -88,7 +92,7 @@ use server::ServerOptions;
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario `make bench` runs, in report order.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "rest",
     "fanout",
     "idle",
@@ -99,6 +103,7 @@ const SCENARIOS: [&str; 10] = [
     "overload",
     "scale",
     "guess",
+    "cluster",
 ];
 /// Scenarios that run only when `--only` names them: the soak takes ten minutes.
 const ON_REQUEST: [&str; 1] = ["soak"];
@@ -305,6 +310,7 @@ fn main() -> ExitCode {
             seconds,
         )]
     });
+    run("cluster", &mut || cluster::run(&options, seconds));
     run("soak", &mut || vec![soak::run(&options, args.soak_seconds)]);
 
     let context = Context {

@@ -15,8 +15,10 @@
 //! so the join storm does not land inside the measured window.
 //!
 //! The pieces are shared with the scenarios that put a fan-out under other pressure
-//! (`slowdisk.rs`, `overload.rs`): [`FullRoom`] joins the room, sends one phase at a time
-//! and waits for its deliveries; [`Figures`] sums up one phase from the members' tallies.
+//! (`slowdisk.rs`, `overload.rs`) or spread it over several nodes (`cluster.rs`):
+//! [`FullRoom`] joins the room, sends one phase at a time and waits for its deliveries;
+//! [`Figures`] sums up one phase from the members' tallies; [`drive`] does one whole run
+//! of this scenario against one server or the nodes of one chat.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::report::Table;
-use crate::server::{CpuWindow, Server, ServerOptions};
+use crate::server::{CpuShares, CpuWindow, Logged, ProcSample, Server, ServerOptions};
 use crate::stats::{self, ms};
 use crate::ws::{self, wait_until, Crowd, Socket, Tally};
 use crate::Res;
@@ -131,51 +133,135 @@ fn measure(
 ) -> Res<()> {
     let n = shape.subscribers;
     let server = Server::start(options, &format!("fanout-{}x{}", n, shape.rate))?;
-    let room = crate::create_room(
-        server.http,
-        &format!("Fan-out {}x{}", n, shape.rate),
-        "public",
-        None,
-    )?;
-    let per_sender = messages_per_sender(seconds, shape.rate, senders);
-    let mut full = FullRoom::join(server.ws, room, n, senders, senders, per_sender)?;
-    let listed_before = crate::listed_users(server.http, room)?;
-    let window = CpuWindow::start(&server)?;
-    let phase = full.send(0, shape.rate, seconds)?;
-    let (cpu, server_after) = window.finish(&server)?;
-    let listed_after = crate::listed_users(server.http, room)?;
-    let logged = server.logged();
-    let join_time = full.join_time;
-    let tallies = full.finish();
-    server.stop();
+    let title = format!("Fan-out {}x{}", n, shape.rate);
+    let outcome = drive(vec![server], &title, shape, senders, seconds, &[])?;
 
-    let figures = Figures::of(&tallies, &phase);
     table.info(
         "subscribers (of which send)",
         format!("{} ({senders})", stats::count(n as u64)),
     );
-    table.info(
-        "time to connect and join all",
-        format!("{:.1} s", join_time.as_secs_f64()),
-    );
-    figures.report(table, "", shape.p99_target_us);
-    table.check(
+    outcome.report(
+        table,
+        shape.p99_target_us,
         "users the server lists in the room, before / after",
-        format!("{listed_before} / {listed_after}"),
-        &format!("{n} / {n}"),
-        listed_before == n && listed_after == n,
-    );
-    cpu.report(table);
-    table.info(
         "server RSS, threads while the room was full",
-        format!(
-            "{}, {}",
-            stats::kib(server_after.rss_kib),
-            server_after.threads
-        ),
     );
-    logged.note(table);
+    for logged in &outcome.logged {
+        logged.note(table);
+    }
     Ok(())
+}
+
+/// What one fan-out run measured, for its scenario to report.
+pub struct Outcome {
+    /// The deliveries, summed up.
+    pub figures: Figures,
+    /// Where the CPU went while the messages were sent.
+    pub cpu: CpuShares,
+    /// The first server's memory and threads at the end of the sending.
+    pub server_after: ProcSample,
+    /// Users each server listed in the room before and after the sending, in server order.
+    pub listed: Vec<(usize, usize)>,
+    /// From the first connect until every join had reached every member.
+    pub join_time: Duration,
+    /// What each server logged up to the end of the measurement, in server order.
+    pub logged: Vec<Logged>,
+}
+
+impl Outcome {
+    /// The run's rows: joining, deliveries (the p99 checked against `p99_target_us` when
+    /// given), the servers' listings under `listed_figure` ([`Outcome::listed_rows`]), CPU,
+    /// and the first server's memory under `rss_figure`.
+    pub fn report(
+        &self,
+        table: &mut Table,
+        p99_target_us: Option<u64>,
+        listed_figure: &str,
+        rss_figure: &str,
+    ) {
+        table.info(
+            "time to connect and join all",
+            format!("{:.1} s", self.join_time.as_secs_f64()),
+        );
+        self.figures.report(table, "", p99_target_us);
+        self.listed_rows(table, listed_figure);
+        self.cpu.report(table);
+        table.info(
+            rss_figure,
+            format!(
+                "{}, {}",
+                stats::kib(self.server_after.rss_kib),
+                self.server_after.threads
+            ),
+        );
+    }
+
+    /// The check that every server listed every subscriber before and after the sending
+    /// (SPEC: with several nodes, `users` lists the members of every node): `figure`
+    /// names the servers, the value is `before / after` for each, in server order.
+    pub fn listed_rows(&self, table: &mut Table, figure: &str) {
+        let n = self.figures.subscribers;
+        let pairs = |pairs: Vec<(usize, usize)>| {
+            let pairs: Vec<String> = pairs.iter().map(|(b, a)| format!("{b} / {a}")).collect();
+            pairs.join("; ")
+        };
+        table.check(
+            figure,
+            pairs(self.listed.clone()),
+            &pairs(vec![(n, n); self.listed.len()]),
+            self.listed.iter().all(|l| *l == (n, n)),
+        );
+    }
+}
+
+/// One fan-out run against `servers`, one server or the nodes of one chat: a public room
+/// `title` is created over REST on the first, `shape.subscribers` sockets join it, spread
+/// over the servers' WebSocket listeners ([`FullRoom::join`]), the first `senders` of them
+/// send `shape.rate` messages a second for `seconds`, every delivery is awaited, and the
+/// servers are stopped. The CPU window covers the first server and `companions` (name,
+/// pid): the other nodes and Redis.
+pub fn drive(
+    servers: Vec<Server>,
+    title: &str,
+    shape: &Shape,
+    senders: usize,
+    seconds: f64,
+    companions: &[(&str, u32)],
+) -> Res<Outcome> {
+    let [first, ..] = servers.as_slice() else {
+        return Err("a fan-out needs a server".into());
+    };
+    let room = crate::create_room(first.http, title, "public", None)?;
+    let listed = || -> Res<Vec<usize>> {
+        servers
+            .iter()
+            .map(|server| crate::listed_users(server.http, room))
+            .collect()
+    };
+    let addrs: Vec<SocketAddr> = servers.iter().map(|server| server.ws).collect();
+    let per_sender = messages_per_sender(seconds, shape.rate, senders);
+    let n = shape.subscribers;
+    let mut full = FullRoom::join(&addrs, room, n, senders, senders, per_sender)?;
+    let listed_before = listed()?;
+    let window = CpuWindow::start_with(first, companions)?;
+    let phase = full.send(0, shape.rate, seconds)?;
+    let (cpu, server_after) = window.finish(first)?;
+    let listed_after = listed()?;
+    // Before the teardown, which makes the servers log (leaves) on its own.
+    let logged = servers.iter().map(|server| server.logged()).collect();
+    let join_time = full.join_time;
+    let tallies = full.finish();
+    for server in servers {
+        server.stop();
+    }
+    Ok(Outcome {
+        figures: Figures::of(&tallies, &phase),
+        cpu,
+        server_after,
+        listed: listed_before.into_iter().zip(listed_after).collect(),
+        join_time,
+        logged,
+    })
 }
 
 /// How many messages each of `senders` sends in `seconds` at `rate` messages/s together.
@@ -195,11 +281,16 @@ pub struct FullRoom {
 
 impl FullRoom {
     /// Connects `subscribers` sockets to `room` one after another, joins each, and waits
-    /// until every join event has reached every member. The first `writers` members also
-    /// get a write handle. Members track `senders` senders (writers x phases) of up to
-    /// `per_sender` messages each.
+    /// until every join event has reached every member. Socket `i` goes to `addrs[i %
+    /// addrs.len()]`: one WebSocket listener, or those of the nodes of one chat, each
+    /// getting an equal share of the members and of the writers. The first `writers`
+    /// members also get a write handle. Members track `senders` senders (writers x phases)
+    /// of up to `per_sender` messages each.
+    ///
+    /// A member sees its own join and every later one in the room's order, so n members
+    /// see n(n+1)/2 joins whichever order the room (or Redis, across nodes) put them in.
     pub fn join(
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         room: u64,
         subscribers: usize,
         writers: usize,
@@ -207,11 +298,15 @@ impl FullRoom {
         per_sender: usize,
     ) -> Res<FullRoom> {
         let n = subscribers;
+        if addrs.is_empty() {
+            return Err("no WebSocket address to join".into());
+        }
         let mut crowd = Crowd::new(senders, per_sender);
         let counters = std::sync::Arc::clone(&crowd.counters);
         let joining = Instant::now();
         let mut handles: Vec<Socket> = Vec::new();
         let opened = (0..n).try_for_each(|i| -> Res<()> {
+            let addr = addrs[i % addrs.len()];
             handles.extend(crowd.join(addr, room, format!("s{i}"), i < writers)?);
             Ok(())
         });
@@ -366,8 +461,11 @@ pub struct Figures {
     pub missing: u64,
     /// Deliveries seen twice, or of messages never sent (whole run, every phase).
     pub duplicates: u64,
-    /// Deliveries out of order (whole run).
+    /// Deliveries out of order from their sender (whole run).
     pub out_of_order: u64,
+    /// Deliveries out of the room's order: a message id at or below one the member saw
+    /// before (whole run).
+    pub out_of_room_order: u64,
     /// Close codes of the sockets the server closed during the run (whole run, every
     /// phase; not while the scenario was shutting them at the end).
     pub closed: Vec<u16>,
@@ -440,6 +538,7 @@ impl Figures {
             missing: expected.saturating_sub(distinct),
             duplicates: tallies.iter().map(|t| t.duplicates + t.unexpected).sum(),
             out_of_order: tallies.iter().map(|t| t.out_of_order).sum(),
+            out_of_room_order: tallies.iter().map(|t| t.out_of_room_order).sum(),
             closed: tallies
                 .iter()
                 .filter(|t| !t.closed_at_teardown)
@@ -510,6 +609,12 @@ impl Figures {
             self.out_of_order == 0,
         );
         table.check(
+            &name("out of the room's order (an id below one seen before)"),
+            stats::count(self.out_of_room_order),
+            "0",
+            self.out_of_room_order == 0,
+        );
+        table.check(
             &name("sockets closed or failed during the run"),
             stats::count((self.closed.len() + self.errors.len()) as u64),
             "0",
@@ -530,20 +635,25 @@ impl Figures {
         self.notes(table);
     }
 
+    /// The latency to show, or why none is shown: it is withheld when any delivery is
+    /// missing (a lost message is a failure, not an outlier).
+    pub fn shown_latency(&self) -> Result<stats::Summary, String> {
+        match self.latency {
+            _ if self.missing > 0 => Err(format!(
+                "withheld: {} deliveries missing",
+                stats::count(self.missing)
+            )),
+            None => Err("no deliveries".to_string()),
+            Some(summary) => Ok(summary),
+        }
+    }
+
     /// The p50, p99 and max rows; withheld, with the reason, when deliveries are missing.
     pub fn latency_rows(&self, table: &mut Table, prefix: &str, p99_target_us: Option<u64>) {
         let name = |figure: &str| format!("{prefix}{figure}");
         let target = p99_target_us.map(|us| format!("< {}", ms(us)));
-        match self.latency.filter(|_| self.missing == 0) {
-            None => {
-                let withheld = if self.missing > 0 {
-                    format!(
-                        "withheld: {} deliveries missing",
-                        stats::count(self.missing)
-                    )
-                } else {
-                    "no deliveries".to_string()
-                };
+        match self.shown_latency() {
+            Err(withheld) => {
                 table.info(&name("latency p50"), withheld.clone());
                 match &target {
                     Some(t) => table.check(&name("latency p99"), withheld.clone(), t, false),
@@ -551,7 +661,7 @@ impl Figures {
                 }
                 table.info(&name("latency max"), withheld);
             }
-            Some(summary) => {
+            Ok(summary) => {
                 table.info(&name("latency p50"), ms(summary.p50_us));
                 match (&target, p99_target_us) {
                     (Some(t), Some(us)) => table.check(

@@ -114,7 +114,14 @@ fn one_run(
     let server = Server::start(&options, &format!("overload-{k}"))?;
     let room = crate::create_room(server.http, &format!("Overload {k}"), "public", None)?;
     let per_sender = crate::fanout::messages_per_sender(seconds, RATE, WRITERS);
-    let mut full = FullRoom::join(server.ws, room, SUBSCRIBERS, WRITERS, WRITERS, per_sender)?;
+    let mut full = FullRoom::join(
+        &[server.ws],
+        room,
+        SUBSCRIBERS,
+        WRITERS,
+        WRITERS,
+        per_sender,
+    )?;
 
     let window = CpuWindow::start(&server)?;
     let stop = Arc::new(AtomicBool::new(false));

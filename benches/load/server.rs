@@ -305,9 +305,14 @@ impl Server {
 impl Logged {
     /// A note under `table` when anything was logged at `WARN` or above.
     pub fn note(&self, table: &mut crate::report::Table) {
+        self.note_as(table, "the server");
+    }
+
+    /// [`Logged::note`] naming the server `who` (`node B`), when a table has several.
+    pub fn note_as(&self, table: &mut crate::report::Table, who: &str) {
         if self.warnings + self.errors > 0 {
             table.note(format!(
-                "During the measurement the server logged {} warnings and {} errors, e.g. {:?}.",
+                "During the measurement {who} logged {} warnings and {} errors, e.g. {:?}.",
                 self.warnings, self.errors, self.samples
             ));
         }
@@ -525,28 +530,43 @@ fn machine_stat() -> MachineStat {
     }
 }
 
-/// Where the machine's CPU went during a measured window: the server, this generator, and
-/// everything else. "Everything else" should be near zero; when it is not, another job was
-/// competing for the cores and the figures of that window are suspect.
+/// Where the machine's CPU went during a measured window: the server, the processes
+/// serving beside it, this generator, and everything else. "Everything else" should be
+/// near zero; when it is not, another job was competing for the cores and the figures of
+/// that window are suspect.
 pub struct CpuWindow {
     started: Instant,
     server: ProcSample,
     generator: ProcSample,
-    /// The wrapper the server runs under, if any (its pid and CPU ticks then).
-    wrapper: Option<(u32, u64)>,
+    /// Processes that serve with the server (the wrapper it runs under, the other nodes
+    /// of its chat, Redis): each one's name, pid and CPU ticks then.
+    companions: Vec<(String, u32, u64)>,
     machine: MachineStat,
 }
 
 impl CpuWindow {
-    /// Starts a window now.
+    /// Starts a window now; the server's wrapper, if it has one, is counted apart.
     pub fn start(server: &Server) -> Res<CpuWindow> {
+        CpuWindow::start_with(server, &[])
+    }
+
+    /// [`CpuWindow::start`] with `companions` (name, pid), e.g. `("redis-server", pid)`,
+    /// each counted apart and not among the other processes.
+    pub fn start_with(server: &Server, companions: &[(&str, u32)]) -> Res<CpuWindow> {
+        let wrapper = server.wrapper_pid().map(|pid| ("its wrapper", pid));
+        let companions = wrapper
+            .into_iter()
+            .chain(companions.iter().copied())
+            .map(|(name, pid)| {
+                let ticks = sample(pid).map_or(0, |s| s.cpu_ticks);
+                (name.to_string(), pid, ticks)
+            })
+            .collect();
         Ok(CpuWindow {
             started: Instant::now(),
             server: server.sample()?,
             generator: sample(std::process::id())?,
-            wrapper: server
-                .wrapper_pid()
-                .map(|pid| (pid, sample(pid).map_or(0, |s| s.cpu_ticks))),
+            companions,
             machine: machine_stat(),
         })
     }
@@ -560,15 +580,24 @@ impl CpuWindow {
         let server_ticks = server_now.cpu_ticks.saturating_sub(self.server.cpu_ticks);
         let generator_ticks = (generator_now.cpu_ticks + generator_now.children_ticks)
             .saturating_sub(self.generator.cpu_ticks + self.generator.children_ticks);
-        let wrapper_ticks = self
-            .wrapper
-            .map(|(pid, before)| sample(pid).map_or(0, |s| s.cpu_ticks.saturating_sub(before)));
+        let companion_ticks: Vec<(String, u64)> = self
+            .companions
+            .iter()
+            .map(|(name, pid, before)| {
+                let ticks = sample(*pid).map_or(0, |s| s.cpu_ticks.saturating_sub(*before));
+                (name.clone(), ticks)
+            })
+            .collect();
         let now = machine_stat();
         let machine = now.busy.saturating_sub(self.machine.busy);
         let total = now.total.saturating_sub(self.machine.total).max(1);
-        let ours = server_ticks + generator_ticks + wrapper_ticks.unwrap_or(0);
+        let ours =
+            server_ticks + generator_ticks + companion_ticks.iter().map(|(_, t)| t).sum::<u64>();
         let shares = CpuShares {
-            wrapper: wrapper_ticks.map(per_core),
+            companions: companion_ticks
+                .into_iter()
+                .map(|(name, ticks)| (name, per_core(ticks)))
+                .collect(),
             switches_per_s: now.switches.saturating_sub(self.machine.switches) as f64 / wall,
             host_idle: 100.0 - 100.0 * machine as f64 / total as f64,
             server: per_core(server_ticks),
@@ -580,14 +609,15 @@ impl CpuWindow {
 }
 
 /// CPU used during a window, in percent of one core.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuShares {
     /// The server process.
     pub server: f64,
     /// This generator, with `wrk` when it ran.
     pub generator: f64,
-    /// The wrapper the server runs under (`strace`), when there is one.
-    pub wrapper: Option<f64>,
+    /// The processes serving beside the server, by name: the wrapper it runs under
+    /// (`strace`), the other nodes of its chat, Redis.
+    pub companions: Vec<(String, f64)>,
     /// Every other process on the machine.
     pub other: f64,
     /// Context switches per second, whole machine (`ctxt` in `/proc/stat`): with a thread
@@ -609,24 +639,25 @@ impl CpuShares {
 
     /// [`CpuShares::report`] with each figure's name starting with `prefix`.
     pub fn report_as(&self, table: &mut crate::report::Table, prefix: &str) {
-        match self.wrapper {
-            None => table.info(
-                &format!("{prefix}{CPU_ROW}"),
-                format!(
-                    "{:.0} % / {:.0} % / {:.0} %",
-                    self.server, self.generator, self.other
-                ),
+        let names: String = self
+            .companions
+            .iter()
+            .map(|(name, _)| format!("{name} / "))
+            .collect();
+        let shares: String = self
+            .companions
+            .iter()
+            .map(|(_, share)| format!("{share:.0} % / "))
+            .collect();
+        table.info(
+            &format!(
+                "{prefix}CPU: server / {names}load generator / other processes (100 % = one core)"
             ),
-            Some(wrapper) => table.info(
-                &format!(
-                    "{prefix}CPU: server / its wrapper / load generator / other processes (100 % = one core)"
-                ),
-                format!(
-                    "{:.0} % / {:.0} % / {:.0} % / {:.0} %",
-                    self.server, wrapper, self.generator, self.other
-                ),
+            format!(
+                "{:.0} % / {shares}{:.0} % / {:.0} %",
+                self.server, self.generator, self.other
             ),
-        }
+        );
         table.info(
             &format!("{prefix}context switches/s (whole machine)"),
             crate::stats::rate(self.switches_per_s),
@@ -639,9 +670,6 @@ impl CpuShares {
         }
     }
 }
-
-/// The row label for [`CpuShares::report`].
-const CPU_ROW: &str = "CPU: server / load generator / other processes (100 % = one core)";
 
 /// `/proc/loadavg`'s three load averages.
 pub fn load_average() -> String {

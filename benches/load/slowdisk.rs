@@ -135,7 +135,7 @@ fn measure(options: &ServerOptions, seconds: f64, table: &mut Table) -> Res<()> 
     let room = crate::create_room(server.http, "Slow disk", "public", None)?;
     let per_sender = fanout::messages_per_sender(seconds, RATE, WRITERS);
     let mut full = FullRoom::join(
-        server.ws,
+        &[server.ws],
         room,
         SUBSCRIBERS,
         WRITERS,

@@ -9,7 +9,10 @@
 //! Bench messages carry `b|<sender>|<seq>|<sent µs>` in `msg`. Each member keeps, per
 //! sender, a bitset of the sequence numbers it has seen, so it can tell a missing message
 //! from a duplicate or one out of order, and it computes latency from the send time in the
-//! message (sender and receivers share one clock: they live in this process).
+//! message (sender and receivers share one clock: they live in this process). The server's
+//! message `id` is the room's one order (SPEC: ids are assigned in that order, the same on
+//! every node), so a member also checks that the ids it gets only rise: per-sender order
+//! alone would miss two members, on two nodes say, seeing two senders' messages swapped.
 //!
 //! Threads are spawned with a small stack ([`MEMBER_STACK_BYTES`]): thousands of them run
 //! on a two-core machine, and the receive loop needs little. A member's thread ends when
@@ -110,8 +113,14 @@ pub fn writer_for(socket: &Socket) -> Res<Socket> {
 /// What a member needs to know about one server event.
 #[derive(Debug, PartialEq)]
 pub enum Event {
-    /// A bench message: who sent it, its number, when it was due.
-    Bench { sender: u32, seq: u32, sent_us: u64 },
+    /// A bench message: who sent it, its number, when it was due, and the message id the
+    /// server gave it (`None` when the event carries none).
+    Bench {
+        sender: u32,
+        seq: u32,
+        sent_us: u64,
+        id: Option<u64>,
+    },
     /// Someone joined.
     Join { name: String },
     /// Someone left.
@@ -151,7 +160,13 @@ pub fn parse_event(text: &str) -> Event {
     if let Some(at) = text.find(MARK) {
         let rest = &text[at + MARK.len() - 2..];
         if let Some(end) = rest.find('"') {
-            if let Some(event) = parse_bench_msg(&rest[..end]) {
+            // The server puts `"id":N` after `msg` (and `room_id`, whose key does not
+            // contain `"id":`); a bench `msg` holds no quote, so this is the event's id.
+            let id = rest[end..]
+                .split_once(r#""id":"#)
+                .and_then(|(_, after)| after.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok());
+            if let Some(event) = parse_bench_msg(&rest[..end], id) {
                 return event;
             }
         }
@@ -175,7 +190,8 @@ pub fn parse_event(text: &str) -> Event {
         },
         Some("send") => {
             let msg = field("msg");
-            parse_bench_msg(&msg).unwrap_or(Event::Message {
+            let id = value.get("id").and_then(|v| v.as_u64());
+            parse_bench_msg(&msg, id).unwrap_or(Event::Message {
                 name: field("name"),
                 msg,
             })
@@ -190,12 +206,13 @@ pub fn parse_event(text: &str) -> Event {
     }
 }
 
-fn parse_bench_msg(msg: &str) -> Option<Event> {
+fn parse_bench_msg(msg: &str, id: Option<u64>) -> Option<Event> {
     let mut parts = msg.strip_prefix("b|")?.split('|');
     let event = Event::Bench {
         sender: parts.next()?.parse().ok()?,
         seq: parts.next()?.parse().ok()?,
         sent_us: parts.next()?.parse().ok()?,
+        id,
     };
     parts.next().is_none().then_some(event)
 }
@@ -240,10 +257,14 @@ pub struct Tally {
     pub duplicates: u64,
     /// Bench messages with a lower number than one already seen from the same sender.
     pub out_of_order: u64,
+    /// Bench messages with a message id at or below one already seen: out of the room's
+    /// one order. A message without an id is not counted here.
+    pub out_of_room_order: u64,
     /// Bench messages with a sender or number the scenario never sent.
     pub unexpected: u64,
-    /// A hash of the order bench messages arrived in: equal for members that saw the
-    /// same messages in the same order (SPEC: one order for the whole room).
+    /// A hash of the order bench messages arrived in, with their ids: equal for members
+    /// that saw the same messages, numbered alike, in the same order (SPEC: one order for
+    /// the whole room).
     pub order_hash: u64,
     /// The close code, if the server closed this socket.
     pub closed_by_server: Option<u16>,
@@ -325,6 +346,7 @@ fn receive(
         ..Tally::default()
     };
     let mut acked = false;
+    let mut highest_id: Option<u64> = None;
     loop {
         let text = match socket.read() {
             Ok(Message::Text(text)) => text,
@@ -347,6 +369,7 @@ fn receive(
                 sender,
                 seq,
                 sent_us,
+                id,
             } => {
                 let now_us = micros_since(counters.epoch);
                 let slot = usize::try_from(seq).ok().filter(|s| *s < per_sender);
@@ -369,13 +392,20 @@ fn receive(
                     tally.out_of_order += 1;
                 }
                 track.highest = Some(track.highest.map_or(seq, |h| h.max(seq)));
+                if let Some(id) = id {
+                    if highest_id.is_some_and(|h| id <= h) {
+                        tally.out_of_room_order += 1;
+                    }
+                    highest_id = Some(highest_id.map_or(id, |h| h.max(id)));
+                }
                 from.latencies
                     .push(sample_us(std::time::Duration::from_micros(
                         now_us.saturating_sub(sent_us),
                     )));
                 from.last_receive_us = now_us;
-                tally.order_hash = (tally.order_hash ^ (u64::from(sender) << 32 | u64::from(seq)))
-                    .wrapping_mul(0x0100_0000_01b3);
+                for word in [u64::from(sender) << 32 | u64::from(seq), id.unwrap_or(0)] {
+                    tally.order_hash = (tally.order_hash ^ word).wrapping_mul(0x0100_0000_01b3);
+                }
             }
             Event::Join { name } => {
                 counters.joins_seen.fetch_add(1, Ordering::Relaxed);
