@@ -7,8 +7,10 @@
 //!   An increment is one relaxed atomic add: no lock, no system call, no log line, so it may
 //!   happen anywhere, even under a room's lock (none does: see `ws::session`);
 //! - **gauges** (how many rooms, sockets, members now), not kept at all: they are read from
-//!   where the truth lives, at scrape time ([`Gauges`], filled in by `http`), so they can
-//!   never drift from it.
+//!   where the truth lives, at scrape time ([`Readings`], filled in by `http`), so they can
+//!   never drift from it. So are the two counters tiny_http keeps for the REST listener
+//!   (its failed accepts, and the connections it refused past `max_http_connections`),
+//!   since its accept thread, not ours, sees those happen.
 //!
 //! The exposition is written by hand rather than with a client crate: a dozen series, three
 //! lines each, label values that are fixed words or numbers, no histograms. The format is
@@ -43,13 +45,17 @@ pub enum Limit {
     Messages,
     /// A token or password request with bcrypt's queue full, `bcrypt_queue_len` (604).
     BcryptQueue,
+    /// A REST connection past `max_http_connections` (601), refused by tiny_http's accept
+    /// thread, which counts it: read at scrape time, never through [`Metrics::refused`].
+    MaxHttpConnections,
 }
 
 impl Limit {
     /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
+        Limit::MaxHttpConnections,
         Limit::TokenAttempts,
         Limit::Rooms,
         Limit::Messages,
@@ -65,6 +71,7 @@ impl Limit {
             Limit::Rooms => "rooms_per_minute",
             Limit::Messages => "msgs_per_second",
             Limit::BcryptQueue => "bcrypt_queue_len",
+            Limit::MaxHttpConnections => "max_http_connections",
         }
     }
 }
@@ -133,11 +140,14 @@ pub struct Metrics {
     refusals: [AtomicU64; Limit::ALL.len()],
     /// bcrypt hashes and checks queued (each runs once).
     bcrypt_jobs: AtomicU64,
+    /// Failed accepts on the WebSocket listener (the REST one's are tiny_http's).
+    ws_accept_errors: AtomicU64,
 }
 
-/// The gauges, read at scrape time from where each number lives.
+/// What is read at scrape time from where each number lives: the gauges, and tiny_http's
+/// counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gauges {
+pub struct Readings {
     /// Rooms that exist.
     pub rooms: usize,
     /// WebSocket connections open, handshaking or chatting (what `max_connections` counts).
@@ -152,6 +162,10 @@ pub struct Gauges {
     pub backend_up: bool,
     /// Keys in each per-address table of the limits.
     pub tracked: Vec<(Limit, usize)>,
+    /// REST connections tiny_http refused past `max_http_connections`.
+    pub http_connection_refusals: u64,
+    /// Failed accepts on the REST listener, counted by tiny_http.
+    pub http_accept_errors: u64,
 }
 
 impl Default for Metrics {
@@ -163,6 +177,7 @@ impl Default for Metrics {
             http_responses: STATUSES.map(|_| AtomicU64::new(0)).collect(),
             refusals: Default::default(),
             bcrypt_jobs: AtomicU64::new(0),
+            ws_accept_errors: AtomicU64::new(0),
         }
     }
 }
@@ -195,6 +210,11 @@ impl Metrics {
         }
     }
 
+    /// Accepting a WebSocket connection failed (and the listener backs off).
+    pub fn ws_accept_failed(&self) {
+        self.ws_accept_errors.fetch_add(1, Relaxed);
+    }
+
     /// A bcrypt hash or check was queued.
     pub fn bcrypt_job(&self) {
         self.bcrypt_jobs.fetch_add(1, Relaxed);
@@ -207,27 +227,27 @@ impl Metrics {
         }
     }
 
-    /// The exposition: every counter, and `gauges`, in Prometheus' text format.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    /// The exposition: every counter, and what `readings` holds, in Prometheus' text format.
+    pub fn render(&self, readings: &Readings) -> String {
         let mut out = String::with_capacity(2048);
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         gauge(
             &mut out,
             "chitchat_rooms",
             "Rooms that exist.",
-            count(gauges.rooms),
+            count(readings.rooms),
         );
         gauge(
             &mut out,
             "chitchat_sockets_open",
             "WebSocket connections open, handshaking or chatting.",
-            count(gauges.sockets_open),
+            count(readings.sockets_open),
         );
         gauge(
             &mut out,
             "chitchat_users_joined",
             "Names joined in all rooms.",
-            count(gauges.users_joined),
+            count(readings.users_joined),
         );
         counter(
             &mut out,
@@ -267,7 +287,13 @@ impl Metrics {
         let refusals: Vec<(String, u64)> = Limit::ALL
             .iter()
             .zip(&self.refusals)
-            .map(|(limit, n)| (label("limit", limit.label()), n.load(Relaxed)))
+            .map(|(limit, n)| {
+                let n = match limit {
+                    Limit::MaxHttpConnections => readings.http_connection_refusals,
+                    _ => n.load(Relaxed),
+                };
+                (label("limit", limit.label()), n)
+            })
             .collect();
         counter(
             &mut out,
@@ -275,11 +301,20 @@ impl Metrics {
             "Requests, connections and frames refused, by the limit (config key) that refused them.",
             &borrowed(&refusals),
         );
+        counter(
+            &mut out,
+            "chitchat_accept_errors_total",
+            "Failed accepts (out of descriptors, say), each followed by a back-off, by listener.",
+            &[
+                ("{listener=\"http\"}", readings.http_accept_errors),
+                ("{listener=\"ws\"}", self.ws_accept_errors.load(Relaxed)),
+            ],
+        );
         let _ = writeln!(
             out,
             "# HELP chitchat_limit_tracked_addresses Client addresses a limit keeps state for.\n# TYPE chitchat_limit_tracked_addresses gauge"
         );
-        for (limit, n) in &gauges.tracked {
+        for (limit, n) in &readings.tracked {
             let labels = label("limit", limit.label());
             let _ = writeln!(out, "chitchat_limit_tracked_addresses{labels} {n}");
         }
@@ -287,7 +322,7 @@ impl Metrics {
             &mut out,
             "chitchat_history_queue",
             "Messages waiting to be written to the history.",
-            count(gauges.history_queue),
+            count(readings.history_queue),
         );
         counter(
             &mut out,
@@ -299,13 +334,13 @@ impl Metrics {
             &mut out,
             "chitchat_bcrypt_queue",
             "Password hashes and checks waiting for a bcrypt thread.",
-            count(gauges.bcrypt_queue),
+            count(readings.bcrypt_queue),
         );
         gauge(
             &mut out,
             "chitchat_backend_up",
             "1 while the backend (the database) takes writes, else 0.",
-            u64::from(gauges.backend_up),
+            u64::from(readings.backend_up),
         );
         out.push_str("# HELP chitchat_build_info The running version.\n");
         out.push_str("# TYPE chitchat_build_info gauge\n");
@@ -362,10 +397,13 @@ mod tests {
         metrics.refused(Limit::Rooms);
         metrics.socket_closed(Closed::Flood);
         metrics.events_delivered(3);
-        let text = metrics.render(&Gauges {
+        metrics.ws_accept_failed();
+        let text = metrics.render(&Readings {
             rooms: 2,
             backend_up: true,
-            ..Gauges::default()
+            http_connection_refusals: 5,
+            http_accept_errors: 7,
+            ..Readings::default()
         });
         for line in [
             "# TYPE chitchat_rooms gauge",
@@ -376,6 +414,10 @@ mod tests {
             "chitchat_http_responses_total{status=\"429\"} 1",
             "chitchat_limit_refusals_total{limit=\"rooms_per_minute\"} 1",
             "chitchat_limit_refusals_total{limit=\"msgs_per_second\"} 0",
+            "chitchat_limit_refusals_total{limit=\"max_http_connections\"} 5",
+            "# TYPE chitchat_accept_errors_total counter",
+            "chitchat_accept_errors_total{listener=\"http\"} 7",
+            "chitchat_accept_errors_total{listener=\"ws\"} 1",
             "chitchat_sockets_closed_total{reason=\"flood\"} 1",
             "chitchat_sockets_closed_total{reason=\"backend\"} 0",
             "chitchat_events_delivered_total 3",

@@ -9,6 +9,7 @@
 //! back fails its test instead of hanging it.
 
 mod common;
+mod prometheus;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{read_response, Scratch, TIMEOUT};
+use common::{http_request, read_response, Scratch, TIMEOUT};
+use prometheus::Scrape;
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 
@@ -184,6 +186,13 @@ fn try_healthz(addr: SocketAddr) -> Option<(u16, Value)> {
     Some((status, body))
 }
 
+/// The server's `/metrics`, parsed as Prometheus text.
+fn scrape(addr: SocketAddr) -> Scrape {
+    let response = http_request(addr, "GET", "/metrics", &[], None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    Scrape::parse(&response.body)
+}
+
 /// A WebSocket handshake to room 1 on a fresh connection; `None` if it failed.
 fn try_ws_handshake(addr: SocketAddr) -> Option<()> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
@@ -287,6 +296,15 @@ fn rest_and_websocket_listeners_come_back_after_descriptors_run_out() {
                 .then_some(())
         },
     );
+    // The WebSocket side may have failed after its accepts instead (its doorbell's
+    // eventfd), so only its series is asked for there.
+    let metrics = scrape(server.http);
+    let http_errors = metrics.value("chitchat_accept_errors_total", &[("listener", "http")]);
+    assert!(
+        http_errors >= 1.0,
+        "HTTP accept errors counted: {http_errors}"
+    );
+    metrics.value("chitchat_accept_errors_total", &[("listener", "ws")]);
 }
 
 /// With `max_http_connections: 3` and three keep-alive connections open, a fourth gets 503
@@ -360,12 +378,33 @@ fn http_connections_past_max_http_connections_get_503_at_once() {
     );
 
     held.pop();
+    // Until the server has seen the close, a new connection is still refused.
+    let mut refused_meanwhile = 0;
     let health = poll(
         &server,
         "a new connection to be served after one closed",
-        || try_healthz(server.http).filter(|(status, _)| *status == 200),
+        || {
+            let answer = try_healthz(server.http);
+            refused_meanwhile += usize::from(matches!(answer, Some((503, _))));
+            answer.filter(|(status, _)| *status == 200)
+        },
     );
     assert_eq!(health, (200, json!({"status": true})));
+    // The scrape, too, waits for the server to see that connection closed.
+    let metrics = poll(&server, "/metrics to be served", || {
+        let response = http_request(server.http, "GET", "/metrics", &[], None);
+        refused_meanwhile += usize::from(response.status == 503);
+        (response.status == 200).then(|| Scrape::parse(&response.body))
+    });
+    let refusals = metrics.value(
+        "chitchat_limit_refusals_total",
+        &[("limit", "max_http_connections")],
+    );
+    assert_eq!(
+        refusals,
+        (21 + refused_meanwhile) as f64,
+        "the fourth connection, the twenty after it and {refused_meanwhile} while one closed"
+    );
 }
 
 /// `max_http_connections: 0` turns the limit off: twenty keep-alive connections open at

@@ -34,7 +34,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::any_contains;
-use crate::metrics::{self, Gauges};
+use crate::metrics::{self, Readings};
 use crate::path::{self, percent_decode, query_param, RoomRef};
 use crate::rooms::RoomInput;
 use crate::token;
@@ -158,7 +158,7 @@ pub fn serve(server: &Server, state: &Arc<State>) {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let reply = match catch_unwind(AssertUnwindSafe(|| handle(state, &mut request))) {
+        let reply = match catch_unwind(AssertUnwindSafe(|| handle(server, state, &mut request))) {
             Ok(Ok(reply) | Err(reply)) => reply,
             Err(_) => {
                 log::error!("{method} {path}: handler panicked");
@@ -177,7 +177,7 @@ pub fn serve(server: &Server, state: &Arc<State>) {
 }
 
 /// Runs the endpoint for one request. Any `Err` becomes a JSON error reply here.
-fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
+fn handle(server: &Server, state: &State, request: &mut Request) -> Result<Reply, Reply> {
     let route = route(request.method(), request.url()).map_err(|miss| match miss {
         Miss::NotFound => Reply::from(ApiError::new(ErrorKind::NotFound)),
         Miss::MethodNotAllowed(allow) => method_not_allowed(allow),
@@ -186,7 +186,7 @@ fn handle(state: &State, request: &mut Request) -> Result<Reply, Reply> {
     let result = match route {
         Route::Page => Ok(page(state)),
         Route::Health => health(state),
-        Route::Metrics => return metrics(state, request, client),
+        Route::Metrics => return metrics(server, state, request, client),
         Route::ListRooms => state.rooms.list().map(|rooms| Reply::json(200, &rooms)),
         Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
@@ -227,14 +227,19 @@ fn health(state: &State) -> Result<Reply, ApiError> {
 }
 
 /// `GET /metrics`, to `metrics_allow` only: the counters, and the gauges read now.
-fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Reply> {
+fn metrics(
+    server: &Server,
+    state: &State,
+    request: &Request,
+    client: IpAddr,
+) -> Result<Reply, Reply> {
     if !any_contains(&state.config.metrics_allow, client) {
         return Err(ApiError::new(ErrorKind::NotFound).into());
     }
     if !matches!(request.method(), Method::Get | Method::Head) {
         return Err(method_not_allowed("GET"));
     }
-    let gauges = Gauges {
+    let readings = Readings {
         rooms: state.rooms.count(),
         sockets_open: state.limits.connections.open_now(),
         users_joined: state.rooms.users_joined(),
@@ -242,11 +247,13 @@ fn metrics(state: &State, request: &Request, client: IpAddr) -> Result<Reply, Re
         bcrypt_queue: state.rooms.bcrypt_queue(),
         backend_up: state.rooms.backend_up(),
         tracked: state.limits.tracked(),
+        http_connection_refusals: server.connection_refusals(),
+        http_accept_errors: server.accept_errors(),
     };
     Ok(Reply {
         status: 200,
         content_type: metrics::CONTENT_TYPE,
-        body: state.metrics.render(&gauges).into_bytes(),
+        body: state.metrics.render(&readings).into_bytes(),
         headers: Vec::new(),
     })
 }

@@ -112,6 +112,7 @@ impl WsServer {
                 }
                 Err(e) => {
                     if let Some(pause) = backoff.failed(&e) {
+                        state.metrics.ws_accept_failed();
                         std::thread::sleep(pause);
                     }
                 }
