@@ -470,6 +470,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis_link::Kind;
     use crate::store::{RoomRecord, SavedRoom};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
@@ -774,22 +775,30 @@ mod tests {
         out
     }
 
+    /// Socket 1 attached to a shared room, its join ("ann") sent to Redis and not back yet.
+    fn joining_shared_reader(room: &Room, services: &Services) -> Arc<Probe> {
+        let probe = shared_reader(room, services, 1);
+        room.with_live(services, |live, after| {
+            live.begin_join(1, "ann", "red", after).map(drop)
+        })
+        .unwrap();
+        probe
+    }
+
+    /// An event from the subscription, as the subscriber thread hands it to the room.
+    fn deliver(room: &Room, services: &Services, kind: Kind, origin: Option<u64>, text: &str) {
+        room.with_live(services, |live, after| {
+            live.deliver(kind, origin, text, after)
+        });
+    }
+
     /// A socket that joins through Redis reads nothing until its own join comes back, then
     /// reads from it on: what came before is in the history its join replayed, not twice.
     #[test]
     fn a_joining_socket_reads_from_its_own_join_on() {
-        use crate::redis_link::Kind;
         let (room, services) = (shared_room(16), services());
-        let probe = shared_reader(&room, &services, 1);
-        room.with_live(&services, |live, after| {
-            live.begin_join(1, "ann", "red", after).map(drop)
-        })
-        .unwrap();
-        let deliver = |kind, origin, text: &str| {
-            room.with_live(&services, |live, after| {
-                live.deliver(kind, origin, text, after)
-            })
-        };
+        let probe = joining_shared_reader(&room, &services);
+        let deliver = |kind, origin, text: &str| deliver(&room, &services, kind, origin, text);
         deliver(Kind::Send, None, "before");
         assert!(read_shared(&room, &services, &probe, 1).is_empty());
         deliver(Kind::Join, Some(1), "ann joins");
@@ -805,18 +814,9 @@ mod tests {
     /// sleeping socket itself. A socket's own join is rung at once.
     #[test]
     fn a_send_from_the_subscription_is_rung_by_the_waker_thread() {
-        use crate::redis_link::Kind;
         let (room, services) = (shared_room(16), services());
-        let probe = shared_reader(&room, &services, 1);
-        room.with_live(&services, |live, after| {
-            live.begin_join(1, "ann", "red", after).map(drop)
-        })
-        .unwrap();
-        let deliver = |kind, origin, text: &str| {
-            room.with_live(&services, |live, after| {
-                live.deliver(kind, origin, text, after)
-            })
-        };
+        let probe = joining_shared_reader(&room, &services);
+        let deliver = |kind, origin, text: &str| deliver(&room, &services, kind, origin, text);
         deliver(Kind::Join, Some(1), "ann joins");
         deliver(Kind::Send, None, "hello");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -834,7 +834,6 @@ mod tests {
     /// past the capacity, and at twice the capacity every laggard is, stalled or not.
     #[test]
     fn the_subscription_overshoots_a_full_feed_and_closes_laggards() {
-        use crate::redis_link::Kind;
         let (room, services) = (shared_room(4), services());
         let probes: Vec<Arc<Probe>> = (1..=3)
             .map(|s| shared_reader(&room, &services, s))
