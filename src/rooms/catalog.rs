@@ -25,7 +25,7 @@ use crate::sync::{lock, read, write};
 
 use super::cluster::{self, Cluster};
 use super::room::{Aftermath, Room};
-use super::view::{RoomView, Visibility};
+use super::view::{RoomView, UserView, Visibility};
 use super::RoomMap;
 
 /// Title length bounds, in characters after trimming (SPEC, Rooms).
@@ -75,6 +75,19 @@ impl Info {
             updated_at: record.updated_at,
             revision: 0,
         })
+    }
+
+    /// The room as clients see it, with `users` when they may see them.
+    pub(super) fn view(&self, users: Option<Vec<UserView>>) -> RoomView {
+        RoomView {
+            id: self.id,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            visibility: self.visibility,
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            users,
+        }
     }
 
     /// Several nodes: the local stand-in of room `id`, which only delivers events; the room's

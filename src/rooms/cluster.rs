@@ -357,24 +357,16 @@ pub(super) fn info(read: &RoomRead) -> Result<Info, ApiError> {
 
 /// `info` as clients see it, with `users` when they may see them.
 pub(super) fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
-    RoomView {
-        id: info.id,
-        title: info.title.clone(),
-        description: info.description.clone(),
-        visibility: info.visibility,
-        created_at: info.created_at.clone(),
-        updated_at: info.updated_at.clone(),
-        users: users.map(|members| {
-            members
-                .into_iter()
-                .map(|m| UserView {
-                    username: m.username,
-                    color: m.color,
-                    last_activity: m.last_activity,
-                })
-                .collect()
-        }),
-    }
+    info.view(users.map(|members| {
+        members
+            .into_iter()
+            .map(|m| UserView {
+                username: m.username,
+                color: m.color,
+                last_activity: m.last_activity,
+            })
+            .collect()
+    }))
 }
 
 /// `info` as Redis keeps it.

@@ -104,26 +104,17 @@ impl Live {
 
     /// The room as clients see it, with or without its members.
     pub(super) fn view(&self, with_users: bool) -> RoomView {
-        let info = &self.info;
-        RoomView {
-            id: info.id,
-            title: info.title.clone(),
-            description: info.description.clone(),
-            visibility: info.visibility,
-            created_at: info.created_at.clone(),
-            updated_at: info.updated_at.clone(),
-            users: with_users.then(|| {
-                self.sockets
-                    .values()
-                    .filter_map(|s| s.member.as_ref())
-                    .map(|m| UserView {
-                        username: m.username.clone(),
-                        color: m.color.clone(),
-                        last_activity: m.last_activity.clone(),
-                    })
-                    .collect()
-            }),
-        }
+        self.info.view(with_users.then(|| {
+            self.sockets
+                .values()
+                .filter_map(|s| s.member.as_ref())
+                .map(|m| UserView {
+                    username: m.username.clone(),
+                    color: m.color.clone(),
+                    last_activity: m.last_activity.clone(),
+                })
+                .collect()
+        }))
     }
 
     /// How many sockets have joined under a name.
