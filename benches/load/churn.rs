@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::report::Table;
 use crate::server::{rss_groups, rss_growth, sample, CpuWindow, ProcSample, Server, ServerOptions};
 use crate::stats;
-use crate::ws::{self, Event, Socket};
+use crate::ws::{self, Event};
 use crate::Res;
 
 /// Client threads.
@@ -196,21 +196,23 @@ fn cycle(addr: std::net::SocketAddr, room: u64, name: &str) -> Res<()> {
     let mut socket = ws::connect(addr, room)?;
     socket.get_ref().set_read_timeout(Some(STEP_TIMEOUT))?;
     ws::send_text(&mut socket, ws::join_frame(name))?;
-    await_event(
+    ws::await_event(
         &mut socket,
         "own join",
         |e| matches!(e, Event::Join { name: n } if n == name),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let msg = format!("hello from {name}");
     ws::send_text(
         &mut socket,
         serde_json::json!({"event_type": "send", "msg": msg}).to_string(),
     )?;
-    await_event(
+    ws::await_event(
         &mut socket,
         "own message",
         |e| matches!(e, Event::Message { msg: m, .. } if *m == msg),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     ws::send_text(
         &mut socket,
         serde_json::json!({"event_type": "leave"}).to_string(),
@@ -222,28 +224,6 @@ fn cycle(addr: std::net::SocketAddr, room: u64, name: &str) -> Res<()> {
             Ok(_) => {}
             Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
             Err(e) => return Err(format!("awaiting the close frame: {e}").into()),
-        }
-    }
-}
-
-/// Reads events until one matches; an error event or a close is a failure.
-fn await_event(socket: &mut Socket, what: &str, wanted: impl Fn(&Event) -> bool) -> Res<()> {
-    loop {
-        match socket.read() {
-            Ok(tungstenite::Message::Text(text)) => {
-                let event = ws::parse_event(&text);
-                if wanted(&event) {
-                    return Ok(());
-                }
-                if let Event::Error(error) = event {
-                    return Err(format!("awaiting {what}: error event {error}").into());
-                }
-            }
-            Ok(tungstenite::Message::Close(frame)) => {
-                return Err(format!("awaiting {what}: closed by the server ({frame:?})").into())
-            }
-            Ok(_) => {}
-            Err(e) => return Err(format!("awaiting {what}: {e}").into()),
         }
     }
 }

@@ -52,8 +52,6 @@ const TRUSTED_PROXY: &str = "127.0.0.1";
 const STATE_PERIOD: Duration = Duration::from_millis(5);
 /// How often `/metrics` is read during the flood.
 const METRICS_PERIOD: Duration = Duration::from_millis(250);
-/// GET p99 target, µs.
-const TARGET_GET_P99_US: u64 = 5_000;
 
 /// Runs the scenario: `guessers` threads for `seconds`, `per_address` requests per
 /// forwarded address.
@@ -232,26 +230,7 @@ fn measure(
             format!("{} / {} / {}", ms(s.p50_us), ms(s.p99_us), ms(s.max_us)),
         );
     }
-    table.check("GET errors", stats::count(get_errors), "0", get_errors == 0);
-    match (get_errors, stats::summarize(samples)) {
-        (0, Some(s)) => {
-            table.info("GET requests timed", stats::count(s.count as u64));
-            table.info("GET p50", ms(s.p50_us));
-            table.check(
-                "GET p99",
-                ms(s.p99_us),
-                "< 5 ms",
-                s.p99_us < TARGET_GET_P99_US,
-            );
-            table.info("GET max", ms(s.max_us));
-        }
-        (n, _) => table.check(
-            "GET p99",
-            format!("withheld: {n} GETs failed"),
-            "< 5 ms",
-            false,
-        ),
-    }
+    crate::tokens::report_gets(table, samples, get_errors);
     report_bcrypt(table, &watched, cores);
     let server_cpu_s = cpu.server / 100.0 * wall.as_secs_f64();
     if answers.hashed > 0 {

@@ -172,6 +172,16 @@ enum Failure {
     Other(String),
 }
 
+impl From<ws::Unawaited> for Failure {
+    fn from(unawaited: ws::Unawaited) -> Failure {
+        match unawaited {
+            ws::Unawaited::ErrorEvent(m) => Failure::ErrorEvent(m),
+            ws::Unawaited::Closed(m) => Failure::Closed(m),
+            ws::Unawaited::Other(m) => Failure::Other(m),
+        }
+    }
+}
+
 /// What every churner thread shares.
 #[derive(Clone)]
 struct Shared {
@@ -544,7 +554,7 @@ fn one_visit(
         .set_read_timeout(Some(STEP_TIMEOUT))
         .map_err(|e| other(&e))?;
     ws::send_text(&mut socket, ws::join_frame(name)).map_err(|e| other(&e))?;
-    await_event(
+    ws::await_event(
         &mut socket,
         "own join",
         |e| matches!(e, Event::Join { name: n } if n == name),
@@ -563,7 +573,7 @@ fn one_visit(
         let frame = ws::bench_frame(sender, seq, micros_since(shared.epoch));
         ws::send_text(&mut socket, frame).map_err(|e| other(&e))?;
         *sent += 1;
-        await_event(
+        ws::await_event(
             &mut socket,
             "own message",
             |e| matches!(e, Event::Bench { sender: s, seq: q, .. } if *s == sender && *q == seq),
@@ -635,32 +645,6 @@ fn read_until(socket: &mut Socket, deadline: Instant) -> Result<(), Failure> {
         .get_ref()
         .set_read_timeout(Some(STEP_TIMEOUT))
         .map_err(|e| Failure::Other(e.to_string()))
-}
-
-/// Reads events until one matches; an error event or a close is a failure.
-fn await_event(
-    socket: &mut Socket,
-    what: &str,
-    wanted: impl Fn(&Event) -> bool,
-) -> Result<(), Failure> {
-    loop {
-        match socket.read() {
-            Ok(tungstenite::Message::Text(text)) => {
-                let event = ws::parse_event(&text);
-                if wanted(&event) {
-                    return Ok(());
-                }
-                if let Event::Error(error) = event {
-                    return Err(Failure::ErrorEvent(format!("awaiting {what}: {error}")));
-                }
-            }
-            Ok(tungstenite::Message::Close(frame)) => {
-                return Err(Failure::Closed(format!("awaiting {what}: {frame:?}")))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Failure::Other(format!("awaiting {what}: {e}"))),
-        }
-    }
 }
 
 /// Waits until the stayers have `expected` deliveries, or they stall for [`DRAIN_STALL`],

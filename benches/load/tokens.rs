@@ -144,6 +144,19 @@ fn measure(options: &ServerOptions, threads: usize, seconds: f64, table: &mut Ta
         &format!("~{TARGET_TOKENS:.0}/s (>= {FLOOR_TOKENS:.0})"),
         tokens_per_s >= FLOOR_TOKENS,
     );
+    report_gets(table, samples, get_errors);
+    cpu.report(table);
+    table.info("server threads during the run", after.threads.to_string());
+    if let Some(error) = first_error {
+        table.note(format!("First token error: {error}"));
+    }
+    logged.note(table);
+    Ok(())
+}
+
+/// The rows on the GETs [`time_gets`] timed: errors, p50, p99 against the target, max; no
+/// latency when any GET failed.
+pub fn report_gets(table: &mut Table, samples: Vec<u32>, get_errors: u64) {
     table.check("GET errors", stats::count(get_errors), "0", get_errors == 0);
     match (get_errors, stats::summarize(samples)) {
         (0, Some(s)) => {
@@ -164,11 +177,4 @@ fn measure(options: &ServerOptions, threads: usize, seconds: f64, table: &mut Ta
             false,
         ),
     }
-    cpu.report(table);
-    table.info("server threads during the run", after.threads.to_string());
-    if let Some(error) = first_error {
-        table.note(format!("First token error: {error}"));
-    }
-    logged.note(table);
-    Ok(())
 }

@@ -511,3 +511,50 @@ impl Crowd {
         self.members.into_iter().map(Member::finish).collect()
     }
 }
+
+/// Why [`await_event`] gave up; each carries its message, naming what was awaited.
+#[derive(Debug)]
+pub enum Unawaited {
+    /// An error event arrived.
+    ErrorEvent(String),
+    /// The server closed the socket.
+    Closed(String),
+    /// A timeout or an I/O error.
+    Other(String),
+}
+
+impl std::fmt::Display for Unawaited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unawaited::ErrorEvent(m) | Unawaited::Closed(m) | Unawaited::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Reads events until one matches; an error event or a close is a failure.
+pub fn await_event(
+    socket: &mut Socket,
+    what: &str,
+    wanted: impl Fn(&Event) -> bool,
+) -> Result<(), Unawaited> {
+    loop {
+        match socket.read() {
+            Ok(Message::Text(text)) => {
+                let event = parse_event(&text);
+                if wanted(&event) {
+                    return Ok(());
+                }
+                if let Event::Error(error) = event {
+                    let message = format!("awaiting {what}: error event {error}");
+                    return Err(Unawaited::ErrorEvent(message));
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let message = format!("awaiting {what}: closed by the server ({frame:?})");
+                return Err(Unawaited::Closed(message));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Unawaited::Other(format!("awaiting {what}: {e}"))),
+        }
+    }
+}
