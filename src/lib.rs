@@ -85,6 +85,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod clock;
+mod cluster;
 pub mod config;
 mod error;
 pub mod event;
@@ -93,7 +94,6 @@ mod http;
 mod limits;
 mod metrics;
 pub mod path;
-mod redis_link;
 mod rooms;
 mod store;
 mod sync;
@@ -113,10 +113,11 @@ pub use limits::AddrRange;
 /// (`fuzz/fuzz_targets/token.rs`) can build one.
 pub use rooms::{RoomKey, Visibility};
 
+use cluster::Cluster;
 use hasher::Hasher;
 use limits::Limits;
 use metrics::Metrics;
-use rooms::RoomMap;
+use rooms::{RoomMap, Rooms};
 use store::StoreError;
 use ws::WsServer;
 
@@ -138,8 +139,11 @@ pub struct State {
     pub config: Config,
     /// The token signing secret: configured, or generated at start.
     pub secret: String,
-    /// Every room and its members.
-    pub rooms: RoomMap,
+    /// Every room and its members: one node or several, chosen in [`start`].
+    pub rooms: Arc<dyn Rooms>,
+    /// Runs bcrypt on threads of its own, for token requests (and, through `rooms`, for
+    /// room passwords).
+    pub hasher: Hasher,
     /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
     /// The limits, and the per-address state they keep (see `limits`).
@@ -200,13 +204,14 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
     )
     .map_err(StartError::Thread)?;
-    // First, so that a database problem stops start-up before anything listens.
-    let rooms = match &config.redis_url {
+    // The backend, chosen once: nothing past this line asks which one runs. First, so that
+    // a database problem stops start-up before anything listens.
+    let rooms: Arc<dyn Rooms> = match &config.redis_url {
         // The URL may carry a password: it is not logged.
-        Some(url) => RoomMap::clustered(
+        Some(url) => Cluster::start(
             url,
             config.presence_ttl,
-            hasher,
+            hasher.clone(),
             config.send_queue_len,
             config.history_len,
         )
@@ -214,14 +219,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         None => {
             let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
                 .map_err(StartError::Store)?;
-            RoomMap::restore(
+            let map = RoomMap::restore(
                 store,
                 saved,
-                hasher,
+                hasher.clone(),
                 config.send_queue_len,
                 config.history_len,
             )
-            .map_err(StartError::Store)?
+            .map_err(StartError::Store)?;
+            Arc::new(map)
         }
     };
     let secret = match &config.secret_key {
@@ -263,6 +269,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         rooms,
+        hasher,
         limits: Limits::new(&config, Arc::clone(&metrics)),
         metrics,
         page: web::page(&web::PageSettings::for_server(

@@ -18,7 +18,7 @@
 //! counter with a fixed set of values is written from the start (at 0), so a dashboard sees
 //! the series before the first event.
 //!
-//! This module is a leaf: it knows no socket, lock or request. [`Limit`] and [`Closed`]
+//! This module is a leaf: it knows no socket, lock or request. [`Limit`] and [`CloseReason`]
 //! name what the other modules count.
 
 use std::fmt::Write;
@@ -76,12 +76,14 @@ impl Limit {
     }
 }
 
-/// Why a chat socket ended: the `reason` label of `chitchat_sockets_closed_total`.
+/// Why a chat socket ended: the one close-reason type. The room and the listener close
+/// sockets for some of these (through `rooms::Bell`), `ws` maps each to its close code,
+/// and it is the `reason` label of `chitchat_sockets_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closed {
+pub enum CloseReason {
     /// The client closed it, went away, or broke the protocol.
     Client,
-    /// It stopped reading while its room's feed was full (1008).
+    /// Its client stopped reading while its channel was full (1008).
     Slow,
     /// It sent `flood_close_after` refused frames within a minute (1008).
     Flood,
@@ -97,30 +99,30 @@ pub enum Closed {
     Backend,
 }
 
-impl Closed {
+impl CloseReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [Closed; 8] = [
-        Closed::Client,
-        Closed::Slow,
-        Closed::Flood,
-        Closed::TooBig,
-        Closed::PingTimeout,
-        Closed::RoomDeleted,
-        Closed::Shutdown,
-        Closed::Backend,
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Client,
+        CloseReason::Slow,
+        CloseReason::Flood,
+        CloseReason::TooBig,
+        CloseReason::PingTimeout,
+        CloseReason::RoomDeleted,
+        CloseReason::Shutdown,
+        CloseReason::Backend,
     ];
 
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {
-            Closed::Client => "client",
-            Closed::Slow => "slow",
-            Closed::Flood => "flood",
-            Closed::TooBig => "too_big",
-            Closed::PingTimeout => "ping_timeout",
-            Closed::RoomDeleted => "room_deleted",
-            Closed::Shutdown => "shutdown",
-            Closed::Backend => "backend",
+            CloseReason::Client => "client",
+            CloseReason::Slow => "slow",
+            CloseReason::Flood => "flood",
+            CloseReason::TooBig => "too_big",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::RoomDeleted => "room_deleted",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Backend => "backend",
         }
     }
 }
@@ -132,8 +134,8 @@ pub struct Metrics {
     /// Room events handed to sockets to write (feed events and replayed history), one per
     /// event per socket.
     events_delivered: AtomicU64,
-    /// Chat sockets ended, by [`Closed`] (indexed like `Closed::ALL`).
-    sockets_closed: [AtomicU64; Closed::ALL.len()],
+    /// Chat sockets ended, by [`CloseReason`] (indexed like `CloseReason::ALL`).
+    sockets_closed: [AtomicU64; CloseReason::ALL.len()],
     /// REST responses sent, by status (index `status - 100`).
     http_responses: Vec<AtomicU64>,
     /// Refusals, by [`Limit`] (indexed like `Limit::ALL`).
@@ -195,8 +197,8 @@ impl Metrics {
     }
 
     /// A chat socket ended, for `reason`.
-    pub fn socket_closed(&self, reason: Closed) {
-        if let Some(i) = Closed::ALL.iter().position(|r| *r == reason) {
+    pub fn socket_closed(&self, reason: CloseReason) {
+        if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
             self.sockets_closed[i].fetch_add(1, Relaxed);
         }
     }
@@ -261,7 +263,7 @@ impl Metrics {
             "Room events handed to sockets, one per event per socket.",
             &[("", self.events_delivered.load(Relaxed))],
         );
-        let closed: Vec<(String, u64)> = Closed::ALL
+        let closed: Vec<(String, u64)> = CloseReason::ALL
             .iter()
             .zip(&self.sockets_closed)
             .map(|(reason, n)| (label("reason", reason.label()), n.load(Relaxed)))
@@ -395,7 +397,7 @@ mod tests {
         metrics.http_response(429);
         metrics.http_response(42);
         metrics.refused(Limit::Rooms);
-        metrics.socket_closed(Closed::Flood);
+        metrics.socket_closed(CloseReason::Flood);
         metrics.events_delivered(3);
         metrics.ws_accept_failed();
         let text = metrics.render(&Readings {

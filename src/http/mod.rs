@@ -219,7 +219,7 @@ fn client_addr(state: &State, request: &Request) -> IpAddr {
 
 /// 200 while the server can serve chat; 503 (605) while its backend takes no writes.
 fn health(state: &State) -> Result<Reply, ApiError> {
-    if state.rooms.backend_up() {
+    if state.rooms.is_up() {
         Ok(Reply::json(200, &json!({"status": true})))
     } else {
         Err(ApiError::new(ErrorKind::StorageUnavailable))
@@ -239,13 +239,14 @@ fn metrics(
     if !matches!(request.method(), Method::Get | Method::Head) {
         return Err(method_not_allowed("GET"));
     }
+    let counts = state.rooms.counts();
     let readings = Readings {
-        rooms: state.rooms.count(),
+        rooms: counts.rooms,
         sockets_open: state.limits.connections.open_now(),
-        users_joined: state.rooms.users_joined(),
-        history_queue: state.rooms.history_queue(),
-        bcrypt_queue: state.rooms.bcrypt_queue(),
-        backend_up: state.rooms.backend_up(),
+        users_joined: counts.users_joined,
+        history_queue: counts.history_queue,
+        bcrypt_queue: state.hasher.queued(),
+        backend_up: state.rooms.is_up(),
         tracked: state.limits.tracked(),
         http_connection_refusals: server.connection_refusals(),
         http_accept_errors: server.accept_errors(),
@@ -327,7 +328,7 @@ fn messages(
 ) -> Result<Reply, ApiError> {
     let key = state.rooms.key(room)?;
     require_token(state, request, &key)?;
-    let kept = state.rooms.history_len();
+    let kept = state.config.history_len;
     let number = |name: &'static str| -> Result<Option<u64>, ApiError> {
         let invalid = || ApiError::field(ErrorKind::RoomInvalidContent, name);
         query

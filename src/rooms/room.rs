@@ -1,61 +1,106 @@
-//! A room's handle and the work after its lock: [`Room`] (its lock, its [`Feed`] and the
-//! lock-free [`Room::read`] every member reads it with), the [`Subscriber`] seam through
-//! which the room sees a socket, why a socket was closed or an action refused, what a
-//! join hands back ([`Joined`]), and the [`Aftermath`] done once the lock is released.
-//! What happens under the lock is `fanout` (`Live`).
+//! One room's live side: the sockets in it, each with the crossbeam channel its thread
+//! reads the room's events from, the room's kept messages and message ids, and the lock
+//! that gives every member one order.
 //!
-//! # Two locks per room
-//! The room's lock ([`Room::live`]) orders its events and guards its members; the feed has
-//! a read-write lock of its own ([`Room::feed`]), written only by a holder of the room's
-//! lock (so in the room's one order) and read by every member without the room's lock: 500
-//! members taking one mutex for each event made them queue behind each other. Each socket
-//! keeps its cursor in its [`Subscriber`], where the room reads it to trim the feed and to
-//! find laggards. Lock order: the room's lock, then the feed's; readers take the feed's only.
+//! # Fan-out: a channel per member, filled under the room's lock
+//! A socket attached to a room gives it the sending end of its channel. An event is
+//! serialised once, and [`RoomState::broadcast`] hands every member a shared copy (an
+//! `Arc<str>`, one pointer) with `try_send`, under the room's lock: one lock, so every
+//! member's channel receives the room's events in one order. Each member's own thread
+//! takes them from its channel and writes them to its socket (`ws::session`). Members
+//! asleep are noted while the lock is held and woken once it is released ([`After`]):
+//! waking is a system call, and nothing slow happens under this lock.
+//!
+//! # The bound, and who waits
+//! Each channel holds at most `send_queue_len` events that a member has not taken yet.
+//! The room checks before a speaker's event (a join, a send, a leave) that every member's
+//! channel has room ([`RoomState::make_space`]). A full one is:
+//! - a *slow reader* if its client has stopped reading (its thread's writes would block:
+//!   [`Bell::is_stalled`]): it stops receiving and is closed (1008); its thread then
+//!   detaches it, which broadcasts its leave;
+//! - otherwise a reader whose thread is only behind (the cores are busy): nothing is sent,
+//!   the speaker is told [`Refusal::Busy`] and waits, holding its frame, until the reader
+//!   takes from its channel ([`Room::retry_waiting`]). Under overload the room slows down
+//!   evenly, and nobody who reads loses an event (SPEC, Ordering and delivery).
+//!
+//! Leaves of sockets that end, and events that come from another node's order (Redis), go
+//! past the bound: a room must not wait for them. There is at most one leave per socket,
+//! so the bound stays a bound; what comes from another node is capped at twice the bound,
+//! past which every member still behind is closed as a slow reader ([`RoomState::deliver`]).
+//!
+//! The channels are crossbeam's unbounded (linked blocks of 31 events) with the bound kept
+//! here, by the only code that sends to them: the bounded flavour allocates all its slots
+//! when it is made, 24 bytes each, 6 KiB per idle socket at the default 256, where a
+//! socket with nothing queued should cost next to nothing.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
-use crate::error::ApiError;
-use crate::redis_link::Link;
-use crate::store::Store;
-use crate::sync::{lock, read};
+use crossbeam_channel::Sender;
 
-use super::catalog::Info;
-use super::fanout::Live;
-use super::waker::Waker;
+use crate::clock::now_rfc3339;
+use crate::error::{ApiError, ErrorKind};
+use crate::event::{as_replay, leave_message, EventType, ServerEvent};
+use crate::metrics::CloseReason;
+use crate::sync::lock;
 
-/// A socket's side of the room: how the room sees, wakes and closes one socket. In
-/// practice one WebSocket's doorbell (`ws::doorbell`).
-pub trait Subscriber: Send + Sync {
-    /// The sequence number of the next feed event the socket reads.
-    fn cursor(&self) -> u64;
-    /// Moves the cursor: set by the room at a join, then by the socket as it reads.
-    fn set_cursor(&self, seq: u64);
-    /// Whether the socket's thread is asleep waiting for events: only those are woken.
-    fn is_asleep(&self) -> bool;
-    /// Whether the client is not reading: bytes are waiting for its kernel send buffer,
-    /// which is full. Decides who is a slow reader (see the module docs).
-    fn is_stalled(&self) -> bool;
-    /// Wakes the socket's thread if it sleeps. A system call: only after the lock.
-    fn wake(&self);
-    /// Tells the socket's thread, asleep or not, that a frame it holds may go now: the
-    /// signal must not be lost if the thread is about to sleep. After the lock.
-    fn retry(&self);
-    /// Tells the socket it has been removed from the room, and why. After the lock.
-    fn close(&self, reason: CloseReason);
+use super::bell::Bell;
+use super::view::UserView;
+
+/// One room's live side. See the module docs.
+pub struct Room {
+    /// The room's id, never reused.
+    pub id: u64,
+    /// The lock that orders the room's events. Held for memory work only: never across
+    /// disk I/O, bcrypt, a log line, a Redis call or a system call on another socket.
+    state: Mutex<RoomState>,
+    /// Set while speakers wait for a full channel, read without the lock by members that
+    /// take from a full channel (so they tell the room only when someone waits).
+    waiting: AtomicBool,
+    /// How many untaken events a member's channel may hold (`send_queue_len`).
+    capacity: usize,
 }
 
-/// Why the room removed a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// It stopped reading while the feed was full (WebSocket close 1008).
-    SlowReader,
-    /// The room was deleted (a 101 error event, then close 1001).
-    RoomDeleted,
-    /// Several nodes: Redis is unreachable, so events may have been missed (close 1012,
-    /// "service restart": the client reconnects and resumes with `since`).
-    BackendLost,
+/// Everything behind a room's lock.
+pub struct RoomState {
+    /// The room's id (for the events it serialises).
+    pub id: u64,
+    /// Set when the room is deleted (or, with several nodes, its node lost Redis): nothing
+    /// may attach after that.
+    closed: bool,
+    /// Connected sockets by session id (so in connection order), joined or not.
+    sockets: BTreeMap<u64, Socket>,
+    /// The last `history_len` `send` events with their ids, oldest first (one node: with
+    /// several nodes Redis keeps them, and this stays empty).
+    history: VecDeque<(u64, Arc<str>)>,
+    history_len: usize,
+    /// The id of the room's last message; the next one gets one more.
+    last_message_id: u64,
+    /// Speakers told [`Refusal::Busy`], to be rung when a full channel is taken from.
+    waiting: Vec<Arc<Bell>>,
+    capacity: usize,
+}
+
+/// A socket connected to a room.
+struct Socket {
+    /// The room's end of the socket's channel.
+    outbox: Sender<Arc<str>>,
+    /// Wakes and closes the socket's thread.
+    bell: Arc<Bell>,
+    /// Set while the socket holds a name in the room; a socket has at most one.
+    member: Option<Member>,
+    /// Whether the room's events go to it: from its own join (with several nodes, once
+    /// its join has come back from Redis) to its leave, or until it is closed.
+    receiving: bool,
+}
+
+/// The name a socket joined with.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub username: String,
+    pub color: String,
+    pub last_activity: String,
 }
 
 /// Why a chat action did not happen.
@@ -63,8 +108,8 @@ pub enum CloseReason {
 pub enum Refusal {
     /// A client mistake, answered with an error event.
     Error(ApiError),
-    /// The feed is full and someone who reads is behind: nothing happened; the socket has
-    /// been registered to be woken when there is room, and tries again then.
+    /// A member whose client reads is behind and its channel is full: nothing happened;
+    /// the speaker is rung when that member has taken from it, and tries again then.
     Busy,
 }
 
@@ -74,207 +119,451 @@ impl From<ApiError> for Refusal {
     }
 }
 
-/// One room: its id, its state behind the lock that orders its events, and the sequence
-/// number of its next event (readable without the lock, so a socket can check for news
-/// before it sleeps).
-pub struct Room {
-    /// The room's id, never reused.
-    pub id: u64,
-    /// The lock that orders the room's events. Held for memory work only: never across disk
-    /// I/O, bcrypt, a log line or a system call (see `rooms` for the rules).
-    live: Mutex<Live>,
-    /// The feed, shared with `live`, which alone writes it.
-    feed: Arc<RwLock<Feed>>,
-    /// The feed's next sequence number, published for a check without any lock; shared
-    /// with `live`, which stores it.
-    head: Arc<AtomicU64>,
-    /// Set while speakers wait for room in the feed: readers at its front then free it.
-    waiting: AtomicBool,
-    /// Several nodes: where leaves are published (see the module docs).
-    link: Option<Arc<Link>>,
-}
-
-/// The room's recent events, read by every member from its own cursor.
-pub(super) struct Feed {
-    /// `events[0]` has sequence number `first_seq`.
-    pub(super) events: VecDeque<Arc<str>>,
-    pub(super) first_seq: u64,
-}
-
-impl Feed {
-    pub(super) fn head(&self) -> u64 {
-        self.first_seq + self.events.len() as u64
-    }
-}
-
 /// What a join hands back to its socket.
 pub struct Joined {
     /// The kept messages it asked for, as replayed (`"replay":true`), oldest first: to be
-    /// sent before anything from the feed.
+    /// written before anything from its channel.
     pub replay: Vec<String>,
-    /// Where in the feed it reads from: its own join; `None` with several nodes, where the
-    /// join comes back through the subscription (see `Membership::join_arrived`).
-    pub cursor: Option<u64>,
 }
 
-/// What a room's work after its lock needs: the store (history) and the waker thread.
-#[derive(Clone)]
-pub struct Services {
-    /// Where messages are saved.
-    pub store: Arc<dyn Store>,
-    /// Who rings doorbells for chat messages.
-    pub waker: Waker,
-}
-
-/// Work to do once the room's lock is released.
+/// Work to do once the room's lock is released: system calls on other sockets' bells.
 #[derive(Default)]
-pub struct Aftermath {
-    pub(super) wake: Vec<Arc<dyn Subscriber>>,
-    /// Whether `wake` goes to the waker thread (chat messages) or is rung at once.
-    pub(super) wake_later: bool,
-    pub(super) retry: Vec<Arc<dyn Subscriber>>,
-    pub(super) close: Vec<(Arc<dyn Subscriber>, CloseReason)>,
-    pub(super) slow: Vec<String>,
-    /// A message for the database's history: room id, message id, its text.
-    pub(super) persist: Option<(u64, u64, Arc<str>)>,
-    /// Several nodes: leaves to publish through Redis (socket, lower-cased name, text).
-    pub(super) leaves: Vec<(u64, String, String)>,
+pub struct After {
+    wake: Vec<Arc<Bell>>,
+    retry: Vec<Arc<Bell>>,
+    close: Vec<(Arc<Bell>, CloseReason)>,
 }
 
-impl Aftermath {
-    /// Wakes, closes, logs and persists what the locked work left for it.
-    pub fn finish(self, room_id: u64, services: &Services, link: Option<&Link>) {
-        if self.wake_later {
-            services.waker.wake(self.wake);
-        } else {
-            for subscriber in self.wake {
-                subscriber.wake();
-            }
+impl After {
+    fn finish(self) {
+        for bell in self.wake {
+            bell.wake();
         }
-        for subscriber in self.retry {
-            subscriber.retry();
+        for bell in self.retry {
+            bell.ring();
         }
-        for (subscriber, reason) in self.close {
-            subscriber.close(reason);
-        }
-        for name in self.slow {
-            log::warn!("room {room_id}: {name} stopped reading; closing it");
-        }
-        if let Some((room_id, id, text)) = self.persist {
-            services.store.append_message(room_id, id, &text);
-        }
-        if let Some(link) = link {
-            for (session, lower, text) in self.leaves {
-                // Refused: the name was reaped or the room deleted; down: the link's
-                // recovery retires this node's members. Either way nothing is left to do.
-                let _ = link.leave(room_id, &lower, &link.owner(session), &text);
-            }
+        for (bell, reason) in self.close {
+            bell.close(reason);
         }
     }
 }
 
 impl Room {
-    /// A room with no sockets, its kept `history` (with ids) and the id of its last message.
-    pub(super) fn new(
-        info: Info,
+    /// A room with no sockets, its kept `history` (with ids, oldest first) and the id of
+    /// its last message.
+    pub fn new(
+        id: u64,
         history: Vec<(u64, Arc<str>)>,
         last_message_id: u64,
         capacity: usize,
         history_len: usize,
-        link: Option<Arc<Link>>,
     ) -> Room {
-        let id = info.id;
         let mut history: VecDeque<_> = history.into();
         while history.len() > history_len {
             history.pop_front();
         }
         let last_message_id = history.back().map_or(0, |(id, _)| *id).max(last_message_id);
-        let feed = Arc::new(RwLock::new(Feed {
-            events: VecDeque::new(),
-            first_seq: 0,
-        }));
-        let head = Arc::new(AtomicU64::new(0));
+        // A channel of one could never take a join and the leave that may follow it.
+        let capacity = capacity.max(2);
         Room {
             id,
-            feed: Arc::clone(&feed),
-            head: Arc::clone(&head),
-            live: Mutex::new(Live {
-                info,
-                deleted: false,
+            state: Mutex::new(RoomState {
+                id,
+                closed: false,
                 sockets: BTreeMap::new(),
-                feed,
-                head,
-                // A feed of one event could never hold a join and the leave it may need.
-                capacity: capacity.max(2),
-                shared: link.is_some(),
                 history,
                 history_len,
                 last_message_id,
                 waiting: Vec::new(),
+                capacity,
             }),
             waiting: AtomicBool::new(false),
-            link,
+            capacity,
         }
     }
 
-    /// Runs `work` under the room's lock, then does what it left in its [`Aftermath`].
-    pub(super) fn with_live<T>(
-        &self,
-        services: &Services,
-        work: impl FnOnce(&mut Live, &mut Aftermath) -> T,
-    ) -> T {
-        let mut after = Aftermath::default();
+    /// Runs `work` under the room's lock, then wakes and closes what it left in [`After`].
+    pub fn locked<T>(&self, work: impl FnOnce(&mut RoomState, &mut After) -> T) -> T {
+        let mut after = After::default();
         let result = {
-            let mut live = lock(&self.live);
-            let result = work(&mut live, &mut after);
-            self.waiting.store(!live.waiting.is_empty(), SeqCst);
+            let mut state = lock(&self.state);
+            let result = work(&mut state, &mut after);
+            self.waiting.store(!state.waiting.is_empty(), SeqCst);
             result
         };
-        after.finish(self.id, services, self.link.as_deref());
+        after.finish();
         result
     }
 
-    /// Whether no socket is connected to the room (several nodes: it can be dropped).
-    pub(super) fn is_idle(&self) -> bool {
-        lock(&self.live).sockets.is_empty()
+    /// How many untaken events a member's channel may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    /// The room's title, for the index.
-    pub(super) fn title(&self) -> String {
-        lock(&self.live).info.title.clone()
-    }
-
-    /// Whether the feed has events past `cursor`: checked, without the lock, by a socket
-    /// about to sleep.
-    pub fn has_news(&self, cursor: u64) -> bool {
-        self.head.load(SeqCst) > cursor
-    }
-
-    /// Hands at most `max` feed events from `cursor` (before `until`) to `each`, in order,
-    /// under the feed's read lock only (`each` encodes a frame into the socket's buffer:
-    /// memory work). Returns the cursor after them, and whether the socket was at the
-    /// feed's front (one of those a full feed waits for).
-    pub(super) fn read(
-        &self,
-        cursor: u64,
-        until: u64,
-        max: usize,
-        mut each: impl FnMut(&str),
-    ) -> (u64, bool) {
-        let feed = read(&self.feed);
-        let start = cursor.max(feed.first_seq);
-        let end = until
-            .min(feed.head())
-            .min(start.saturating_add(max as u64))
-            .max(start);
-        let from = usize::try_from(start - feed.first_seq).unwrap_or(usize::MAX);
-        let to = usize::try_from(end - feed.first_seq).unwrap_or(usize::MAX);
-        feed.events.range(from..to).for_each(|text| each(text));
-        (end, start == feed.first_seq)
-    }
-
-    /// Whether speakers wait for room in the feed.
-    pub(super) fn has_waiting(&self) -> bool {
+    /// Whether speakers wait for a full channel (no lock taken).
+    pub fn has_waiting(&self) -> bool {
         self.waiting.load(SeqCst)
+    }
+
+    /// Rings the waiting speakers: a member took from its full channel, or stopped
+    /// reading (then they close it). They check again under the lock.
+    pub fn retry_waiting(&self) {
+        self.locked(|state, after| after.retry.append(&mut state.waiting));
+    }
+}
+
+impl RoomState {
+    /// Connects socket `session`, not joined yet (101 if the room is gone): from now on it
+    /// hears of the room's deletion.
+    pub fn attach(
+        &mut self,
+        session: u64,
+        outbox: Sender<Arc<str>>,
+        bell: Arc<Bell>,
+    ) -> Result<(), ApiError> {
+        if self.closed {
+            return Err(ApiError::new(ErrorKind::RoomNotFound));
+        }
+        let socket = Socket {
+            outbox,
+            bell,
+            member: None,
+            receiving: false,
+        };
+        self.sockets.insert(session, socket);
+        Ok(())
+    }
+
+    /// Disconnects socket `session`; returns its name if it held one (its leave is for the
+    /// caller to broadcast). Speakers that waited for it go on.
+    pub fn detach(&mut self, session: u64, after: &mut After) -> Option<Member> {
+        let socket = self.sockets.remove(&session)?;
+        after.retry.append(&mut self.waiting);
+        socket.member
+    }
+
+    /// Whether no socket is connected.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Takes every socket away and has each closed for `reason`; nothing is broadcast,
+    /// and nothing attaches after this.
+    pub fn close_all(&mut self, reason: CloseReason, after: &mut After) {
+        self.closed = true;
+        for socket in std::mem::take(&mut self.sockets).into_values() {
+            after.close.push((socket.bell, reason));
+        }
+        after.retry.append(&mut self.waiting);
+    }
+
+    /// 202 unless `name` is free in the room (case-insensitively) and socket `session`
+    /// holds no name yet; 201 if the socket is not attached (any more).
+    pub fn check_name(&self, session: u64, name: &str) -> Result<(), ApiError> {
+        let socket = self.sockets.get(&session).ok_or_else(user_not_found)?;
+        let lower = name.to_lowercase();
+        let taken = socket.member.is_some()
+            || self.sockets.values().any(|s| {
+                s.member
+                    .as_ref()
+                    .is_some_and(|m| m.username.to_lowercase() == lower)
+            });
+        if taken {
+            return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
+        }
+        Ok(())
+    }
+
+    /// Gives socket `session` the name `member`; it receives the room's events from now on
+    /// when `receiving` (else from [`RoomState::deliver`]'s `joined`).
+    pub fn take_name(&mut self, session: u64, member: Member, receiving: bool) {
+        if let Some(socket) = self.sockets.get_mut(&session) {
+            socket.member = Some(member);
+            socket.receiving = receiving;
+        }
+    }
+
+    /// Takes socket `session`'s name away (201 if it has none): it receives nothing more,
+    /// but what is in its channel is still its to read.
+    pub fn give_up_name(&mut self, session: u64) -> Result<Member, ApiError> {
+        let socket = self.sockets.get_mut(&session).ok_or_else(user_not_found)?;
+        let member = socket.member.take().ok_or_else(user_not_found)?;
+        socket.receiving = false;
+        Ok(member)
+    }
+
+    /// The name socket `session` joined with, its last activity set to `now` (201 if none:
+    /// never joined, left, or closed as a slow reader).
+    pub fn speaker(&mut self, session: u64, now: &str) -> Result<Member, ApiError> {
+        let member = self
+            .sockets
+            .get_mut(&session)
+            .and_then(|s| s.member.as_mut())
+            .ok_or_else(user_not_found)?;
+        member.last_activity = now.to_owned();
+        Ok(member.clone())
+    }
+
+    /// Makes sure every receiving member's channel has room for one more event from
+    /// `session`: a full one whose client stopped reading is closed as a slow reader; if a
+    /// full one still reads, [`Refusal::Busy`] and `session` is rung once it has taken
+    /// from it (see the module docs).
+    pub fn make_space(&mut self, session: u64, after: &mut After) -> Result<(), Refusal> {
+        let mut behind = false;
+        for socket in self.sockets.values_mut() {
+            if !socket.receiving || socket.outbox.len() < self.capacity {
+                continue;
+            }
+            if socket.bell.is_stalled() {
+                stop_as_slow(socket, after);
+            } else {
+                behind = true;
+            }
+        }
+        if !behind {
+            return Ok(());
+        }
+        if let Some(socket) = self.sockets.get(&session) {
+            if !self.waiting.iter().any(|w| Arc::ptr_eq(w, &socket.bell)) {
+                self.waiting.push(Arc::clone(&socket.bell));
+            }
+        }
+        Err(Refusal::Busy)
+    }
+
+    /// Hands `text` to every receiving member's channel, in the room's order, and notes
+    /// the sleeping ones to be woken after the lock.
+    pub fn broadcast(&mut self, text: &Arc<str>, after: &mut After) {
+        for socket in self.sockets.values().filter(|s| s.receiving) {
+            // Disconnected: the socket's thread has ended and is about to detach it.
+            if socket.outbox.try_send(Arc::clone(text)).is_ok() && socket.bell.is_asleep() {
+                after.wake.push(Arc::clone(&socket.bell));
+            }
+        }
+    }
+
+    /// An event ordered elsewhere (several nodes: from the subscription): handed to every
+    /// member without waiting, since the subscriber serves every room. `joined` names
+    /// the socket whose own join this is: it receives from here on. Past twice the bound a
+    /// member still behind is closed, and past the bound one that stopped reading.
+    pub fn deliver(&mut self, text: &Arc<str>, joined: Option<u64>, after: &mut After) {
+        if let Some(socket) = joined.and_then(|session| self.sockets.get_mut(&session)) {
+            socket.receiving = socket.member.is_some();
+        }
+        self.broadcast(text, after);
+        for socket in self.sockets.values_mut().filter(|s| s.receiving) {
+            let queued = socket.outbox.len();
+            let stalled = queued >= self.capacity && socket.bell.is_stalled();
+            if stalled || queued >= self.capacity.saturating_mul(2) {
+                stop_as_slow(socket, after);
+            }
+        }
+    }
+
+    /// The id for the room's next message, once it is sent.
+    pub fn next_message_id(&self) -> u64 {
+        self.last_message_id + 1
+    }
+
+    /// Records message `id` as sent and keeps it in the history.
+    pub fn keep(&mut self, id: u64, text: &Arc<str>) {
+        self.last_message_id = id;
+        if self.history_len > 0 {
+            while self.history.len() >= self.history_len {
+                self.history.pop_front();
+            }
+            self.history.push_back((id, Arc::clone(text)));
+        }
+    }
+
+    /// The kept messages with an id above `since`, as replayed to a socket that joins.
+    pub fn replay(&self, since: u64) -> Vec<String> {
+        self.history
+            .iter()
+            .filter(|(id, _)| *id > since)
+            .map(|(_, text)| as_replay(text))
+            .collect()
+    }
+
+    /// The kept messages with an id above `since`, oldest first, at most `limit` (the
+    /// newest ones), as broadcast.
+    pub fn messages(&self, since: u64, limit: usize) -> Vec<Arc<str>> {
+        let newer: Vec<_> = self.history.iter().filter(|(id, _)| *id > since).collect();
+        let skip = newer.len().saturating_sub(limit);
+        newer
+            .into_iter()
+            .skip(skip)
+            .map(|(_, text)| Arc::clone(text))
+            .collect()
+    }
+
+    /// The people joined, as the API shows them.
+    pub fn users(&self) -> Vec<UserView> {
+        self.sockets
+            .values()
+            .filter_map(|s| s.member.as_ref())
+            .map(|m| UserView {
+                username: m.username.clone(),
+                color: m.color.clone(),
+                last_activity: m.last_activity.clone(),
+            })
+            .collect()
+    }
+
+    /// How many sockets hold a name.
+    pub fn members(&self) -> usize {
+        self.sockets.values().filter(|s| s.member.is_some()).count()
+    }
+
+    /// One event of this room, serialised once for all its members.
+    pub fn event(
+        &self,
+        event_type: EventType,
+        member: &Member,
+        msg: &str,
+        time: &str,
+        id: Option<u64>,
+    ) -> Arc<str> {
+        ServerEvent {
+            event_type,
+            name: &member.username,
+            color: &member.color,
+            msg,
+            room_id: self.id,
+            time,
+            id,
+        }
+        .to_text()
+        .into()
+    }
+
+    /// `member`'s leave event, now.
+    pub fn leave_event(&self, member: &Member) -> Arc<str> {
+        let msg = leave_message(&member.username);
+        self.event(EventType::Leave, member, &msg, &now_rfc3339(), None)
+    }
+}
+
+/// A member whose channel is full and whose client stopped reading: it receives nothing
+/// more and is closed (1008); its thread then detaches it, and its leave is broadcast.
+fn stop_as_slow(socket: &mut Socket, after: &mut After) {
+    socket.receiving = false;
+    after
+        .close
+        .push((Arc::clone(&socket.bell), CloseReason::Slow));
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::new(ErrorKind::UserNotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::Receiver;
+
+    /// A socket attached to `room` as `session`, joined as `name` and receiving when
+    /// `receiving`; its channel's receiving end and its bell.
+    fn socket(
+        room: &Room,
+        session: u64,
+        name: &str,
+        receiving: bool,
+    ) -> (Receiver<Arc<str>>, Arc<Bell>) {
+        let (outbox, inbox) = crossbeam_channel::unbounded();
+        let bell = Arc::new(Bell::new().unwrap());
+        let member = Member {
+            username: name.into(),
+            color: "red".into(),
+            last_activity: String::new(),
+        };
+        room.locked(|state, _| {
+            state.attach(session, outbox, Arc::clone(&bell)).unwrap();
+            state.take_name(session, member, receiving);
+        });
+        (inbox, bell)
+    }
+
+    fn deliver(room: &Room, text: &str, joined: Option<u64>) {
+        let text: Arc<str> = text.into();
+        room.locked(|state, after| state.deliver(&text, joined, after));
+    }
+
+    /// With several nodes a socket receives nothing until its own join comes back from
+    /// Redis, then everything from it on: what came before is in the history its join
+    /// replayed, not twice.
+    #[test]
+    fn a_socket_joining_through_another_node_receives_from_its_own_join_on() {
+        let room = Room::new(1, Vec::new(), 0, 4, 0);
+        let (inbox, _) = socket(&room, 1, "ann", false);
+        deliver(&room, "before", None);
+        deliver(&room, "ann's join", Some(1));
+        deliver(&room, "after", None);
+        let got: Vec<Arc<str>> = inbox.try_iter().collect();
+        assert_eq!(got, [Arc::from("ann's join"), Arc::from("after")]);
+    }
+
+    /// The subscriber never waits: it hands events past the bound; a member that stopped
+    /// reading is closed at the bound, and at twice the bound every member still behind
+    /// is, stalled or not, so memory stays bounded.
+    #[test]
+    fn events_from_another_node_pass_the_bound_up_to_twice_it() {
+        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let (stalled, stalled_bell) = socket(&room, 1, "ann", true);
+        let (behind, behind_bell) = socket(&room, 2, "bob", true);
+        stalled_bell.set_stalled(true);
+        deliver(&room, "1", None);
+        assert_eq!(stalled_bell.closing(), None);
+        deliver(&room, "2", None);
+        assert_eq!(stalled_bell.closing(), Some(CloseReason::Slow));
+        deliver(&room, "3", None);
+        assert_eq!(
+            behind_bell.closing(),
+            None,
+            "behind, but under twice the bound"
+        );
+        deliver(&room, "4", None);
+        assert_eq!(behind_bell.closing(), Some(CloseReason::Slow));
+        deliver(&room, "5", None);
+        assert_eq!((stalled.len(), behind.len()), (2, 4));
+    }
+
+    /// A leave goes past the bound: the room cannot wait for a socket that is gone.
+    #[test]
+    fn a_broadcast_to_a_full_channel_still_arrives() {
+        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let (inbox, _) = socket(&room, 1, "ann", true);
+        for text in ["1", "2", "a leave"] {
+            let text: Arc<str> = text.into();
+            room.locked(|state, after| state.broadcast(&text, after));
+        }
+        assert_eq!(inbox.len(), 3);
+    }
+
+    #[test]
+    fn names_are_unique_case_insensitively_and_one_per_socket() {
+        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let _ann = socket(&room, 1, "Ann", true);
+        let (outbox, _inbox) = crossbeam_channel::unbounded();
+        let bell = Arc::new(Bell::new().unwrap());
+        room.locked(|state, _| {
+            state.attach(2, outbox, bell).unwrap();
+            assert_eq!(state.check_name(2, "ANN").unwrap_err().code(), 202);
+            assert_eq!(state.check_name(1, "zed").unwrap_err().code(), 202);
+            assert!(state.check_name(2, "bob").is_ok());
+            assert_eq!(state.check_name(3, "bob").unwrap_err().code(), 201);
+        });
+    }
+
+    #[test]
+    fn a_closed_room_takes_no_socket_and_closes_those_it_had() {
+        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let (_, bell) = socket(&room, 1, "ann", true);
+        room.locked(|state, after| state.close_all(CloseReason::RoomDeleted, after));
+        assert_eq!(bell.closing(), Some(CloseReason::RoomDeleted));
+        let (outbox, _inbox) = crossbeam_channel::unbounded();
+        let late = Arc::new(Bell::new().unwrap());
+        let attached = room.locked(|state, _| state.attach(2, outbox, late));
+        assert_eq!(attached.unwrap_err().code(), 101);
     }
 }

@@ -6,16 +6,15 @@
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::doorbell::Closing;
-use crate::metrics::Closed;
+use crate::metrics::CloseReason;
 
 /// How the chat loop ended.
 #[derive(Debug)]
 pub(super) enum Ending {
     /// The client sent a close frame (its code is echoed).
     ClientClosed(CloseCode),
-    /// The server closed it: slow reader, room deleted, shutdown.
-    ServerClosed(Closing),
+    /// The server closed it: slow reader, room deleted, shutdown, backend lost.
+    ServerClosed(CloseReason),
     /// A frame over `max_message_bytes`.
     TooBig,
     /// A text frame that is not UTF-8.
@@ -37,9 +36,10 @@ impl Ending {
     pub(super) fn close_code(&self) -> Option<CloseCode> {
         match self {
             Ending::ClientClosed(code) => Some(*code),
-            Ending::ServerClosed(Closing::SlowReader) => Some(CloseCode::Policy),
-            Ending::ServerClosed(Closing::RoomDeleted | Closing::Shutdown) => Some(CloseCode::Away),
-            Ending::ServerClosed(Closing::BackendLost) => Some(CloseCode::Restart),
+            Ending::ServerClosed(CloseReason::Backend) => Some(CloseCode::Restart),
+            Ending::ServerClosed(CloseReason::Slow | CloseReason::Flood) => Some(CloseCode::Policy),
+            Ending::ServerClosed(CloseReason::TooBig) => Some(CloseCode::Size),
+            Ending::ServerClosed(_) => Some(CloseCode::Away),
             Ending::TooBig => Some(CloseCode::Size),
             Ending::NotUtf8 => Some(CloseCode::Invalid),
             Ending::ProtocolViolation => Some(CloseCode::Protocol),
@@ -49,25 +49,19 @@ impl Ending {
         }
     }
 
-    /// The `reason` it is counted under; `closing` is why the server was closing it, if it
+    /// The reason it is counted under; `closing` is why the server was closing it, if it
     /// was.
-    pub(super) fn counted_as(&self, closing: Option<Closing>) -> Closed {
-        let server = |closing| match closing {
-            Closing::SlowReader => Closed::Slow,
-            Closing::RoomDeleted => Closed::RoomDeleted,
-            Closing::Shutdown => Closed::Shutdown,
-            Closing::BackendLost => Closed::Backend,
-        };
+    pub(super) fn counted_as(&self, closing: Option<CloseReason>) -> CloseReason {
         match self {
-            Ending::ServerClosed(closing) => server(*closing),
-            Ending::Stalled => closing.map_or(Closed::Client, server),
-            Ending::TooBig => Closed::TooBig,
-            Ending::Silent => Closed::PingTimeout,
-            Ending::Flood => Closed::Flood,
+            Ending::ServerClosed(reason) => *reason,
+            Ending::Stalled => closing.unwrap_or(CloseReason::Client),
+            Ending::TooBig => CloseReason::TooBig,
+            Ending::Silent => CloseReason::PingTimeout,
+            Ending::Flood => CloseReason::Flood,
             Ending::ClientClosed(_)
             | Ending::NotUtf8
             | Ending::ProtocolViolation
-            | Ending::Gone => Closed::Client,
+            | Ending::Gone => CloseReason::Client,
         }
     }
 }

@@ -7,8 +7,10 @@
 //!   the refuser that answers connections past the limits without a thread each;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
 //! - `ending`: how a socket's chat ended: its close code and how `/metrics` counts it;
-//! - `frame`: encoding server frames, and the buffered non-blocking writer;
-//! - `doorbell`: how the room wakes and closes a socket's thread.
+//! - `frame`: encoding server frames, and the buffered non-blocking writer.
+//!
+//! A socket's thread is woken and closed through its `rooms::Bell`, by its room and, at
+//! shutdown, by this listener.
 //!
 //! The listener has its own port (`ws_address`) so the REST side can stay on tiny_http.
 //!
@@ -18,7 +20,6 @@
 //! the session thread, and is released when the socket's last thread ends, however it
 //! ends. A connection past a limit gets its 503 from the accept loop (`handshake::Refuser`).
 
-mod doorbell;
 mod ending;
 mod frame;
 mod handshake;
@@ -34,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::limits::ConnectionGuard;
+use crate::metrics::CloseReason;
+use crate::rooms::Bell;
 use crate::sync::lock;
 use crate::State;
-use doorbell::{Closing, Doorbell};
 use handshake::Refuser;
 use session::Session;
 
@@ -55,7 +57,7 @@ pub struct WsServer {
     addr: SocketAddr,
     stopping: AtomicBool,
     /// Live sockets by id, so shutdown can close each with 1001.
-    sockets: Mutex<HashMap<u64, Doorbell>>,
+    sockets: Mutex<HashMap<u64, Arc<Bell>>>,
     /// Signalled whenever a socket leaves `sockets`.
     socket_ended: Condvar,
     next_id: AtomicU64,
@@ -129,17 +131,17 @@ impl WsServer {
         let id = self.next_id.fetch_add(1, SeqCst);
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(state.config.write_timeout));
-        let doorbell = match Doorbell::new() {
-            Ok(doorbell) => doorbell,
-            Err(e) => return log::error!("socket {id}: cannot make its doorbell: {e}"),
+        let bell = match Bell::new() {
+            Ok(bell) => Arc::new(bell),
+            Err(e) => return log::error!("socket {id}: cannot make its bell: {e}"),
         };
-        self.lock_sockets().insert(id, doorbell.clone());
+        self.lock_sockets().insert(id, Arc::clone(&bell));
         let (server, state) = (Arc::clone(self), Arc::clone(state));
         // The handshake runs on a short-lived thread and the chat on a fresh one, so the
         // handshake's deep stack is not kept by every idle socket.
         let handshake = move || match handshake::accept(&state, stream, &mut connection) {
             Some((ws, admission)) => {
-                let session = Session::new(state, id, admission, doorbell, ws);
+                let session = Session::new(state, id, admission, bell, ws);
                 let ended = Arc::clone(&server);
                 server.spawn(id, "ws-session", move || {
                     session.run();
@@ -175,7 +177,7 @@ impl WsServer {
         self.socket_ended.notify_all();
     }
 
-    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, Doorbell>> {
+    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, Arc<Bell>>> {
         lock(&self.sockets)
     }
 
@@ -196,8 +198,8 @@ impl WsServer {
         let _ = TcpStream::connect_timeout(&wake_addr, Duration::from_secs(1));
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut sockets = self.lock_sockets();
-        for doorbell in sockets.values() {
-            doorbell.close(Closing::Shutdown);
+        for bell in sockets.values() {
+            bell.close(CloseReason::Shutdown);
         }
         while !sockets.is_empty() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {

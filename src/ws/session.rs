@@ -6,20 +6,29 @@
 //! (incoming frames), written (its room's events) and pinged at the same time. The session
 //! thread owns the `WebSocket` alone and never blocks in `read` or `write`: the socket is
 //! non-blocking, and the thread sleeps in `poll(2)` on two descriptors at once, the socket
-//! and its doorbell (an eventfd its room rings when it has news). So:
+//! and its bell (an eventfd its room rings after putting events in the socket's crossbeam
+//! channel: `rooms::Bell`). A crossbeam `Receiver` cannot be polled beside a socket, so
+//! the channel carries the events and the eventfd only says "look". So:
 //! - every byte to the client is written by this thread, whole frames in order: events,
 //!   pings, tungstenite's pong replies and the close frame never interleave (`frame`);
-//! - delivery waits on nothing but the doorbell: no timer, no polling interval, no busy
-//!   loop (the `poll` timeout only schedules pings and the silence check);
-//! - a client that stops reading stalls only its own buffer: its room's feed fills, and
-//!   the room closes it (1008) rather than wait for it;
-//! - an idle socket costs one parked thread, an eventfd and a few small buffers: it has no
-//!   queue of its own, it reads its room's shared feed from its own cursor.
+//! - delivery waits on nothing but the bell: no timer, no polling interval, no busy loop
+//!   (the `poll` timeout only schedules pings and the silence check);
+//! - a client that stops reading stalls only its own buffer and then its channel, and the
+//!   room closes it (1008) rather than wait for it;
+//! - the bell is armed only while the thread sleeps, so a busy socket (a speaker, or a
+//!   member still writing) costs its room no system call per event;
+//! - an idle socket costs one parked thread, an eventfd, an empty channel and a few
+//!   small buffers.
 //!
-//! When the room's feed is full because someone who reads is behind, a speaker's frame
-//! waits here ([`Session::pending`]): the socket is not read meanwhile, so the client's
-//! own TCP window slows it down, while its output keeps moving. The room wakes it when
-//! there is room again.
+//! Why not a second thread per socket, one blocked in `read` and one in `recv`: a
+//! `WebSocket` is one object for both directions, so the two would share it behind a lock
+//! or split it with care, and a second parked thread costs 8 to 12 KiB of RSS per socket
+//! where the whole socket costs about 20.
+//!
+//! When a member that reads is behind and its channel is full, a speaker's frame waits
+//! here ([`Chat::pending`]): the socket is not read meanwhile, so the client's own TCP
+//! window slows it down, while its output keeps moving. The room rings it when there is
+//! room again.
 //!
 //! Bad input is answered with an error event to this socket only, and the socket stays
 //! open; only an oversized frame (1009), invalid UTF-8 (1007), a protocol violation
@@ -36,7 +45,7 @@
 //!
 //! # Counters
 //! `metrics` counters are bumped here, never under the room's lock: frames received,
-//! events handed to the socket (after `Membership::read` has returned), and why the
+//! events taken from the channel (after `Membership::take` has returned), and why the
 //! socket closed.
 
 use std::io;
@@ -49,28 +58,27 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::{Message, WebSocket};
 
-use super::doorbell::{Closing, Doorbell};
 use super::ending::{ending_for, Ending};
 use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
 use crate::limits::{FrameLimit, Verdict};
-use crate::metrics::Limit;
-use crate::rooms::{Membership, Refusal};
+use crate::metrics::{CloseReason, Limit};
+use crate::rooms::{self, Bell, Membership, Refusal};
 use crate::State;
 
 /// The client's frames are not read while this much waits to be written to it: a client
 /// that sends without reading our answers is slowed down by its own TCP window.
 const MAX_UNSENT_BYTES: usize = 64 * 1024;
-/// Feed events are written out whenever this much is encoded, so a burst (a join storm)
-/// never grows a socket's buffer much past it; when the socket takes no more, the rest
-/// waits in the feed, where the room sees the socket fall behind.
+/// Events are written out whenever this much is encoded, so a burst (a join storm) never
+/// grows a socket's buffer much past it; when the socket takes no more, the rest waits in
+/// the channel, where the room sees the socket fall behind.
 const FLUSH_BYTES: usize = 8 * 1024;
-/// Feed events taken per hold of the feed's read lock.
-const FEED_BATCH: usize = 64;
-/// How often a frame waiting for room in a full feed is retried even if nobody rang: a
-/// safety net only, the room wakes waiting speakers itself.
+/// Events taken from the channel between two checks of the buffer.
+const TAKE_BATCH: usize = 64;
+/// How often a frame waiting for room in a full channel is retried even if nobody rang: a
+/// safety net only, the room rings waiting speakers itself.
 const PENDING_RETRY: Duration = Duration::from_millis(200);
 
 /// One connected socket after its handshake.
@@ -79,31 +87,16 @@ pub struct Session {
     /// Identifies this socket in its room.
     id: u64,
     admission: Admission,
-    doorbell: Doorbell,
+    bell: Arc<Bell>,
     ws: WebSocket<Duplex>,
-}
-
-/// A socket's place in its room's feed.
-#[derive(Debug, Clone, Copy)]
-struct Reading {
-    /// The next event to read.
-    cursor: u64,
-    /// Where reading stops: its own leave, after a leave.
-    until: Option<u64>,
 }
 
 /// The chat loop's state, once the socket is in its room.
 struct Chat {
     session: Session,
     membership: Membership,
-    /// Where the socket reads its room's feed, while it does: joined, or still taking what
-    /// came before its leave.
-    reading: Option<Reading>,
     /// A frame the room had no room for yet: retried before anything else is read.
     pending: Option<String>,
-    /// Set after a join that went through Redis, until it comes back (the feed is read
-    /// from that join on: `Membership::join_arrived`).
-    awaiting_join: bool,
     /// Set when reading stopped for a waiting frame or a full buffer rather than for lack
     /// of input: tungstenite may hold whole frames already, which `poll` cannot see.
     input_held: bool,
@@ -117,7 +110,7 @@ impl Session {
         state: Arc<State>,
         id: u64,
         admission: Admission,
-        doorbell: Doorbell,
+        bell: Arc<Bell>,
         ws: WebSocket<Duplex>,
     ) -> Session {
         log::info!("socket {id} opened in room {}", admission.room_id);
@@ -125,28 +118,26 @@ impl Session {
             state,
             id,
             admission,
-            doorbell,
+            bell,
             ws,
         }
     }
 
     /// Runs the socket from its first frame to its close.
     pub fn run(self) {
-        let subscriber = Arc::new(self.doorbell.clone());
-        match self
-            .state
-            .rooms
-            .attach(self.admission.room_id, self.id, subscriber)
-        {
+        match rooms::attach(
+            &self.state.rooms,
+            self.admission.room_id,
+            self.id,
+            &self.bell,
+        ) {
             Ok(membership) => {
                 let frames = self.state.limits.frame_limit();
                 let mut chat = Chat {
                     session: self,
                     membership,
-                    reading: None,
                     pending: None,
                     input_held: false,
-                    awaiting_join: false,
                     frames,
                 };
                 let ending = chat.run();
@@ -157,8 +148,8 @@ impl Session {
             // The room was deleted between the handshake and now, or Redis went away.
             Err(error) => {
                 let closing = match error.kind {
-                    ErrorKind::StorageUnavailable => Closing::BackendLost,
-                    _ => Closing::RoomDeleted,
+                    ErrorKind::StorageUnavailable => CloseReason::Backend,
+                    _ => CloseReason::RoomDeleted,
                 };
                 let mut session = self;
                 session.ws.get_mut().push_text(error.to_event().as_bytes());
@@ -171,7 +162,7 @@ impl Session {
     /// then a half-close and a linger, so the client reads the close instead of a reset.
     fn finish(mut self, ending: &Ending) {
         log::info!("socket {} closed: {ending:?}", self.id);
-        let reason = ending.counted_as(self.doorbell.closing());
+        let reason = ending.counted_as(self.bell.closing());
         self.state.metrics.socket_closed(reason);
         let duplex = self.ws.get_mut();
         match ending.close_code() {
@@ -187,7 +178,7 @@ impl Session {
 }
 
 impl Chat {
-    /// The loop: move feed events out, read what came in, sleep in `poll` until either side
+    /// The loop: move events out, read what came in, sleep in `poll` until either side
     /// has something, ping when due. Returns how the socket ended.
     fn run(&mut self) -> Ending {
         let config = &self.session.state.config;
@@ -210,8 +201,8 @@ impl Chat {
         let mut last_ping = Instant::now();
         let mut close_deadline = None;
         loop {
-            if let Some(closing) = self.session.doorbell.closing() {
-                if closing == Closing::RoomDeleted {
+            if let Some(closing) = self.session.bell.closing() {
+                if closing == CloseReason::RoomDeleted {
                     self.reply_error(ApiError::new(ErrorKind::RoomNotFound));
                 }
                 return Ending::ServerClosed(closing);
@@ -219,26 +210,26 @@ impl Chat {
             if let Some(frame) = self.pending.take() {
                 self.answer(frame);
             }
-            self.move_feed_events();
+            self.move_events();
             let sent = match self.session.ws.get_mut().send_some() {
                 Ok(sent) => sent,
                 Err(_) => return Ending::Gone,
             };
-            if self.session.doorbell.set_stalled(sent == Sent::Blocked) {
+            if self.session.bell.set_stalled(sent == Sent::Blocked) {
                 self.membership.stalled();
             }
             let unsent = self.unsent_bytes();
-            // Sleep only with nothing left to move: the doorbell is armed first, so news
+            // Sleep only with nothing left to move: the bell is armed first, so an event
             // from now on rings it.
             if unsent == 0 {
                 self.session.ws.get_mut().shrink_when_idle();
-                self.session.doorbell.arm();
-                if self.has_news() {
-                    self.session.doorbell.disarm();
+                self.session.bell.arm();
+                if self.membership.has_news() {
+                    self.session.bell.disarm();
                     continue;
                 }
             }
-            if self.session.doorbell.closing().is_some() && close_deadline.is_none() {
+            if self.session.bell.closing().is_some() && close_deadline.is_none() {
                 close_deadline = Some(Instant::now() + write_timeout);
             }
             // The client is not read while its frame waits, or while it does not read us.
@@ -286,21 +277,11 @@ impl Chat {
         }
     }
 
-    /// Moves unread feed events to the client: encodes them as frames into the socket's
-    /// buffer (no allocation per event) and writes them out every [`FLUSH_BYTES`]. Stops
-    /// when the socket takes no more: the rest waits in the feed.
-    fn move_feed_events(&mut self) {
-        if self.awaiting_join {
-            let Some(cursor) = self.membership.join_arrived() else {
-                return;
-            };
-            self.awaiting_join = false;
-            self.reading = Some(Reading {
-                cursor,
-                until: None,
-            });
-        }
-        while let Some(reading) = self.reading {
+    /// Moves the events waiting in the socket's channel to the client: encodes them as
+    /// frames into the socket's buffer and writes them out every [`FLUSH_BYTES`]. Stops
+    /// when the socket takes no more: the rest waits in the channel.
+    fn move_events(&mut self) {
+        loop {
             if self.unsent_bytes() >= FLUSH_BYTES {
                 match self.session.ws.get_mut().send_some() {
                     Ok(Sent::All) => {}
@@ -308,26 +289,15 @@ impl Chat {
                     Ok(Sent::Blocked) | Err(_) => return,
                 }
             }
-            let until = reading.until.unwrap_or(u64::MAX);
             let duplex = self.session.ws.get_mut();
-            let cursor = self
+            let taken = self
                 .membership
-                .read(reading.cursor, until, FEED_BATCH, |text| {
-                    duplex.push_text(text.as_bytes())
-                });
-            let delivered = usize::try_from(cursor - reading.cursor).unwrap_or(usize::MAX);
-            self.session.state.metrics.events_delivered(delivered);
-            self.reading = (cursor < until).then_some(Reading { cursor, ..reading });
-            if !self.has_news() {
+                .take(TAKE_BATCH, |text| duplex.push_text(text.as_bytes()));
+            self.session.state.metrics.events_delivered(taken);
+            if taken < TAKE_BATCH {
                 return;
             }
         }
-    }
-
-    /// Whether the room has events this socket has not read yet.
-    fn has_news(&self) -> bool {
-        self.reading
-            .is_some_and(|r| self.membership.has_news(r.cursor))
     }
 
     fn unsent_bytes(&self) -> usize {
@@ -335,7 +305,7 @@ impl Chat {
     }
 
     /// Sleeps until the socket is readable (when `listen`) or writable (when `unsent`), the
-    /// doorbell rings, or `wake_at`. Returns whether the socket has something to read.
+    /// bell rings, or `wake_at`. Returns whether the socket has something to read.
     fn sleep_until(&self, wake_at: Instant, listen: bool, unsent: bool) -> io::Result<bool> {
         let wait = wake_at.saturating_duration_since(Instant::now());
         let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
@@ -349,12 +319,15 @@ impl Chat {
         if unsent {
             socket_events |= PollFlags::OUT;
         }
-        let doorbell = self.session.doorbell.fd();
+        let bell = self.session.bell.fd();
         let mut fds = [
             PollFd::new(&self.session.ws.get_ref().socket, socket_events),
-            PollFd::new(&doorbell, PollFlags::IN),
+            PollFd::new(&bell, PollFlags::IN),
         ];
-        match poll(&mut fds, Some(&timeout)) {
+        let polled = poll(&mut fds, Some(&timeout));
+        // Awake: from here on nobody needs to ring (an event is seen at the next take).
+        self.session.bell.disarm();
+        match polled {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -363,7 +336,7 @@ impl Chat {
             .revents()
             .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
         if fds[1].revents().contains(PollFlags::IN) {
-            self.session.doorbell.silence();
+            self.session.bell.silence();
         }
         Ok(readable)
     }
@@ -389,7 +362,7 @@ impl Chat {
             }
             match message {
                 // Once a close is under way, the client's last words are ignored.
-                _ if self.session.doorbell.closing().is_some() && !message.is_close() => {}
+                _ if self.session.bell.closing().is_some() && !message.is_close() => {}
                 Message::Text(_) | Message::Binary(_) if !self.within_rate()? => {}
                 Message::Text(text) => self.answer(text.as_str().to_owned()),
                 Message::Binary(_) => self.reply_error(ApiError::new(ErrorKind::InvalidJson)),
@@ -401,7 +374,7 @@ impl Chat {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
             // A socket that talks a lot keeps its own output moving too.
-            self.move_feed_events();
+            self.move_events();
         }
         Ok(heard)
     }
@@ -459,17 +432,11 @@ impl Chat {
                     .state
                     .metrics
                     .events_delivered(joined.replay.len());
-                // What was said before comes first, then the feed from this join on.
+                // What was said before comes first, then the channel from this join on.
                 let duplex = self.session.ws.get_mut();
                 for text in &joined.replay {
                     duplex.push_text(text.as_bytes());
                 }
-                // With several nodes the join comes back through Redis: reading starts there.
-                self.awaiting_join = joined.cursor.is_none();
-                self.reading = joined.cursor.map(|cursor| Reading {
-                    cursor,
-                    until: None,
-                });
                 log::info!("socket {id} joined room {room_id} as {name}");
             }
             // The room uses the name this socket joined with, never one from the frame.
@@ -477,11 +444,7 @@ impl Chat {
                 self.membership.send(&msg)?;
             }
             ClientEvent::Leave => {
-                let until = self.membership.leave()?;
-                self.reading = self.reading.map(|r| Reading {
-                    until: Some(until),
-                    ..r
-                });
+                self.membership.leave()?;
                 log::info!("socket {id} left room {room_id}");
             }
         }

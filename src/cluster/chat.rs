@@ -1,7 +1,7 @@
 //! Chat in Redis: joining, sending and leaving, each one script that checks the name's
 //! owner and publishes the event on the room's channel.
 
-use super::{channel, key, Link, Refused, StoredMember};
+use super::link::{channel, key, Link, Refused, StoredMember};
 
 impl Link {
     /// Takes `member`'s name (lower-cased `lower`) in room `id` and publishes `join_text`;

@@ -10,8 +10,9 @@ use redis::{Connection, RedisError, RedisResult};
 
 use crate::sync::lock;
 
-use super::{
-    key, millis, Kind, Link, StoredRoom, COMMAND_TIMEOUT, FIRST_BACKOFF, MAX_BACKOFF, PREFIX,
+use super::link::{
+    is_interrupted, key, millis, Kind, Link, StoredRoom, COMMAND_TIMEOUT, FIRST_BACKOFF,
+    MAX_BACKOFF, PREFIX,
 };
 
 impl Link {
@@ -79,6 +80,15 @@ impl Link {
                     self.dispatch(message.get_channel_name(), message.get_payload_bytes())
                 }
                 Err(e) if e.is_timeout() => {}
+                // A signal, not a lost connection: the subscription must still answer.
+                Err(e) if is_interrupted(&e) => {
+                    pubsub
+                        .set_read_timeout(Some(COMMAND_TIMEOUT))
+                        .map_err(failed)?;
+                    pubsub
+                        .ping::<redis::Value>()
+                        .map_err(|e| format!("subscription ping after {e}"))?;
+                }
                 Err(e) => return Err(format!("subscription: {e}")),
             }
         }
@@ -148,22 +158,17 @@ impl Link {
     /// sockets must go and it must register again.
     fn heartbeat(&self) -> Result<(), String> {
         let alive_for = millis(self.alive_for());
-        let refreshed = self
-            .command(|c| {
-                redis::cmd("SET")
-                    .arg(self.alive_key())
-                    .arg(1)
-                    .arg("PX")
-                    .arg(alive_for)
-                    .arg("XX")
-                    .query::<Option<String>>(c)
-            })
-            .map_err(|_| "heartbeat failed".to_owned())?;
-        if refreshed.is_none() {
-            return Err("this node's heartbeat expired".into());
-        }
-        let reaped = self
-            .command(|c| {
+        let refreshed = self.command(|c| {
+            redis::cmd("SET")
+                .arg(self.alive_key())
+                .arg(1)
+                .arg("PX")
+                .arg(alive_for)
+                .arg("XX")
+                .query::<Option<String>>(c)
+        });
+        let reaped = match refreshed {
+            Ok(Some(_)) => self.command(|c| {
                 self.scripts
                     .reap
                     .key(key("nodes"))
@@ -171,8 +176,17 @@ impl Link {
                     .arg(crate::clock::now_rfc3339())
                     .arg("")
                     .invoke::<i64>(c)
-            })
-            .map_err(|_| "reaping failed".to_owned())?;
+            }),
+            Ok(None) => return Err("this node's heartbeat expired".into()),
+            Err(down) => Err(down),
+        };
+        // A failure that took the link down ends the subscription; one that did not (an
+        // interrupted call) is tried again at the next beat.
+        let reaped = match reaped {
+            Ok(reaped) => reaped,
+            Err(_) if self.is_up() => return Ok(()),
+            Err(_) => return Err("heartbeat failed".into()),
+        };
         if reaped > 0 {
             log::info!("{reaped} members of nodes that stopped were reaped");
         }

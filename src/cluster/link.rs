@@ -1,16 +1,7 @@
-//! Several nodes (SPEC, "Several nodes (Redis)"): everything the nodes share, in Redis, and
-//! the one subscription each node delivers from.
-//!
-//! This is the only module that speaks to Redis. It knows rooms only as records and texts;
-//! `rooms::cluster` turns them into the room map's answers and local feeds. It uses the
-//! `redis` crate's blocking API: no async runtime (SPEC, Design card).
-//!
-//! Layout of `redis_link/`:
-//! - this file: the types that cross it, [`Link`] (its connection pool, down and up);
-//! - `scripts`: the Lua scripts, one per room change;
-//! - `subscriber`: the subscriber thread: subscription, registration, heartbeat, reaping;
-//! - `rooms`: rooms, members and history as the REST side reads and changes them;
-//! - `chat`: join, send and leave.
+//! The connection to Redis every thread of a node shares ([`Link`]): its pool, whether it
+//! is up, what happens when it goes down, and the types that cross it. Its commands are
+//! in `records` (rooms, members, history), `chat` (join, send, leave) and `subscriber`
+//! (the subscription, heartbeat and reaping); the scripts in `scripts`.
 //!
 //! # Keys and channels (all under `chitchat:`)
 //! | key | type | what |
@@ -52,11 +43,6 @@
 //! marks the link up again. Nothing acknowledged is silently lost: a write is answered only
 //! after Redis ran it, and a socket that may have missed events is closed, not left behind.
 
-mod chat;
-mod rooms;
-mod scripts;
-mod subscriber;
-
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -65,18 +51,18 @@ use std::time::{Duration, Instant};
 use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use serde::{Deserialize, Serialize};
 
+use super::scripts::{Scripts, CREATE, DELETE, INIT, JOIN, LEAVE, REAP, SEND, UPDATE};
 use crate::sync::lock;
-use scripts::{Scripts, CREATE, DELETE, INIT, JOIN, LEAVE, REAP, SEND, UPDATE};
 
 /// Every key and channel starts with this.
-const PREFIX: &str = "chitchat:";
+pub(super) const PREFIX: &str = "chitchat:";
 /// How long a new connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one command may take before Redis counts as unreachable.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first pause before reconnecting; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest time between two heartbeats (and subscription pings).
 const MAX_BEAT: Duration = Duration::from_secs(1);
 /// How long `start` waits for the first connection before serving (503 until it comes).
@@ -164,43 +150,54 @@ pub trait Listener: Send + Sync {
 
 /// The connection to Redis shared by every thread of this node. See the module docs.
 pub struct Link {
-    client: Client,
+    pub(super) client: Client,
     /// This node's id: random per process.
-    node: String,
+    pub(super) node: String,
     /// Idle connections for commands (the subscription has its own).
-    pool: Mutex<Vec<Connection>>,
+    pub(super) pool: Mutex<Vec<Connection>>,
     /// True while the subscription runs and the node is registered: REST calls and chat
     /// go through only then (SPEC, Metrics and health: `chitchat_backend_up`).
-    up: AtomicBool,
+    pub(super) up: AtomicBool,
     /// Set once this node has seen Redis with its data, to tell a Redis that lost it.
-    seen_data: AtomicBool,
-    stopping: AtomicBool,
+    pub(super) seen_data: AtomicBool,
+    pub(super) stopping: AtomicBool,
     /// A dead node's members are reaped once this long has passed without its heartbeat.
-    ttl: Duration,
+    pub(super) ttl: Duration,
     /// How many `send` events each room keeps.
-    history_len: usize,
-    listener: Mutex<Option<Weak<dyn Listener>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    scripts: Scripts,
+    pub(super) history_len: usize,
+    pub(super) listener: Mutex<Option<Weak<dyn Listener>>>,
+    pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) scripts: Scripts,
 }
 
-fn key(name: &str) -> String {
+pub(super) fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-fn channel(room_id: u64) -> String {
+pub(super) fn channel(room_id: u64) -> String {
     format!("{PREFIX}room:{room_id}")
 }
 
 /// Whether `error` means the connection (or Redis) is unusable, rather than a script or a
-/// reply this build got wrong (a bug: logged, answered 605, but the sockets stay).
+/// reply this build got wrong (a bug: logged, answered 605, but the sockets stay), or a
+/// system call interrupted by a signal ([`is_interrupted`]).
 fn is_link_failure(error: &RedisError) -> bool {
-    !matches!(
+    let wrong_reply = matches!(
         error.kind(),
         ErrorKind::Server(ServerErrorKind::ResponseError)
             | ErrorKind::UnexpectedReturnType
             | ErrorKind::Parse
-    )
+    );
+    !wrong_reply && !is_interrupted(error)
+}
+
+/// Whether `error` is a read or write that a signal interrupted (EINTR): a process stopped
+/// and continued (`kill -STOP`, a debugger, Ctrl-Z) gets one from a socket call with a
+/// timeout, whose connection is as good as before. The crate does not expose the I/O
+/// error's kind, so this is an I/O error that is neither a timeout nor a dropped
+/// connection; whoever sees one checks the connection (a `PING`) rather than assume.
+pub(super) fn is_interrupted(error: &RedisError) -> bool {
+    error.is_io_error() && !error.is_timeout() && !error.is_connection_dropped()
 }
 
 impl Link {
@@ -286,19 +283,22 @@ impl Link {
 
     /// How often heartbeats (and subscription pings) go out: a quarter of the ttl, at most
     /// [`MAX_BEAT`], so a dead node's heartbeat expires and is reaped within the ttl.
-    fn beat(&self) -> Duration {
+    pub(super) fn beat(&self) -> Duration {
         (self.ttl / 4).clamp(Duration::from_millis(50), MAX_BEAT)
     }
 
     /// How long a heartbeat keeps this node alive: the ttl less one beat, the most a reaper
     /// may take to notice.
-    fn alive_for(&self) -> Duration {
+    pub(super) fn alive_for(&self) -> Duration {
         self.ttl.saturating_sub(self.beat()).max(self.beat())
     }
 
     /// Runs `work` on a pooled connection. Fails at once while the link is down; a failure
     /// takes the link down (see the module docs).
-    fn command<T>(&self, work: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T, Down> {
+    pub(super) fn command<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, Down> {
         if !self.is_up() {
             return Err(Down);
         }
@@ -319,18 +319,21 @@ impl Link {
         }
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
+    pub(super) fn connect(&self) -> RedisResult<Connection> {
         let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
         Ok(connection)
     }
 
-    /// Handles a failed command: a link failure takes the link down; anything else is a
-    /// bug here, logged. Either way the caller answers 605.
-    fn fail(&self, error: &RedisError) -> Down {
+    /// Handles a failed command: a link failure takes the link down; an interrupted call
+    /// only fails this command (its connection is dropped, the link stays up); anything else
+    /// is a bug here, logged. Either way the caller answers 605.
+    pub(super) fn fail(&self, error: &RedisError) -> Down {
         if is_link_failure(error) {
             self.lose(&format!("{error}"));
+        } else if is_interrupted(error) {
+            log::info!("a Redis command was interrupted by a signal: {error}");
         } else {
             log::error!("Redis refused a command: {error}");
         }
@@ -339,7 +342,7 @@ impl Link {
 
     /// Takes the link down, once per outage: pooled connections are dropped and the room
     /// map closes every socket.
-    fn lose(&self, why: &str) {
+    pub(super) fn lose(&self, why: &str) {
         if self.up.swap(false, SeqCst) {
             log::warn!("Redis unreachable ({why}): closing sockets and reconnecting");
             lock(&self.pool).clear();
@@ -351,7 +354,7 @@ impl Link {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)

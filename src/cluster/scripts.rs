@@ -1,6 +1,6 @@
 //! The Lua scripts: each room change is one script, and Redis runs scripts one at a time,
 //! so ids, names, history and each room's order come from one atomic step (see the module
-//! docs of `redis_link`). `Link` calls them through [`Scripts`].
+//! docs of `cluster`). `Link` calls them through [`Scripts`].
 
 use redis::Script;
 

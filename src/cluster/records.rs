@@ -1,9 +1,9 @@
 //! Rooms in Redis: reading them, and creating, updating and deleting them through the
-//! scripts; members and history as the REST side reads them.
+//! scripts; members, history and counts as the REST side reads them.
 
 use std::collections::HashMap;
 
-use super::{channel, key, Down, Link, Refused, RoomRead, StoredMember, StoredRoom, PREFIX};
+use super::link::{channel, key, Down, Link, Refused, RoomRead, StoredMember, StoredRoom, PREFIX};
 
 impl Link {
     /// Every room, by id.
@@ -135,6 +135,21 @@ impl Link {
                 members
             })
             .collect())
+    }
+
+    /// How many rooms exist, and how many names are joined in all of them (every node's),
+    /// for `/metrics`: two round trips.
+    pub fn counts(&self) -> Result<(usize, usize), Down> {
+        let ids: Vec<String> = self.command(|c| redis::cmd("HKEYS").arg(key("rooms")).query(c))?;
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HLEN").arg(key(&format!("members:{id}")));
+        }
+        let members: Vec<usize> = self.command(|c| pipe.query(c))?;
+        Ok((ids.len(), members.iter().sum()))
     }
 
     /// Room `id`'s kept messages with an id above `since`, oldest first.
