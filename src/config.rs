@@ -47,9 +47,9 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// bcrypt work factor for room passwords (`bcrypt_cost`); tests use the minimum, 4.
     pub bcrypt_cost: u32,
-    /// Events a room's feed holds, read by every member from its own cursor, before a
-    /// speaker waits for those behind (or a reader that stopped reading is closed):
-    /// `send_queue_len`. A hard bound on each room's queued events.
+    /// Events a member's channel may hold untaken before a speaker waits for it (or, if its
+    /// client stopped reading, it is closed): `send_queue_len`. The bound of each socket's
+    /// queue.
     pub send_queue_len: usize,
     /// How often an idle socket is pinged (`ping_interval_s`).
     pub ping_interval: Duration,
@@ -500,7 +500,7 @@ mod tests {
             let err = load(json, &[]).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{json}");
         }
-        // The history is replayed straight to the socket, not through the feed: no bound.
+        // The history is replayed straight to the socket, not through its channel: no bound.
         let (config, _) = load(r#"{"history_len":300,"send_queue_len":4}"#, &[]).unwrap();
         assert_eq!((config.history_len, config.send_queue_len), (300, 4));
     }

@@ -5,81 +5,72 @@
 //! ChitChat runs on small hosts and is read in classrooms. A thread per connection, with
 //! plain blocking I/O, keeps every request and every socket a straight line of code that a
 //! reader can follow, and keeps the dependency tree small (no tokio, no futures executor).
-//! The costs (a parked thread per idle socket) are measured in BENCHMARKS.md and kept small
+//! The cost, a parked thread per idle socket, is measured in BENCHMARKS.md and kept small
 //! on purpose: one thread per socket that sleeps in `poll(2)` on the socket and on its
-//! doorbell, no queue per socket (a room's members read one shared feed), small buffers.
+//! bell, a channel that is empty when idle, small buffers. ARCHITECTURE.md draws the
+//! threads, the locks and the paths below with the figures behind each decision.
 //!
 //! # Layout, in reading order
-//! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
-//! - `error`: every error a client can see: code, message, HTTP status, JSON body.
-//! - [`path`]: `/chats/<id-or-title>/...` parsed once, for both listeners.
-//! - `rooms`: the room map: ids, titles, validation, members, each room's feed of events,
-//!   history and message ids, and the lock rules (`rooms/mod.rs` states them).
-//! - `store`: the SQLite file behind the room map, behind a `Store` trait (`store/mod.rs`:
-//!   the trait and its types; `sqlite`: the handle and its writer thread; `schema`:
-//!   opening, checking and migrating the file).
-//! - `redis_link`: several nodes (`redis_url`): rooms, ids, history, presence and each
-//!   room's one order in Redis, the subscription every node delivers from, and what
-//!   happens when Redis goes away (`rooms/cluster.rs` is the room map's side of it).
-//! - [`token`]: JWTs (HS256 only), a key per room, and where a request presents one.
-//! - `hasher`: bcrypt on low-priority threads, so hashing never slows cheap requests; its
-//!   queue is bounded (`bcrypt_queue_len`).
-//! - `limits`: who a client is (`trusted_proxies`, `X-Forwarded-For`), and the limits
-//!   checked before expensive work: connections, failed token requests, room creations,
-//!   each socket's frame rate; every per-address table bounded.
-//! - `metrics`: the counters and the text `/metrics` serves.
-//! - `http`: the REST API, the page, `/healthz` and `/metrics`, on tiny_http worker threads
+//! One room, REST and chat first; limits, the store and Redis last.
+//! - `rooms`: one room's live side (`room`: its members' crossbeam channels, the fan-out,
+//!   who waits), how a socket's thread is woken (`bell`), the [`Rooms`](rooms::Rooms)
+//!   seam every request and socket goes through, and the one-node backend (`map`: rooms
+//!   by id and title, disk first then memory; `catalog`: what a valid room is).
+//! - [`event`]: chat events on the wire; `error`: every error a client can see (code,
+//!   message, HTTP status, JSON body); [`path`]: `/chats/<id-or-title>/...`, parsed once.
+//! - `http`: the REST API, the page, `/healthz` and `/metrics` on tiny_http worker threads
 //!   (`http/tokens.rs`: the token endpoints and the token check).
-//! - `ws`: the WebSocket listener, the handshake, a thread per socket.
-//! - [`event`]: chat events on the wire; `clock`: RFC 3339 times; `web`: the page;
-//!   `sync`: taking locks.
+//! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
+//! - [`token`]: JWTs (HS256 only), a key per room; `hasher`: bcrypt on low-priority
+//!   threads, its queue bounded (`bcrypt_queue_len`).
+//! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
+//! - `limits`: who a client is (`trusted_proxies`), and the limits checked before expensive
+//!   work; `metrics`: the counters and the text `/metrics` serves.
+//! - `store`: the SQLite file behind the one-node map, and its writer thread.
+//! - `cluster`: several nodes (`redis_url`): the same seam over Redis. A reader of one node
+//!   never needs to open it.
+//! - `clock`: RFC 3339 times; `web`: the page; `sync`: taking locks.
 //!
-//! # One REST request: `PUT /chats/7`
-//! 1. A tiny_http pool thread reads the request; an HTTP worker thread takes it in
-//!    `http::serve` and calls `http::handle`.
-//! 2. `http::route` splits the path (`path::split`) into `Route::UpdateRoom(RoomRef::Id(7))`.
-//!    `http::handle` works out the client's address once (`limits::client_addr`), for the
-//!    limits and for `metrics_allow`.
-//! 3. `http::update_room`: `rooms.key` (the index's read lock, then room 7's lock, to copy
-//!    its id, visibility and hash), `require_token` (`token::presented`, `token::verify`:
-//!    no lock), `read_json` (the body through a byte cap), then `rooms.update`.
-//! 4. `rooms::catalog`: validate; copy the room's description (room lock); hash a new
-//!    password on a `hasher` thread (no lock held); take the writers' lock; check that
-//!    nobody changed the room meanwhile (else start again); write the room to SQLite
-//!    (only the writers' lock is held: chat goes on); apply it in memory (room lock, and
-//!    the index's write lock for a new title).
-//! 5. `Reply::json(200, RoomView)`, written by `http::respond`. Any `Err(ApiError)` on the
-//!    way becomes its JSON error reply in one place (`impl From<ApiError> for Reply`).
+//! # One REST request: `POST /chats`
+//! 1. A tiny_http thread reads the request; an HTTP worker takes it in `http::serve`;
+//!    `http::route` names it `Route::CreateRoom`.
+//! 2. `http::create_room`: the client's `rooms_per_minute`, then `read_json` (the body
+//!    through a byte cap) into a `RoomInput`.
+//! 3. `RoomMap::create` (`rooms/map.rs`): `RoomInput::new_room` validates; `hash_for`
+//!    runs bcrypt on a `hasher` thread, no lock held.
+//! 4. The writers' lock; the index's read lock: the title is free, the next id.
+//! 5. `Store::save_room`: the store's writer thread commits it; a 201 means it is on disk.
+//! 6. The index's write lock: the room goes in. `Reply::json(201, ...)` with `Location`,
+//!    written by `http::respond`; any `Err(ApiError)` on the way becomes its JSON error.
 //!
-//! # One chat message: `{"event_type":"send","msg":"hi"}`
-//! 1. The speaker's session thread (`ws::session`) wakes in `poll`: its socket is readable.
-//!    `read_available` reads the text frame, the socket's own `FrameLimit` lets it through
-//!    (no lock: past `msgs_per_second` it is dropped with a 603 event), `ClientEvent::parse`
-//!    checks it, `handle` calls `Membership::send`.
-//! 2. `rooms::fanout`, under the room's lock (memory work only): the name is the one this
-//!    socket joined with, never the frame's; the feed has room (or a reader whose client
-//!    stopped reading is closed, or the speaker is told to wait); the next message id; the
-//!    event serialised once; appended to the feed; kept in the history. Members asleep are
-//!    noted, not woken.
-//! 3. The lock released, `Aftermath::finish` rings the noted members' doorbells (one eventfd
-//!    write each) and queues the message for the history writer thread (SQLite, batched).
-//! 4. Each member's session thread wakes on its doorbell, copies the new events out of the
-//!    feed (`Membership::read`: the room's lock, briefly), encodes them as text frames into
-//!    its own buffer (`ws::frame`) and writes them to its socket as it takes them.
+//! # One chat message on one node: `{"event_type":"send","msg":"hi"}`
+//! 1. The speaker's thread (`ws::session`) wakes in `poll`: its socket is readable.
+//!    `read_available` reads the frame, the socket's `FrameLimit` lets it through,
+//!    `ClientEvent::parse` checks it, `handle` calls `Membership::send`.
+//! 2. `RoomMap::send` (`rooms/map.rs`), under the room's lock (`Room::locked`): the name
+//!    this socket joined with, never the frame's; room in every member's channel
+//!    (`RoomState::make_space`); the next message id; the event serialised once.
+//! 3. `RoomState::broadcast` (`rooms/room.rs`): a `try_send` of the shared `Arc<str>` to
+//!    each member's channel; members asleep are noted. The message is kept in the history.
+//! 4. The lock released, the speaker's thread rings the noted members' bells (one eventfd
+//!    write each) and queues the message for the store's writer thread.
+//! 5. Each member's thread wakes on its bell, takes the events from its channel
+//!    (`Membership::take`), encodes them into its buffer and writes them to its socket
+//!    (`ws::frame`).
 //!
-//! Threads crossed: the speaker's session thread, then each member's (through its
-//! doorbell); the disk is reached on the history writer's thread, off the path. Locks: the
-//! room's lock, once for the speaker and once per member per batch of events.
+//! Threads crossed: the speaker's, then each member's. Lock: the room's, once.
 //!
-//! With several nodes (`redis_url`), step 2 only checks the name and the feed's room; the
-//! speaker's thread then runs one Lua script in Redis (no lock held) that numbers the
-//! message, keeps it in the history and publishes it on the room's channel. Every node's
-//! `redis-subscriber` thread, the speaker's too, appends it to the local feed (the room's
-//! lock) and notes sleeping members; steps 3 and 4 follow unchanged. One Redis script at a
-//! time gives every socket, on every node, the channel's order.
+//! # With several nodes
+//! Step 2 only checks the name and the channels' room; then the speaker's thread runs one
+//! Lua script in Redis (`cluster/chat.rs`, no lock held) that numbers the message, keeps it
+//! and publishes it. Every node's `redis-subscriber` thread, the speaker's too, hands it to
+//! its local room (`RoomState::deliver`), which broadcasts it as in step 3; steps 4 and 5
+//! follow, rung by the subscriber thread. One script at a time gives every socket, on
+//! every node, the channel's order.
 //!
-//! [`start`] builds one [`State`], hands it to both listeners, and returns a [`Running`]
-//! server; `main` only parses arguments, sets up logging and waits for a signal.
+//! [`start`] builds one [`State`], chooses the backend, hands both to the listeners, and
+//! returns a [`Running`] server; `main` only parses arguments, sets up logging, starts and
+//! waits for a signal.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]

@@ -131,8 +131,8 @@ impl CloseReason {
 pub struct Metrics {
     /// Data frames read from clients (text or binary), refused ones included.
     events_received: AtomicU64,
-    /// Room events handed to sockets to write (feed events and replayed history), one per
-    /// event per socket.
+    /// Room events handed to sockets to write (from their channels, and replayed history),
+    /// one per event per socket.
     events_delivered: AtomicU64,
     /// Chat sockets ended, by [`CloseReason`] (indexed like `CloseReason::ALL`).
     sockets_closed: [AtomicU64; CloseReason::ALL.len()],

@@ -746,8 +746,9 @@ fn a_redis_that_stops_answering_closes_sockets_with_1012_until_it_answers() {
 }
 
 /// Back-pressure across nodes: a socket on node B that stops reading cannot slow a speaker
-/// on node A (B's subscriber never waits): B's feed overshoots, the laggard is closed with
-/// 1008 and its leave broadcast, and a socket on B that reads gets every message in order.
+/// on node A (B's subscriber never waits): B's channels overshoot their bound, the laggard
+/// is closed with 1008 and its leave broadcast, and a socket on B that reads gets every
+/// message in order.
 /// (The flooder floods on purpose: `msgs_per_second` is off.)
 #[test]
 fn a_reader_that_stops_reading_on_another_node_is_closed_and_slows_no_one() {

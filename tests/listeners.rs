@@ -296,7 +296,7 @@ fn rest_and_websocket_listeners_come_back_after_descriptors_run_out() {
                 .then_some(())
         },
     );
-    // The WebSocket side may have failed after its accepts instead (its doorbell's
+    // The WebSocket side may have failed after its accepts instead (its bell's
     // eventfd), so only its series is asked for there.
     let metrics = scrape(server.http);
     let http_errors = metrics.value("chitchat_accept_errors_total", &[("listener", "http")]);

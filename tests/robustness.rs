@@ -343,14 +343,14 @@ fn a_socket_that_stops_reading_is_closed_with_1008_and_slows_no_one() {
     assert_eq!(slow.expect_close(), 1008);
 }
 
-/// A room whose feed is far smaller than the burst slows its speaker down instead of
+/// A room whose channels are far smaller than the burst slows its speaker down instead of
 /// dropping anyone: with `send_queue_len` 4, one speaker writes 500 messages without
 /// waiting, and four sockets that keep reading (however far behind their threads fall)
 /// each get all 500 in order, and nobody is closed or leaves. (Issue 10: at 500 x 1,000
 /// msg/s sockets that were reading were closed as slow readers.) `msgs_per_second` is off:
 /// the speaker floods on purpose.
 #[test]
-fn sockets_that_keep_reading_get_every_event_when_the_feed_is_full() {
+fn sockets_that_keep_reading_get_every_event_when_their_channels_are_full() {
     const MESSAGES: usize = 500;
     let server = TestServer::start_with(|c| {
         c.send_queue_len = 4;

@@ -220,7 +220,7 @@ fn one_node(options: &ServerOptions, seconds: f64, table: &mut Table) -> Res<()>
         "deliveries/s",
         both(&|o| stats::rate(o.figures.deliveries_per_s)),
     );
-    // A node makes its own speakers wait while one of its readers is behind in its feed
+    // A node makes its own speakers wait while one of its readers is behind, its channel full
     // (SPEC: no reader loses an event), so readers that cannot keep up show here as well
     // as in the latency. A subscription that falls behind shows only in the latency: a
     // speaker is answered once Redis has its message, before any node delivers it.

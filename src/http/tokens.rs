@@ -1,4 +1,4 @@
-//! The token endpoints (`POST /chats/<room>/token`, `PUT /chats/<room>/token`) and the
+//! The token endpoints (`POST /chats/<room>/token`, `GET /chats/<room>/token/renew`) and the
 //! check every endpoint makes of a presented token ([`require_token`], the
 //! `Authorization: Bearer` header). Signing and verifying are `crate::token`; wrong
 //! secrets are counted by `limits` before bcrypt runs.

@@ -35,6 +35,7 @@ mod map;
 mod room;
 mod view;
 
+use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -169,17 +170,19 @@ impl Membership {
     }
 
     /// Hands at most `max` of the events waiting in the socket's channel to `each`, in
-    /// order; returns how many. When the channel was full and speakers wait for it, they
-    /// are rung: there is room now.
+    /// order; returns how many. When speakers wait (for this channel, perhaps), they are
+    /// rung: there may be room now.
     pub fn take(&self, max: usize, mut each: impl FnMut(&str)) -> usize {
-        let was_full = self.inbox.len() >= self.room.capacity();
         let taken = self
             .inbox
             .try_iter()
             .take(max)
             .map(|text| each(&text))
             .count();
-        if was_full && taken > 0 && self.room.has_waiting() {
+        // Pairs with `RoomState::make_space`: either the speaker sees this channel's new
+        // room, or this sees that it waits.
+        fence(SeqCst);
+        if taken > 0 && self.room.has_waiting() {
             self.room.retry_waiting();
         }
         taken

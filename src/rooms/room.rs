@@ -56,10 +56,9 @@ pub struct Room {
     /// disk I/O, bcrypt, a log line, a Redis call or a system call on another socket.
     state: Mutex<RoomState>,
     /// Set while speakers wait for a full channel, read without the lock by members that
-    /// take from a full channel (so they tell the room only when someone waits).
-    waiting: AtomicBool,
-    /// How many untaken events a member's channel may hold (`send_queue_len`).
-    capacity: usize,
+    /// take from their channels (so they tell the room only when someone waits). Shared
+    /// with the state, which sets it the moment a speaker starts waiting.
+    waiting: Arc<AtomicBool>,
 }
 
 /// Everything behind a room's lock.
@@ -79,6 +78,8 @@ pub struct RoomState {
     last_message_id: u64,
     /// Speakers told [`Refusal::Busy`], to be rung when a full channel is taken from.
     waiting: Vec<Arc<Bell>>,
+    /// Whether `waiting` has anyone, for members to read without the lock (`Room::waiting`).
+    waiting_flag: Arc<AtomicBool>,
     capacity: usize,
 }
 
@@ -165,6 +166,7 @@ impl Room {
         let last_message_id = history.back().map_or(0, |(id, _)| *id).max(last_message_id);
         // A channel of one could never take a join and the leave that may follow it.
         let capacity = capacity.max(2);
+        let waiting = Arc::new(AtomicBool::new(false));
         Room {
             id,
             state: Mutex::new(RoomState {
@@ -175,10 +177,10 @@ impl Room {
                 history_len,
                 last_message_id,
                 waiting: Vec::new(),
+                waiting_flag: Arc::clone(&waiting),
                 capacity,
             }),
-            waiting: AtomicBool::new(false),
-            capacity,
+            waiting,
         }
     }
 
@@ -193,11 +195,6 @@ impl Room {
         };
         after.finish();
         result
-    }
-
-    /// How many untaken events a member's channel may hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Whether speakers wait for a full channel (no lock taken).
@@ -309,6 +306,28 @@ impl RoomState {
     /// full one still reads, [`Refusal::Busy`] and `session` is rung once it has taken
     /// from it (see the module docs).
     pub fn make_space(&mut self, session: u64, after: &mut After) -> Result<(), Refusal> {
+        if !self.is_anyone_behind(after) {
+            return Ok(());
+        }
+        if let Some(socket) = self.sockets.get(&session) {
+            if !self.waiting.iter().any(|w| Arc::ptr_eq(w, &socket.bell)) {
+                self.waiting.push(Arc::clone(&socket.bell));
+            }
+        }
+        // Said before looking again: a member taking from its channel from now on sees it
+        // and rings; one that took before is seen here (SeqCst on both sides, see
+        // `Membership::take`), so the speaker never waits for a ring that will not come.
+        self.waiting_flag.store(true, SeqCst);
+        if self.is_anyone_behind(after) {
+            Err(Refusal::Busy)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a receiving member's channel is full while its client reads; full ones whose
+    /// client stopped reading are closed as slow readers on the way.
+    fn is_anyone_behind(&mut self, after: &mut After) -> bool {
         let mut behind = false;
         for socket in self.sockets.values_mut() {
             if !socket.receiving || socket.outbox.len() < self.capacity {
@@ -320,15 +339,7 @@ impl RoomState {
                 behind = true;
             }
         }
-        if !behind {
-            return Ok(());
-        }
-        if let Some(socket) = self.sockets.get(&session) {
-            if !self.waiting.iter().any(|w| Arc::ptr_eq(w, &socket.bell)) {
-                self.waiting.push(Arc::clone(&socket.bell));
-            }
-        }
-        Err(Refusal::Busy)
+        behind
     }
 
     /// Hands `text` to every receiving member's channel, in the room's order, and notes

@@ -13,7 +13,8 @@
 //!   (an SD card, every flush 30 ms) the writer is busy committing messages nearly all the
 //!   time, and a room write that had to win a mutex from it waited seconds; now it waits at
 //!   most for the one commit under way.
-//! - Messages reach the writer thread through a bounded channel. It takes whatever queued
+//! - Messages reach the writer thread through a channel whose bound (`MESSAGE_QUEUE_LEN`)
+//!   is kept by hand, so it allocates only as it fills. It takes whatever queued
 //!   up while it was writing and commits it in one transaction: no timer, so a quiet room
 //!   is written at once and a busy one in larger batches. The fan-out never waits for the
 //!   disk; if the disk falls so far behind that the queue fills, messages are left out of
