@@ -459,7 +459,7 @@ def update(path, failures):
             print(f"     {os.path.relpath(path, REPO)}:{first}: has [...] or ...: update it by hand")
             continue
         new = item.actual.rstrip("\n").split("\n")
-        lines[first - 1 : end - 1] = [l.rstrip() for l in new]
+        lines[first - 1 : end] = [l.rstrip() for l in new]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 
