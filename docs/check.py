@@ -66,6 +66,8 @@ SETTLE_S = 0.5  # after a terminal's ready line: the log line or two that follow
 STOP_TIMEOUT_S = 30
 # Variables a reader's fresh shell would not have, but that would change what the server does.
 CLEAN_ENV = ("SECRET_KEY", "ADMIN_KEY", "PORT", "WS_PORT", "REDIS_URL", "GLIBC_TUNABLES")
+# ... and make's own, under `make docs-check`: a block's `make run` would say "make[1]: ...".
+CLEAN_ENV += ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
 
 DIRECTIVE = re.compile(r"^<!--\s*check:\s*(\S+)\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(`{3,})\s*([\w-]*)")
