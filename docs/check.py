@@ -40,7 +40,8 @@ The convention (HACKING.md, "The docs check", says the same for writers):
   error: write the commands as sh and the output as text, so that the commands can
   be pasted as they are.
 
---update rewrites each text block that does not match with the output of this run
+--host-network runs on this host's loopback even where a namespace would work. --update
+rewrites each text block that does not match with the output of this run
 (blocks with `[...]` or `...` are left alone and reported), so the output shown is
 real; read the diff before committing it. --keep leaves the scratch copies behind.
 """
@@ -481,6 +482,7 @@ def main():
     ap.add_argument("files", nargs="*")
     ap.add_argument("--update", action="store_true", help="write this run's output into mismatching text blocks")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    ap.add_argument("--host-network", action="store_true", help="run on this host's loopback even when unshare -n works")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -503,7 +505,7 @@ def main():
         )
         + [os.path.join(REPO, "HACKING.md")]
     )
-    own_netns = netns_works()
+    own_netns = not args.host_network and netns_works()
     if not own_netns:
         print("docs-check: no network namespace (unshare -n): running on this host's loopback")
     bad = []
