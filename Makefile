@@ -1,10 +1,10 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench redis-server fuzz soak
+.PHONY: run build test bench redis-server fuzz soak docs-check
 
 # apt-get needs root: sudo when we are not root.
 AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
 
-# Quiet on purpose: `make run` shows what the server prints (README, "Run it"), not make's
+# Quiet on purpose: `make run` shows what the server prints (README, "Quick start"), not make's
 # echo of each command or cargo's status lines; errors and warnings still show. make stays
 # the server's parent whatever the recipe says (`exec` changes nothing), so a Ctrl-C, which
 # reaches make too, makes the shell report 130 while the server itself exits 0.
@@ -50,3 +50,11 @@ fuzz:
 SOAK_SECONDS ?= 600
 soak:
 	bash bench/run.sh --only soak --soak-seconds $(SOAK_SECONDS) --out target/SOAK.md
+
+# Every shell block of README.md, docs/*.md and HACKING.md, pasted in reading order into a
+# fresh shell in a scratch copy of the tree (in a network namespace of its own when
+# `unshare -n` works), its output compared with the output the file shows: docs/check.py,
+# whose opening comment gives the convention. Reuses the release build; needs curl,
+# websocat, sqlite3, redis-server and nginx. About two minutes. Not part of `make test`.
+docs-check: build redis-server
+	python3 docs/check.py
