@@ -13,7 +13,7 @@
 //! # Layout, in reading order
 //! One room, REST and chat first; limits, the store and Redis last.
 //! - `rooms`: one room's live side (`room`: its members' crossbeam channels, the fan-out,
-//!   who waits), how a socket's thread is woken (`bell`), the [`Rooms`](rooms::Rooms)
+//!   who waits), how a socket's thread is woken (`bell`, `waker`), the [`Rooms`](rooms::Rooms)
 //!   seam every request and socket goes through, and the one-node backend (`map`: rooms
 //!   by id and title, disk first then memory; `catalog`: what a valid room is).
 //! - [`event`]: chat events on the wire; `error`: every error a client can see (code,
@@ -52,21 +52,23 @@
 //!    (`RoomState::make_space`); the next message id; the event serialised once.
 //! 3. `RoomState::broadcast` (`rooms/room.rs`): a `try_send` of the shared `Arc<str>` to
 //!    each member's channel; members asleep are noted. The message is kept in the history.
-//! 4. The lock released, the speaker's thread rings the noted members' bells (one eventfd
-//!    write each) and queues the message for the store's writer thread.
+//! 4. The lock released, the speaker's thread hands the noted members to the `room-waker`
+//!    thread (`rooms::waker`), which rings their bells (one eventfd write each), and queues
+//!    the message for the store's writer thread.
 //! 5. Each member's thread wakes on its bell, takes the events from its channel
 //!    (`Membership::take`), encodes them into its buffer and writes them to its socket
 //!    (`ws::frame`).
 //!
-//! Threads crossed: the speaker's, then each member's. Lock: the room's, once.
+//! Threads crossed: the speaker's, which puts the event in every member's channel; the
+//! waker, which only rings (ARCHITECTURE.md: why it pays for itself); then each member's.
+//! Lock: the room's, once.
 //!
 //! # With several nodes
 //! Step 2 only checks the name and the channels' room; then the speaker's thread runs one
 //! Lua script in Redis (`cluster/chat.rs`, no lock held) that numbers the message, keeps it
 //! and publishes it. Every node's `redis-subscriber` thread, the speaker's too, hands it to
 //! its local room (`RoomState::deliver`), which broadcasts it as in step 3; steps 4 and 5
-//! follow, rung by the subscriber thread. One script at a time gives every socket, on
-//! every node, the channel's order.
+//! follow. One script at a time gives every socket, on every node, the channel's order.
 //!
 //! [`start`] builds one [`State`], chooses the backend, hands both to the listeners, and
 //! returns a [`Running`] server; `main` only parses arguments, sets up logging, starts and

@@ -153,7 +153,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
 /// The file `--config` named, else `./config.json`, else (no such file) the built-in
 /// defaults, with the environment applied; also the lines to log once logging is up.
 ///
-/// "Every key is optional" (README), so a missing default file means the defaults; a file
+/// "Every key is optional" (docs/configuration.md), so a missing default file means the defaults; a file
 /// named with `--config` must exist, so a typo there stops start-up instead of going
 /// unnoticed. Only "no such file" counts as missing: an unreadable `./config.json`, or a
 /// link to nothing, is an error like any other.

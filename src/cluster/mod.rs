@@ -55,7 +55,7 @@ use crate::metrics::CloseReason;
 use crate::path::RoomRef;
 use crate::rooms::{
     hash_for, Bell, Counts, Info, Joined, Member, Refusal, Room, RoomInput, RoomKey, RoomView,
-    Rooms, UserView, Visibility,
+    Rooms, UserView, Visibility, Waker,
 };
 use crate::sync::{read, write};
 
@@ -74,6 +74,9 @@ pub struct Cluster {
     hasher: Hasher,
     /// How many untaken events a member's channel holds before speakers wait.
     queue_len: usize,
+    /// Rings the local members of chat messages (see `rooms::Waker`): the subscriber
+    /// thread, which serves every room, must not ring each member itself.
+    waker: Waker,
 }
 
 /// 605: Redis cannot be used now.
@@ -104,11 +107,14 @@ impl Cluster {
         let node = random_node_id().map_err(|e| format!("cannot make a node id: {e}"))?;
         log::info!("node {node}: rooms, history and presence are in Redis; db_path is not used");
         let link = Link::new(url, presence_ttl, history_len, node)?;
+        let waker =
+            Waker::start().map_err(|e| format!("cannot start the room waker thread: {e}"))?;
         let cluster = Arc::new(Cluster {
             link: Arc::clone(&link),
             local: RwLock::new(HashMap::new()),
             hasher,
             queue_len,
+            waker,
         });
         let listener: Arc<dyn Listener> = cluster.clone();
         link.start(Arc::downgrade(&listener))
@@ -301,7 +307,10 @@ impl Rooms for Cluster {
             let mut local = write(&self.local);
             let room = local
                 .entry(id)
-                .or_insert_with(|| Arc::new(Room::new(id, Vec::new(), 0, self.queue_len, 0)))
+                .or_insert_with(|| {
+                    let waker = self.waker.clone();
+                    Arc::new(Room::new(id, Vec::new(), 0, self.queue_len, 0, waker))
+                })
                 .clone();
             // Under the map's lock, so `forget` cannot drop the room in between.
             room.locked(|state, _| state.attach(session, outbox, bell))?;
@@ -441,7 +450,12 @@ impl Listener for Cluster {
         if let Some(room) = room {
             let text: Arc<str> = text.into();
             let joined = origin.filter(|_| kind == Kind::Join);
-            room.locked(|state, after| state.deliver(&text, joined, after));
+            room.locked(|state, after| {
+                state.deliver(&text, joined, after);
+                if kind == Kind::Send {
+                    after.wake_later();
+                }
+            });
         }
     }
 

@@ -117,7 +117,7 @@ impl Link {
             .invoke(connection)?;
         if fresh == 1 && self.seen_data.load(SeqCst) {
             // Without persistence a restarted Redis starts empty: rooms, ids and history
-            // are gone (README, Several nodes: run Redis with an append-only file).
+            // are gone (docs/several-nodes.md: run Redis with an append-only file).
             log::error!("Redis came back empty: its rooms, ids and history were lost");
         }
         self.seen_data.store(true, SeqCst);

@@ -35,6 +35,7 @@ use super::bell::Bell;
 use super::catalog::{hash_for, not_found, Info, RoomInput};
 use super::room::{Joined, Member, Refusal, Room};
 use super::view::{RoomKey, RoomView, Visibility};
+use super::waker::Waker;
 use super::{Counts, Rooms};
 
 /// How often an update starts again because another changed the room meanwhile, before
@@ -55,6 +56,8 @@ pub struct RoomMap {
     queue_len: usize,
     /// How many `send` events each room keeps for sockets that join later.
     history_len: usize,
+    /// Rings the members of chat messages (see `waker`).
+    waker: Waker,
 }
 
 /// Ids and titles to rooms.
@@ -115,6 +118,8 @@ impl RoomMap {
         queue_len: usize,
         history_len: usize,
     ) -> Result<RoomMap, StoreError> {
+        let waker = Waker::start()
+            .map_err(|e| store.error(format!("cannot start the room waker thread: {e}")))?;
         let map = RoomMap {
             index: RwLock::new(Index {
                 by_id: BTreeMap::new(),
@@ -126,6 +131,7 @@ impl RoomMap {
             hasher,
             queue_len,
             history_len,
+            waker,
         };
         let mut history = saved.history;
         let mut index = write(&map.index);
@@ -167,6 +173,7 @@ impl RoomMap {
             last_message_id,
             self.queue_len,
             self.history_len,
+            self.waker.clone(),
         );
         Entry {
             info,
@@ -347,6 +354,7 @@ impl Rooms for RoomMap {
             let id = state.next_message_id();
             let text = state.event(EventType::Send, &member, msg, &now, Some(id));
             state.broadcast(&text, after);
+            after.wake_later();
             state.keep(id, &text);
             Ok::<_, Refusal>((id, text))
         })?;
@@ -462,15 +470,17 @@ mod tests {
             .collect()
     }
 
-    fn rung(bell: &Bell) -> bool {
+    /// Whether `bell` is rung within `wait`.
+    fn rung_within(bell: &Bell, wait: std::time::Duration) -> bool {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         let fd = bell.fd();
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        poll(&mut fds, Some(&zero)).unwrap() == 1
+        let wait = Timespec::try_from(wait).unwrap();
+        poll(&mut fds, Some(&wait)).unwrap() == 1
+    }
+
+    fn rung(bell: &Bell) -> bool {
+        rung_within(bell, std::time::Duration::ZERO)
     }
 
     #[test]
@@ -561,12 +571,12 @@ mod tests {
         assert!(key.password_hash.is_some());
     }
 
-    /// The path a message takes on one node crosses two threads only: by the time `send`
-    /// returns on the speaker's thread, every member's channel holds the event and every
-    /// sleeping member's bell has been rung, by the speaker's thread itself (no waker
-    /// thread in between). The speaker, awake, is not rung.
+    /// The threads a message crosses on one node: by the time `send` returns on the
+    /// speaker's thread, every member's channel holds the event (no other thread touched
+    /// it); the sleeping members are then rung by the waker thread, not the speaker's, and
+    /// each takes the event on its own thread. The speaker, awake, is not rung.
     #[test]
-    fn a_send_reaches_every_member_before_it_returns_on_the_speakers_thread() {
+    fn a_send_is_in_every_channel_when_it_returns_and_sleepers_are_rung_after() {
         let rooms = map(16, 0);
         let (speaker, speaker_bell) = member(&rooms, 1, "ann");
         let listeners: Vec<_> = (2..5)
@@ -584,7 +594,11 @@ mod tests {
         }
         assert_eq!(speaker.send("hi").unwrap(), 1);
         for (membership, bell) in &listeners {
-            assert!(rung(bell), "a sleeping member is rung before send returns");
+            assert!(membership.has_news(), "in the channel when send returns");
+            assert!(
+                rung_within(bell, std::time::Duration::from_secs(10)),
+                "a sleeping member is rung"
+            );
             let events = drain(membership);
             assert_eq!(events.len(), 1);
             assert!(events[0].contains(r#""msg":"hi""#), "{events:?}");

@@ -13,7 +13,8 @@
 //! order:
 //! - this file: [`Rooms`], [`Membership`] (a socket's handle on its room), [`attach`];
 //! - `room`: one room's live side: its members' channels, the fan-out, who waits;
-//! - `bell`: how a room wakes and closes a socket's thread;
+//! - `bell`: how a room wakes and closes a socket's thread; `waker`: the thread that rings
+//!   the members of a chat message, and why it pays for itself;
 //! - `map`: the one-node backend: the index by id and title, the order of disk and memory;
 //! - `catalog`: what a room is and what a valid one is, for both backends;
 //! - `view`: what the API shows ([`RoomView`]: no hash, by construction).
@@ -34,6 +35,7 @@ mod catalog;
 mod map;
 mod room;
 mod view;
+mod waker;
 
 use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::Arc;
@@ -48,6 +50,7 @@ pub use catalog::{
 pub use map::RoomMap;
 pub use room::{Joined, Member, Refusal, Room};
 pub use view::{RoomKey, RoomView, UserView, Visibility};
+pub use waker::Waker;
 
 use crate::error::ApiError;
 use crate::path::RoomRef;

@@ -9,7 +9,8 @@
 //! member's channel receives the room's events in one order. Each member's own thread
 //! takes them from its channel and writes them to its socket (`ws::session`). Members
 //! asleep are noted while the lock is held and woken once it is released ([`After`]):
-//! waking is a system call, and nothing slow happens under this lock.
+//! waking is a system call, and nothing slow happens under this lock. A chat message's
+//! members are rung by the waker thread (`waker`: why), a join's or leave's at once.
 //!
 //! # The bound, and who waits
 //! Each channel holds at most `send_queue_len` events that a member has not taken yet.
@@ -47,6 +48,7 @@ use crate::sync::lock;
 
 use super::bell::Bell;
 use super::view::UserView;
+use super::waker::Waker;
 
 /// One room's live side. See the module docs.
 pub struct Room {
@@ -59,6 +61,8 @@ pub struct Room {
     /// take from their channels (so they tell the room only when someone waits). Shared
     /// with the state, which sets it the moment a speaker starts waiting.
     waiting: Arc<AtomicBool>,
+    /// Rings the members a chat message went to (see `waker`).
+    waker: Waker,
 }
 
 /// Everything behind a room's lock.
@@ -131,14 +135,25 @@ pub struct Joined {
 #[derive(Default)]
 pub struct After {
     wake: Vec<Arc<Bell>>,
+    /// Whether `wake` goes to the waker thread (a chat message) or is rung here.
+    wake_later: bool,
     retry: Vec<Arc<Bell>>,
     close: Vec<(Arc<Bell>, CloseReason)>,
 }
 
 impl After {
-    fn finish(self) {
-        for bell in self.wake {
-            bell.wake();
+    /// Has the members woken for a chat message rung by the waker thread (see `waker`).
+    pub fn wake_later(&mut self) {
+        self.wake_later = true;
+    }
+
+    fn finish(self, waker: &Waker) {
+        if self.wake_later {
+            waker.wake(self.wake);
+        } else {
+            for bell in self.wake {
+                bell.wake();
+            }
         }
         for bell in self.retry {
             bell.ring();
@@ -158,6 +173,7 @@ impl Room {
         last_message_id: u64,
         capacity: usize,
         history_len: usize,
+        waker: Waker,
     ) -> Room {
         let mut history: VecDeque<_> = history.into();
         while history.len() > history_len {
@@ -181,6 +197,7 @@ impl Room {
                 capacity,
             }),
             waiting,
+            waker,
         }
     }
 
@@ -193,7 +210,7 @@ impl Room {
             self.waiting.store(!state.waiting.is_empty(), SeqCst);
             result
         };
-        after.finish();
+        after.finish(&self.waker);
         result
     }
 
@@ -505,7 +522,7 @@ mod tests {
     /// replayed, not twice.
     #[test]
     fn a_socket_joining_through_another_node_receives_from_its_own_join_on() {
-        let room = Room::new(1, Vec::new(), 0, 4, 0);
+        let room = Room::new(1, Vec::new(), 0, 4, 0, Waker::start().unwrap());
         let (inbox, _) = socket(&room, 1, "ann", false);
         deliver(&room, "before", None);
         deliver(&room, "ann's join", Some(1));
@@ -519,7 +536,7 @@ mod tests {
     /// is, stalled or not, so memory stays bounded.
     #[test]
     fn events_from_another_node_pass_the_bound_up_to_twice_it() {
-        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let room = Room::new(1, Vec::new(), 0, 2, 0, Waker::start().unwrap());
         let (stalled, stalled_bell) = socket(&room, 1, "ann", true);
         let (behind, behind_bell) = socket(&room, 2, "bob", true);
         stalled_bell.set_stalled(true);
@@ -542,7 +559,7 @@ mod tests {
     /// A leave goes past the bound: the room cannot wait for a socket that is gone.
     #[test]
     fn a_broadcast_to_a_full_channel_still_arrives() {
-        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let room = Room::new(1, Vec::new(), 0, 2, 0, Waker::start().unwrap());
         let (inbox, _) = socket(&room, 1, "ann", true);
         for text in ["1", "2", "a leave"] {
             let text: Arc<str> = text.into();
@@ -553,7 +570,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_case_insensitively_and_one_per_socket() {
-        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let room = Room::new(1, Vec::new(), 0, 2, 0, Waker::start().unwrap());
         let _ann = socket(&room, 1, "Ann", true);
         let (outbox, _inbox) = crossbeam_channel::unbounded();
         let bell = Arc::new(Bell::new().unwrap());
@@ -568,7 +585,7 @@ mod tests {
 
     #[test]
     fn a_closed_room_takes_no_socket_and_closes_those_it_had() {
-        let room = Room::new(1, Vec::new(), 0, 2, 0);
+        let room = Room::new(1, Vec::new(), 0, 2, 0, Waker::start().unwrap());
         let (_, bell) = socket(&room, 1, "ann", true);
         room.locked(|state, after| state.close_all(CloseReason::RoomDeleted, after));
         assert_eq!(bell.closing(), Some(CloseReason::RoomDeleted));
