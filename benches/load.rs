@@ -18,7 +18,8 @@
 //!   minutes at the default limits, from 20 source addresses; only with `--only soak`,
 //!   which `make soak` passes, never in a plain `make bench`) and `cluster.rs` (12:
 //!   500 x 200 over two nodes sharing a `redis-server` the scenario starts itself, then
-//!   one node on Redis beside one on SQLite);
+//!   one node on Redis beside one on SQLite), `abuse.rs` (13: huge heads, slow clients and a
+//!   bcrypt flood from 127.0.0.1 while 127.0.0.2 times GETs and token requests);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -28,7 +29,7 @@
 //!
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
-//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess,cluster` (the
+//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess,cluster,abuse` (the
 //! default: all of these) or `--only soak`, `--seconds N` (length of each timed run, default 10;
 //! slowdisk has two, each overload run one; the guessing flood one; cluster three),
 //! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk,
@@ -46,6 +47,8 @@
 //! bench` adds, is ignored.
 
 // The modules live in benches/load/ so that cargo sees one bench target, `load`.
+#[path = "load/abuse.rs"]
+mod abuse;
 #[path = "load/churn.rs"]
 mod churn;
 #[path = "load/cluster.rs"]
@@ -92,7 +95,7 @@ use server::ServerOptions;
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario `make bench` runs, in report order.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "rest",
     "fanout",
     "idle",
@@ -104,6 +107,7 @@ const SCENARIOS: [&str; 11] = [
     "scale",
     "guess",
     "cluster",
+    "abuse",
 ];
 /// Scenarios that run only when `--only` names them: the soak takes ten minutes.
 const ON_REQUEST: [&str; 1] = ["soak"];
@@ -311,6 +315,7 @@ fn main() -> ExitCode {
         )]
     });
     run("cluster", &mut || cluster::run(&options, seconds));
+    run("abuse", &mut || vec![abuse::run(&options, seconds)]);
     run("soak", &mut || vec![soak::run(&options, args.soak_seconds)]);
 
     let context = Context {

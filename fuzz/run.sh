@@ -29,6 +29,13 @@ dict_for() {
     esac
 }
 
+# http_request inputs must reach past the head's caps (8 KiB request line, 32 KiB head).
+max_len_for() {
+    case "$1" in
+        http_request) echo -max_len=40000 ;;
+    esac
+}
+
 failed=()
 mkdir -p fuzz/target
 for target in "${targets[@]}"; do
@@ -40,7 +47,7 @@ for target in "${targets[@]}"; do
     nice -n 19 cargo +nightly fuzz run "${flags[@]}" "$target" \
         "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
-        -dict="$(dict_for "$target")" >"$log" 2>&1
+        -dict="$(dict_for "$target")" $(max_len_for "$target") >"$log" 2>&1
     status=$?
     set -e
     grep -E '(DONE|panicked|SUMMARY|Test unit written|after [0-9]+ inputs)' "$log" || true

@@ -17,7 +17,7 @@ use std::time::Duration;
 use log::LevelFilter;
 use serde_json::{Map, Value};
 
-use crate::limits::AddrRange;
+use crate::net::AddrRange;
 
 /// Everything the server needs to start. Built by [`Config::load`] in `main`, or by hand
 /// (starting from [`Config::default`]) in tests.
@@ -64,6 +64,20 @@ pub struct Config {
     /// HTTP connections open at once (`max_http_connections`); past it a new one is
     /// answered 503, code 601, and closed (SPEC, "Limits"). 0 turns the limit off.
     pub max_http_connections: usize,
+    /// HTTP connections open at once per client address (`max_http_connections_per_ip`):
+    /// past it 503 (601) at once, from tiny_http's accept thread, which knows only the
+    /// peer address (behind a proxy, the proxy's). 0: no limit.
+    pub max_http_connections_per_ip: usize,
+    /// The whole head of an HTTP request (or of a WebSocket handshake) must arrive within
+    /// this (`head_timeout_s`), else 408 and close. `None` (0): no deadline but
+    /// `read_timeout_s` per read.
+    pub head_timeout: Option<Duration>,
+    /// The whole body of an HTTP request must arrive within this from the end of its head
+    /// (`body_timeout_s`), else 408 and close. `None` (0): no deadline.
+    pub body_timeout: Option<Duration>,
+    /// bcrypt jobs in flight per client address, successful ones included
+    /// (`bcrypt_per_ip`): past it 429 (602) with `Retry-After: 1`. 0: no limit.
+    pub bcrypt_per_ip: usize,
     /// Peers whose `X-Forwarded-For` header names the client (`trusted_proxies`): a
     /// reverse proxy's address. None by default: the peer is the client.
     pub trusted_proxies: Vec<AddrRange>,
@@ -121,6 +135,10 @@ impl Default for Config {
             db_path: Some(PathBuf::from("chitchat.db")),
             history_len: 50,
             max_http_connections: 1024,
+            max_http_connections_per_ip: 32,
+            head_timeout: Some(Duration::from_secs(10)),
+            body_timeout: Some(Duration::from_secs(30)),
+            bcrypt_per_ip: 2,
             trusted_proxies: Vec::new(),
             metrics_allow: ["127.0.0.1/8", "::1/128"]
                 .iter()
@@ -238,6 +256,10 @@ impl Config {
             "db_path" => self.db_path = optional(value, string)?.map(PathBuf::from),
             "history_len" => self.history_len = whole(value)?,
             "max_http_connections" => self.max_http_connections = whole(value)?,
+            "max_http_connections_per_ip" => self.max_http_connections_per_ip = whole(value)?,
+            "head_timeout_s" => self.head_timeout = deadline(value)?,
+            "body_timeout_s" => self.body_timeout = deadline(value)?,
+            "bcrypt_per_ip" => self.bcrypt_per_ip = whole(value)?,
             "trusted_proxies" => self.trusted_proxies = ranges(value)?,
             "metrics_allow" => self.metrics_allow = ranges(value)?,
             "max_connections" => self.max_connections = whole(value)?,
@@ -314,6 +336,14 @@ fn duration(secs: f64) -> Result<Duration, String> {
     Some(Duration::from_secs_f64(secs))
         .filter(|d| !d.is_zero())
         .ok_or_else(|| "expected a positive number: this one rounds to no time at all".into())
+}
+
+/// A deadline in seconds; 0 turns it off (`None`).
+fn deadline(value: &Value) -> Result<Option<Duration>, String> {
+    match value.as_f64() {
+        Some(0.0) => Ok(None),
+        _ => seconds(value).map(Some),
+    }
 }
 
 fn count(value: &Value) -> Result<usize, String> {
@@ -570,6 +600,45 @@ mod tests {
             (r#"{"max_connections":-1}"#, "max_connections"),
             (r#"{"msgs_burst":"lots"}"#, "msgs_burst"),
             (r#"{"bcrypt_queue_len":1.5}"#, "bcrypt_queue_len"),
+        ] {
+            let err = load(json, &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}");
+        }
+    }
+
+    #[test]
+    fn request_limits_have_the_spec_defaults_and_zero_turns_them_off() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert_eq!(
+            (config.head_timeout, config.body_timeout),
+            (Some(Duration::from_secs(10)), Some(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            (config.max_http_connections_per_ip, config.bcrypt_per_ip),
+            (32, 2)
+        );
+        let (config, _) = load(
+            r#"{"head_timeout_s":0,"body_timeout_s":2.5,"max_http_connections_per_ip":0,"bcrypt_per_ip":0}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (config.head_timeout, config.body_timeout),
+            (None, Some(Duration::from_millis(2500)))
+        );
+        assert_eq!(
+            (config.max_http_connections_per_ip, config.bcrypt_per_ip),
+            (0, 0)
+        );
+        for (json, key) in [
+            (r#"{"head_timeout_s":-1}"#, "head_timeout_s"),
+            (r#"{"body_timeout_s":"30"}"#, "body_timeout_s"),
+            (r#"{"body_timeout_s":1e-300}"#, "body_timeout_s"),
+            (
+                r#"{"max_http_connections_per_ip":1.5}"#,
+                "max_http_connections_per_ip",
+            ),
+            (r#"{"bcrypt_per_ip":-2}"#, "bcrypt_per_ip"),
         ] {
             let err = load(json, &[]).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{json}");

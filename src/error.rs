@@ -59,6 +59,13 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than `max_body_bytes` (HTTP 413).
     BodyTooLarge,
+    /// 105: a request line over 8 KiB (HTTP 414), on either listener (SPEC, Limits).
+    RequestLineTooLong,
+    /// 105: a request head over 32 KiB or 100 header lines (HTTP 431), on either listener.
+    HeadTooLarge,
+    /// A request head or body that did not arrive whole within `head_timeout_s` or
+    /// `body_timeout_s` (HTTP 408, code 408 like the other HTTP-level errors).
+    RequestTimeout,
     /// 601: too many WebSocket connections open, in all or from this client address
     /// (`max_connections`, `max_connections_per_ip`; HTTP 503).
     TooManyConnections,
@@ -99,6 +106,9 @@ impl ErrorKind {
             NotFound => (404, "Not found", 404),
             MethodNotAllowed => (405, "Method not allowed", 405),
             BodyTooLarge => (413, "Request body too large", 413),
+            RequestLineTooLong => (105, "Room error: Invalid content", 414),
+            HeadTooLarge => (105, "Room error: Invalid content", 431),
+            RequestTimeout => (408, "Request timeout", 408),
             TooManyConnections => (601, "Limit error: Too many connections", 503),
             TooManyAttempts => (602, "Limit error: Too many attempts", 429),
             TooManyMessages => (603, "Limit error: Too many messages", 429),
@@ -164,8 +174,8 @@ impl ApiError {
 
     /// A whole HTTP/1.1 response with this error's status and JSON body, for the places
     /// that answer on a raw socket before any HTTP library has a request: a connection past
-    /// the limits (503, 601) on either listener, or a request on the WebSocket port that is
-    /// not an upgrade (400, 305).
+    /// the limits (503, 601) on either listener, a head past its caps or its deadline
+    /// (414, 431, 408), or a request on the WebSocket port that is not an upgrade (400, 305).
     pub fn to_raw_http(&self) -> Vec<u8> {
         let body = self.to_body();
         let status = self.status();
@@ -200,8 +210,11 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Payload Too Large",
+        414 => "URI Too Long",
         429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
@@ -287,6 +300,21 @@ mod tests {
         assert_eq!(
             parsed(ApiError::retry_after(ErrorKind::ServerBusy, 1).to_body()),
             json!({"status":false,"error":{"code":604,"error":"Limit error: Server busy"}})
+        );
+    }
+
+    #[test]
+    fn head_refusals_are_105_with_their_statuses_and_whole_responses() {
+        let raw = String::from_utf8(ApiError::new(ErrorKind::HeadTooLarge).to_raw_http()).unwrap();
+        let body = r#"{"status":false,"error":{"code":105,"error":"Room error: Invalid content"}}"#;
+        assert_eq!(
+            raw,
+            format!("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n", body.len() + 1)
+        );
+        assert_eq!(ApiError::new(ErrorKind::RequestLineTooLong).status(), 414);
+        assert_eq!(
+            ErrorKind::RequestTimeout.describe(),
+            (408, "Request timeout", 408)
         );
     }
 

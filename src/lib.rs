@@ -13,7 +13,7 @@
 //! # Layout, in reading order
 //! One room, REST and chat first; limits, the store and Redis last.
 //! - `rooms`: one room's live side (`room`: its members' crossbeam channels, the fan-out,
-//!   who waits), how a socket's thread is woken (`bell`, `waker`), the [`Rooms`](rooms::Rooms)
+//!   who waits), how a socket's thread is woken (`bell`, `waker`), the `Rooms`
 //!   seam every request and socket goes through, and the one-node backend (`map`: rooms
 //!   by id and title, disk first then memory; `catalog`: what a valid room is).
 //! - [`event`]: chat events on the wire; `error`: every error a client can see (code,
@@ -86,6 +86,7 @@ mod hasher;
 mod http;
 mod limits;
 mod metrics;
+mod net;
 pub mod path;
 mod rooms;
 mod store;
@@ -101,7 +102,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Config, ConfigError};
-pub use limits::AddrRange;
+pub use net::AddrRange;
 /// What `token::verify` checks a token against; public so the token fuzz target
 /// (`fuzz/fuzz_targets/token.rs`) can build one.
 pub use rooms::{RoomKey, Visibility};
@@ -239,17 +240,28 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
+    let limits = Limits::new(&config, Arc::clone(&metrics));
+    let refusal = |kind| error::ApiError::new(kind).to_raw_http();
     let http_options = tiny_http::ServerOptions {
         read_timeout: Some(config.read_timeout),
         write_timeout: Some(config.write_timeout),
         // main's logger keeps only `chitchat*` targets; the accept thread's lines are ours.
         log_target: "chitchat::http",
-        // SPEC, Limits: past `max_http_connections` a new connection gets 503, code 601, at
-        // once from tiny_http's accept thread, not a queued pool thread; 0 turns it off.
-        connection_limit: (config.max_http_connections > 0).then(|| tiny_http::ConnectionLimit {
-            max: config.max_http_connections,
-            refusal: error::ApiError::new(error::ErrorKind::TooManyConnections).to_raw_http(),
-        }),
+        // SPEC, Limits: past `max_http_connections`, or `max_http_connections_per_ip` from
+        // one peer, a new connection gets 503, code 601, at once from tiny_http's accept
+        // thread, not a queued pool thread; 0 turns either off.
+        connection_limit: connection_limit(&config, &limits),
+        // SPEC, Limits: 414 / 431 / 408 with the JSON error body, and close.
+        request_limits: tiny_http::RequestLimits {
+            max_request_line: limits::MAX_REQUEST_LINE_BYTES,
+            max_head_bytes: limits::MAX_HEAD_BYTES,
+            max_header_lines: limits::MAX_HEADER_LINES,
+            head_timeout: config.head_timeout,
+            body_timeout: config.body_timeout,
+            uri_too_long: refusal(error::ErrorKind::RequestLineTooLong),
+            head_too_large: refusal(error::ErrorKind::HeadTooLarge),
+            timed_out: refusal(error::ErrorKind::RequestTimeout),
+        },
     };
     let http = tiny_http::Server::from_listener_with_options(http_listener, None, http_options)
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
@@ -263,7 +275,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let state = Arc::new(State {
         rooms,
         hasher,
-        limits: Limits::new(&config, Arc::clone(&metrics)),
+        limits,
         metrics,
         page: web::page(&web::PageSettings::for_server(
             ws_port,
@@ -324,6 +336,23 @@ impl Running {
         let _ = self.ws_accept.join();
         self.state.rooms.close();
     }
+}
+
+/// tiny_http's limit on open connections: `max_http_connections` in all, and
+/// `max_http_connections_per_ip` per peer; `None` when both are off.
+fn connection_limit(config: &Config, limits: &Limits) -> Option<tiny_http::ConnectionLimit> {
+    let per_peer = limits.http_peers();
+    if config.max_http_connections == 0 && per_peer.is_none() {
+        return None;
+    }
+    Some(tiny_http::ConnectionLimit {
+        max: match config.max_http_connections {
+            0 => usize::MAX,
+            max => max,
+        },
+        refusal: error::ApiError::new(error::ErrorKind::TooManyConnections).to_raw_http(),
+        per_peer: per_peer.map(|peers| Arc::new(peers) as Arc<dyn tiny_http::PeerLimit>),
+    })
 }
 
 /// 32 random bytes from the OS, hex-encoded.

@@ -12,14 +12,26 @@
 //! fan-out scenarios kept 0 missing and their p99s. glibc reads its tunables only when a
 //! process starts, so the server re-executes itself once with that setting, unless the
 //! operator set `GLIBC_TUNABLES` already (theirs is kept as it is).
+//!
+//! # No forged log lines
+//! Log lines carry text from clients: names, titles, paths. Every line goes through one
+//! logger, [`Escaping`], which escapes control characters in the message
+//! ([`escape_controls`]) before the console and the file see it, so a name holding a
+//! newline cannot start a line of its own (a join name `x\n[WARN] admin root login` wrote
+//! that very line into chitchat.log). Done once here, for every line, rather than at each
+//! call site, so a log line added later cannot forget it. The log file is created readable
+//! by the server's user only (0600): it names rooms, people and addresses.
 
+use std::borrow::Cow;
+use std::fmt::Write;
 use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chitchat::{Config, ConfigError, StartError};
-use log::Level;
+use log::{Level, Log, Metadata, Record};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
@@ -192,16 +204,118 @@ fn init_logging(config: &Config) -> Result<(), String> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            // SPEC, Limits: readable by the server's user only (a new file; an existing
+            // one keeps the mode its owner gave it).
+            .mode(0o600)
             .open(path)
             .map_err(|e| format!("{}: cannot open the log file: {e}", path.display()))?;
         loggers.push(WriteLogger::new(config.log_level, log_config, file));
     }
-    CombinedLogger::init(loggers).map_err(|e| format!("cannot set up logging: {e}"))
+    log::set_boxed_logger(Box::new(Escaping(CombinedLogger::new(loggers))))
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    log::set_max_level(config.log_level);
+    Ok(())
+}
+
+/// The one logger: hands each line to `inner` with the control characters of its message
+/// escaped (see the module docs).
+struct Escaping<L>(L);
+
+impl<L: Log> Log for Escaping<L> {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let message = record.args().to_string();
+        let escaped = escape_controls(&message);
+        self.0.log(
+            &Record::builder()
+                .args(format_args!("{escaped}"))
+                .metadata(record.metadata().clone())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// `text` with each control character (Unicode Cc, and the line and paragraph separators)
+/// written as an escape: `\n`, `\r`, `\t`, else `\u{..}`. Backslashes are left as they
+/// are, so escaping twice changes nothing, and no escaped text holds a line break.
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn control_characters_are_escaped_and_nothing_else() {
+        assert_eq!(escape_controls("ann"), "ann");
+        assert_eq!(
+            escape_controls("x\n[WARN] admin root login\r\t\u{1b}[31m\u{2028}é\\n"),
+            "x\\n[WARN] admin root login\\r\\t\\u{1b}[31m\\u{2028}é\\n"
+        );
+        let once = escape_controls("a\nb").into_owned();
+        assert_eq!(escape_controls(&once), once);
+    }
+
+    /// A logger that keeps the messages it is given.
+    struct Kept(Mutex<Vec<String>>);
+
+    impl Log for Kept {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &Record<'_>) {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn every_line_reaches_the_log_escaped() {
+        let logger = Escaping(Kept(Mutex::new(Vec::new())));
+        let name = "x\n[WARN] admin root login";
+        logger.log(
+            &Record::builder()
+                .args(format_args!("socket 3 joined room 1 as {name}"))
+                .level(Level::Info)
+                .build(),
+        );
+        let kept = logger.0 .0.lock().unwrap().clone();
+        assert_eq!(
+            kept,
+            ["socket 3 joined room 1 as x\\n[WARN] admin root login"]
+        );
+    }
 
     fn parse(args: &[&str]) -> Result<Command, String> {
         parse_args(args.iter().map(|a| a.to_string()))

@@ -8,9 +8,9 @@
 //!   happen anywhere, even under a room's lock (none does: see `ws::session`);
 //! - **gauges** (how many rooms, sockets, members now), not kept at all: they are read from
 //!   where the truth lives, at scrape time ([`Readings`], filled in by `http`), so they can
-//!   never drift from it. So are the two counters tiny_http keeps for the REST listener
-//!   (its failed accepts, and the connections it refused past `max_http_connections`),
-//!   since its accept thread, not ours, sees those happen.
+//!   never drift from it. So are the counters tiny_http keeps for the REST listener (its
+//!   failed accepts, the connections it refused past `max_http_connections`, the heads it
+//!   refused past their caps or deadline), since its threads, not ours, see those happen.
 //!
 //! The exposition is written by hand rather than with a client crate: a dozen series, three
 //! lines each, label values that are fixed words or numbers, no histograms. The format is
@@ -48,18 +48,36 @@ pub enum Limit {
     /// A REST connection past `max_http_connections` (601), refused by tiny_http's accept
     /// thread, which counts it: read at scrape time, never through [`Metrics::refused`].
     MaxHttpConnections,
+    /// A REST connection past `max_http_connections_per_ip` (601).
+    MaxHttpConnectionsPerIp,
+    /// A token or password request past `bcrypt_per_ip` jobs in flight (602).
+    BcryptPerIp,
+    /// A request line over 8 KiB (414), on either listener. A fixed limit: no config key.
+    RequestLine,
+    /// A request head over 32 KiB or 100 header lines (431), on either listener. Fixed.
+    RequestHead,
+    /// A head not whole within `head_timeout_s` (408), on either listener.
+    HeadTimeout,
+    /// A body not whole within `body_timeout_s` (408).
+    BodyTimeout,
 }
 
 impl Limit {
     /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 13] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
         Limit::MaxHttpConnections,
+        Limit::MaxHttpConnectionsPerIp,
         Limit::TokenAttempts,
         Limit::Rooms,
         Limit::Messages,
         Limit::BcryptQueue,
+        Limit::BcryptPerIp,
+        Limit::RequestLine,
+        Limit::RequestHead,
+        Limit::HeadTimeout,
+        Limit::BodyTimeout,
     ];
 
     /// The label value: the limit's config key.
@@ -72,6 +90,12 @@ impl Limit {
             Limit::Messages => "msgs_per_second",
             Limit::BcryptQueue => "bcrypt_queue_len",
             Limit::MaxHttpConnections => "max_http_connections",
+            Limit::MaxHttpConnectionsPerIp => "max_http_connections_per_ip",
+            Limit::BcryptPerIp => "bcrypt_per_ip",
+            Limit::RequestLine => "request_line",
+            Limit::RequestHead => "request_head",
+            Limit::HeadTimeout => "head_timeout_s",
+            Limit::BodyTimeout => "body_timeout_s",
         }
     }
 }
@@ -164,8 +188,8 @@ pub struct Readings {
     pub backend_up: bool,
     /// Keys in each per-address table of the limits.
     pub tracked: Vec<(Limit, usize)>,
-    /// REST connections tiny_http refused past `max_http_connections`.
-    pub http_connection_refusals: u64,
+    /// Refusals tiny_http counted on the REST listener, by limit: added to ours.
+    pub http_refusals: Vec<(Limit, u64)>,
     /// Failed accepts on the REST listener, counted by tiny_http.
     pub http_accept_errors: u64,
 }
@@ -290,11 +314,13 @@ impl Metrics {
             .iter()
             .zip(&self.refusals)
             .map(|(limit, n)| {
-                let n = match limit {
-                    Limit::MaxHttpConnections => readings.http_connection_refusals,
-                    _ => n.load(Relaxed),
-                };
-                (label("limit", limit.label()), n)
+                let theirs: u64 = readings
+                    .http_refusals
+                    .iter()
+                    .filter(|(l, _)| l == limit)
+                    .map(|(_, n)| n)
+                    .sum();
+                (label("limit", limit.label()), n.load(Relaxed) + theirs)
             })
             .collect();
         counter(
@@ -397,13 +423,14 @@ mod tests {
         metrics.http_response(429);
         metrics.http_response(42);
         metrics.refused(Limit::Rooms);
+        metrics.refused(Limit::BodyTimeout);
         metrics.socket_closed(CloseReason::Flood);
         metrics.events_delivered(3);
         metrics.ws_accept_failed();
         let text = metrics.render(&Readings {
             rooms: 2,
             backend_up: true,
-            http_connection_refusals: 5,
+            http_refusals: vec![(Limit::MaxHttpConnections, 5), (Limit::BodyTimeout, 2)],
             http_accept_errors: 7,
             ..Readings::default()
         });
@@ -417,6 +444,8 @@ mod tests {
             "chitchat_limit_refusals_total{limit=\"rooms_per_minute\"} 1",
             "chitchat_limit_refusals_total{limit=\"msgs_per_second\"} 0",
             "chitchat_limit_refusals_total{limit=\"max_http_connections\"} 5",
+            "chitchat_limit_refusals_total{limit=\"body_timeout_s\"} 3",
+            "chitchat_limit_refusals_total{limit=\"request_line\"} 0",
             "# TYPE chitchat_accept_errors_total counter",
             "chitchat_accept_errors_total{listener=\"http\"} 7",
             "chitchat_accept_errors_total{listener=\"ws\"} 1",

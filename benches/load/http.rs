@@ -19,6 +19,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// One keep-alive connection to the REST listener, reopened after an error or a close.
 pub struct HttpClient {
     addr: SocketAddr,
+    /// The local address connections are made from; `None`: the kernel's choice.
+    from: Option<std::net::IpAddr>,
     conn: Option<BufReader<TcpStream>>,
 }
 
@@ -40,7 +42,20 @@ impl Response {
 impl HttpClient {
     /// A client for `addr`; it connects on first use.
     pub fn new(addr: SocketAddr) -> HttpClient {
-        HttpClient { addr, conn: None }
+        HttpClient {
+            addr,
+            from: None,
+            conn: None,
+        }
+    }
+
+    /// A client for `addr` whose connections come from the local address `from` (another
+    /// client address on loopback: see `ws::tcp_from`).
+    pub fn new_from(addr: SocketAddr, from: std::net::IpAddr) -> HttpClient {
+        HttpClient {
+            from: Some(from),
+            ..HttpClient::new(addr)
+        }
     }
 
     /// Sends one request and reads its response. On any error the connection is dropped,
@@ -94,7 +109,10 @@ impl HttpClient {
     /// the TCP handshake.
     pub fn connect(&mut self) -> Res<&mut BufReader<TcpStream>> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(self.addr)?;
+            let stream = match self.from {
+                None => TcpStream::connect(self.addr)?,
+                Some(from) => crate::ws::tcp_from(from, self.addr)?,
+            };
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
             self.conn = Some(BufReader::new(stream));

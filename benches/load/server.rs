@@ -134,6 +134,8 @@ impl Server {
             "rooms_per_minute": 0,
             "msgs_per_second": 0,
             "bcrypt_queue_len": 0,
+            "max_http_connections_per_ip": 0,
+            "bcrypt_per_ip": 0,
         });
         if let Some(len) = options.send_queue_len {
             config["send_queue_len"] = len.into();

@@ -10,8 +10,14 @@
 //!
 //! Limits are checked in the endpoints, before the work they guard: a room creation past
 //! `rooms_per_minute`, or a token request past `token_attempts_per_minute` failures, is
-//! refused before any bcrypt (429, 602, `Retry-After`); a full bcrypt queue is 503 (604,
-//! `Retry-After: 1`). `/metrics` exists only for client addresses in `metrics_allow`: any
+//! refused before any bcrypt (429, 602, `Retry-After`); so is a request that may run
+//! bcrypt (a password to hash or check) from an address with `bcrypt_per_ip` such requests
+//! already in flight (429, 602, `Retry-After: 1`): the slot ([`bcrypt_slot`]) is held
+//! until the request ends, so one address cannot fill the queue everyone shares; a full
+//! bcrypt queue is 503 (604, `Retry-After: 1`). A body that does not arrive whole within
+//! `body_timeout_s` is 408 (tiny_http's reads fail past the deadline, and it closes the
+//! connection once the request is answered); caps and deadlines on the head are tiny_http's
+//! (`lib.rs` sets them). `/metrics` exists only for client addresses in `metrics_allow`: any
 //! other gets the 404 of an unknown path, whatever the method. Every response is counted
 //! by status as it is sent.
 //!
@@ -33,8 +39,9 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::limits::any_contains;
-use crate::metrics::{self, Readings};
+use crate::limits::AddressSlot;
+use crate::metrics::{self, Limit, Readings};
+use crate::net::any_contains;
 use crate::path::{self, percent_decode, query_param, RoomRef};
 use crate::rooms::RoomInput;
 use crate::token;
@@ -190,7 +197,7 @@ fn handle(server: &Server, state: &State, request: &mut Request) -> Result<Reply
         Route::ListRooms => state.rooms.list().map(|rooms| Reply::json(200, &rooms)),
         Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
-        Route::UpdateRoom(room) => update_room(state, request, &room),
+        Route::UpdateRoom(room) => update_room(state, request, &room, client),
         Route::DeleteRoom(room) => delete_room(state, request, &room),
         Route::IssueToken(room) => issue_token(state, request, &room, client),
         Route::RenewToken(room) => renew_token(state, request, &room),
@@ -248,7 +255,7 @@ fn metrics(
         bcrypt_queue: state.hasher.queued(),
         backend_up: state.rooms.is_up(),
         tracked: state.limits.tracked(),
-        http_connection_refusals: server.connection_refusals(),
+        http_refusals: http_refusals(server),
         http_accept_errors: server.accept_errors(),
     };
     Ok(Reply {
@@ -257,6 +264,19 @@ fn metrics(
         body: state.metrics.render(&readings).into_bytes(),
         headers: Vec::new(),
     })
+}
+
+/// What tiny_http counted refusing on its own threads (SPEC, Limits: every refusal is
+/// counted in `/metrics`).
+fn http_refusals(server: &Server) -> Vec<(Limit, u64)> {
+    let requests = server.request_refusals();
+    vec![
+        (Limit::MaxHttpConnections, server.connection_refusals()),
+        (Limit::RequestLine, requests.request_line),
+        (Limit::RequestHead, requests.head),
+        (Limit::HeadTimeout, requests.head_timeout),
+        (Limit::BodyTimeout, requests.body_timeout),
+    ]
 }
 
 fn page(state: &State) -> Reply {
@@ -272,11 +292,8 @@ fn page(state: &State) -> Reply {
 /// bad title, a full bcrypt queue) does not.
 fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<Reply, ApiError> {
     let attempt = state.limits.room_creation(client, Instant::now())?;
-    let input: RoomInput = read_json(
-        request,
-        state.config.max_body_bytes,
-        ErrorKind::RoomInvalidJson,
-    )?;
+    let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
+    let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
     let room = state.rooms.create(input)?;
     attempt.keep();
     log::info!("room {} created ({:?})", room.id, room.visibility);
@@ -297,14 +314,16 @@ fn get_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, A
     Ok(Reply::json(200, &state.rooms.view(key.id, with_users)?))
 }
 
-fn update_room(state: &State, request: &mut Request, room: &RoomRef) -> Result<Reply, ApiError> {
+fn update_room(
+    state: &State,
+    request: &mut Request,
+    room: &RoomRef,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
     let key = state.rooms.key(room)?;
     require_token(state, request, &key)?;
-    let input: RoomInput = read_json(
-        request,
-        state.config.max_body_bytes,
-        ErrorKind::RoomInvalidJson,
-    )?;
+    let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
+    let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
     let room = state.rooms.update(key.id, input)?;
     log::info!("room {} updated", room.id);
     Ok(Reply::json(200, &room))
@@ -356,13 +375,30 @@ fn messages(
     Ok(Reply::json_text(200, body))
 }
 
-/// Reads and parses a JSON body of at most `limit` bytes. A declared or actual length over
-/// the limit is 413; a body that does not parse is `invalid` (103 or 303).
+/// A `bcrypt_per_ip` slot for a request from `client` that will run bcrypt if `needed`
+/// (a password to hash or check), held by the caller until the request ends; 429 (602,
+/// `Retry-After: 1`) when its address has none to spare. Taken before the job is queued,
+/// so a refused request costs no bcrypt and never waits in the queue.
+fn bcrypt_slot(
+    state: &State,
+    client: IpAddr,
+    needed: bool,
+) -> Result<Option<AddressSlot>, ApiError> {
+    if !needed {
+        return Ok(None);
+    }
+    state.limits.bcrypt_job(client)
+}
+
+/// Reads and parses a JSON body of at most `max_body_bytes`. A declared or actual length
+/// over the limit is 413; a body that does not arrive whole within `body_timeout_s` is 408
+/// (counted); a body that does not parse is `invalid` (103 or 303).
 fn read_json<T: DeserializeOwned>(
+    state: &State,
     request: &mut Request,
-    limit: usize,
     invalid: ErrorKind,
 ) -> Result<T, ApiError> {
+    let limit = state.config.max_body_bytes;
     if request
         .body_length()
         .is_some_and(|declared| declared > limit)
@@ -375,7 +411,13 @@ fn read_json<T: DeserializeOwned>(
         .as_reader()
         .take(cap)
         .read_to_end(&mut body)
-        .map_err(|_| ApiError::new(invalid))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                state.metrics.refused(Limit::BodyTimeout);
+                ApiError::new(ErrorKind::RequestTimeout)
+            }
+            _ => ApiError::new(invalid),
+        })?;
     if body.len() > limit {
         return Err(ApiError::new(ErrorKind::BodyTooLarge));
     }

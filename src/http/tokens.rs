@@ -16,7 +16,7 @@ use crate::rooms::RoomKey;
 use crate::token;
 use crate::State;
 
-use super::{read_json, Reply};
+use super::{bcrypt_slot, read_json, Reply};
 
 /// The body of `POST /chats/<room>/token`.
 #[derive(Deserialize)]
@@ -27,15 +27,15 @@ struct TokenRequest {
 
 /// A wrong secret counts toward `token_attempts_per_minute` for this address and room; past
 /// it the request is refused before bcrypt runs. A right secret, or a full bcrypt queue,
-/// counts nothing.
+/// counts nothing there; every check, right or wrong, holds one of the address's
+/// `bcrypt_per_ip` slots while it runs.
 pub(super) fn issue_token(
     state: &State,
     request: &mut Request,
     room: &RoomRef,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
-    let body: TokenRequest =
-        read_json(request, state.config.max_body_bytes, ErrorKind::InvalidJson)?;
+    let body: TokenRequest = read_json(state, request, ErrorKind::InvalidJson)?;
     let key = state.rooms.key(room)?;
     if !key.visibility.needs_token() {
         return Ok(Reply::json(200, &json!({"status": true})));
@@ -48,6 +48,7 @@ pub(super) fn issue_token(
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
     let secret = body.secret.unwrap_or_default();
     let attempt = state.limits.token_attempt(client, key.id, Instant::now())?;
+    let _bcrypt = bcrypt_slot(state, client, true)?;
     // This worker waits, holding no lock, while a `hasher` thread runs bcrypt.
     let matches = match &key.password_hash {
         Some(hash) => state.hasher.verify(&secret, hash)?,

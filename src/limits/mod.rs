@@ -10,7 +10,13 @@
 //! of the first untrusted one were written by proxies we trust; anything left of it the
 //! client may have made up). Limits then key on [`addr_key`]: an IPv4 address, or an IPv6
 //! address's /64 network, since one IPv6 host may use any of the 2^64 addresses of its
-//! network and would otherwise have 2^64 allowances.
+//! network and would otherwise have 2^64 allowances. An IPv6 /48 (what one site is often
+//! given: 65,536 /64s) is counted too, and together holds at most eight times one
+//! address's allowance (`net::wide_key`); an IPv4 address stands alone.
+//!
+//! One exception: `max_http_connections_per_ip` is counted by tiny_http's accept thread,
+//! before any request is read, so it knows only the peer address (behind a trusted proxy,
+//! the proxy's: set it to 0 there and let the proxy limit its clients).
 //!
 //! # The rate limits: one instant per key
 //! A rate is a token bucket, kept as one [`Instant`] (the generic cell rate algorithm): the
@@ -29,36 +35,47 @@
 //!   as long as the table stays full of entries younger than a minute, a new address is
 //!   served untracked, with one warning, rather than refused: an attacker with 10,000 addresses must not lock
 //!   everyone else out. Password guessing stays bounded even then, by bcrypt's queue.
-//! - [`Connections`]: one count per client address with a socket open, removed when its
-//!   last socket ends: at most `max_connections` entries.
+//! - [`AddressCounts`] (WebSocket and HTTP connections, bcrypt jobs per address): one count
+//!   per client address (and IPv6 /48) with something in flight, removed with its last
+//!   slot: at most as many entries as slots, which `max_connections`,
+//!   `max_http_connections` and `bcrypt_queue_len` bound.
 //! - [`FrameLimit`]: lives in its socket's session (no lock, no table): one instant, plus
 //!   the times of its recent refused frames (at most `flood_close_after`).
 //!
 //! # Layout
 //! - this file: [`Limits`], every limit of the server, built from the configuration;
-//! - `addr`: who a client is ([`AddrRange`], `X-Forwarded-For`, [`addr_key`]);
+//! - `crate::net` (a leaf, shared with `config`): who a client is ([`AddrRange`],
+//!   `X-Forwarded-For`, [`addr_key`]);
 //! - `rate`: token buckets ([`Rate`]), tables of them per address ([`PerAddress`]), a
 //!   socket's frame rate ([`FrameLimit`]);
-//! - `connections`: connections open, in all and per address ([`Connections`]).
+//! - `counts`: what each address has in flight ([`AddressCounts`]);
+//! - `connections`: WebSocket connections open, in all and per address ([`Connections`]).
 
-mod addr;
 mod connections;
+mod counts;
 mod rate;
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{Limit, Metrics};
 
-pub use addr::{addr_key, any_contains, client_addr, AddrRange};
+use crate::net::{addr_key, any_contains, client_addr, AddrRange};
 pub use connections::{ConnectionGuard, Connections};
-pub use rate::{retry_after_secs, Attempt, FrameLimit, PerAddress, Rate, Verdict};
+pub use counts::{AddressCounts, AddressSlot, PeerCounts};
+pub use rate::{retry_after_secs, AddressKey, Attempt, FrameLimit, PerAddress, Rate, Verdict};
+
+/// The longest request line, CRLF aside, on either listener: past it 414 (SPEC, Limits).
+pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+/// The largest request head (request line, header lines, every CRLF) on either listener:
+/// past it 431.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The most header lines of a request on either listener: past it 431.
+pub const MAX_HEADER_LINES: usize = 100;
 
 /// Every limit of the server, built from the configuration once (one in `State`).
 pub struct Limits {
@@ -70,6 +87,11 @@ pub struct Limits {
     token_attempts: Option<PerAddress<(IpAddr, u64)>>,
     /// Rooms created per address key (`rooms_per_minute`).
     room_creations: Option<PerAddress<IpAddr>>,
+    /// REST connections open per peer address (`max_http_connections_per_ip`), counted by
+    /// tiny_http's accept thread through [`Limits::http_peers`].
+    http_connections: Option<Arc<AddressCounts>>,
+    /// bcrypt jobs in flight per address (`bcrypt_per_ip`).
+    bcrypt_jobs: Option<Arc<AddressCounts>>,
     /// Each socket's frame rate (`msgs_per_second`, `msgs_burst`).
     frame_rate: Option<Rate>,
     /// `flood_close_after`.
@@ -84,12 +106,28 @@ impl Limits {
             trusted_proxies: config.trusted_proxies.clone(),
             connections: Arc::new(Connections {
                 max_total: config.max_connections,
-                max_per_address: config.max_connections_per_ip,
                 open: AtomicUsize::new(0),
-                per_address: Mutex::new(HashMap::new()),
+                per_address: AddressCounts::new(
+                    config.max_connections_per_ip,
+                    Limit::MaxConnectionsPerIp,
+                    ApiError::new(ErrorKind::TooManyConnections),
+                    &metrics,
+                ),
                 refusing: AtomicBool::new(false),
                 metrics: Arc::clone(&metrics),
             }),
+            http_connections: AddressCounts::new(
+                config.max_http_connections_per_ip,
+                Limit::MaxHttpConnectionsPerIp,
+                ApiError::new(ErrorKind::TooManyConnections),
+                &metrics,
+            ),
+            bcrypt_jobs: AddressCounts::new(
+                config.bcrypt_per_ip,
+                Limit::BcryptPerIp,
+                ApiError::retry_after(ErrorKind::TooManyAttempts, 1),
+                &metrics,
+            ),
             token_attempts: Rate::per_minute(config.token_attempts_per_minute)
                 .map(|rate| PerAddress::new(rate, "token_attempts_per_minute")),
             room_creations: Rate::per_minute(config.rooms_per_minute)
@@ -146,7 +184,25 @@ impl Limits {
         )
     }
 
-    fn attempt<'a, K: Hash + Eq + Copy>(
+    /// A bcrypt job for `client` (`bcrypt_per_ip`): held until the request that may run
+    /// bcrypt ends, whatever the outcome; 429 (602, `Retry-After: 1`) when its address has
+    /// none to spare. `None` when the limit is off.
+    pub fn bcrypt_job(&self, client: IpAddr) -> Result<Option<AddressSlot>, ApiError> {
+        self.bcrypt_jobs
+            .as_ref()
+            .map(|jobs| jobs.take(client))
+            .transpose()
+    }
+
+    /// The REST listener's per-address connection limit, for tiny_http's accept thread;
+    /// `None` when `max_http_connections_per_ip` is 0.
+    pub fn http_peers(&self) -> Option<PeerCounts> {
+        self.http_connections
+            .as_ref()
+            .map(|counts| PeerCounts(Arc::clone(counts)))
+    }
+
+    fn attempt<'a, K: AddressKey>(
         &self,
         limiter: Option<&'a PerAddress<K>>,
         key: K,
@@ -172,6 +228,18 @@ impl Limits {
     pub fn tracked(&self) -> Vec<(Limit, usize)> {
         vec![
             (Limit::MaxConnectionsPerIp, self.connections.addresses()),
+            (
+                Limit::MaxHttpConnectionsPerIp,
+                self.http_connections
+                    .as_ref()
+                    .map_or(0, |counts| counts.addresses()),
+            ),
+            (
+                Limit::BcryptPerIp,
+                self.bcrypt_jobs
+                    .as_ref()
+                    .map_or(0, |counts| counts.addresses()),
+            ),
             (
                 Limit::TokenAttempts,
                 self.token_attempts.as_ref().map_or(0, PerAddress::tracked),

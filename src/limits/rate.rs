@@ -4,10 +4,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::sync::lock;
+
+use crate::net::{wide_key, WIDE_FACTOR};
 
 /// The most keys a [`PerAddress`] table holds (see the module docs).
 pub const MAX_TRACKED: usize = 10_000;
@@ -46,6 +49,14 @@ impl Rate {
         })
     }
 
+    /// `factor` times this rate: `factor` times the burst, refilled `factor` times faster.
+    fn times(self, factor: u32) -> Rate {
+        Rate {
+            interval: self.interval / factor,
+            burst: self.burst.saturating_mul(factor),
+        }
+    }
+
     /// How far ahead of now a bucket's instant may run: `burst` intervals.
     fn window(self) -> Duration {
         self.interval.saturating_mul(self.burst)
@@ -76,13 +87,33 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
         .max(1)
 }
 
-/// A rate per key (an address, or an address and a room) for the whole server. Its table
-/// is one mutex, held for a hash lookup (and, rarely, a sweep): see the module docs.
+/// What a [`PerAddress`] table is keyed by: an address key, or an address key and a room.
+pub trait AddressKey: Hash + Eq + Copy {
+    /// The key of the IPv6 /48 this one is also counted under; `None` for IPv4.
+    fn wide(self) -> Option<Self>;
+}
+
+impl AddressKey for IpAddr {
+    fn wide(self) -> Option<Self> {
+        wide_key(self)
+    }
+}
+
+impl AddressKey for (IpAddr, u64) {
+    fn wide(self) -> Option<Self> {
+        wide_key(self.0).map(|wide| (wide, self.1))
+    }
+}
+
+/// A rate per key (an address, or an address and a room) for the whole server, and eight
+/// times that rate per IPv6 /48 (SPEC, Limits). Its tables are one mutex, held for a hash
+/// lookup (and, rarely, a sweep): see the module docs.
 pub struct PerAddress<K> {
     rate: Rate,
     /// What the table is for, in the warning when it is full.
     what: &'static str,
-    table: Mutex<Table<K>>,
+    /// Per key, then per /48 (at `rate` times `WIDE_FACTOR`).
+    tables: Mutex<[Table<K>; 2]>,
 }
 
 struct Table<K> {
@@ -96,56 +127,89 @@ struct Table<K> {
     full: bool,
 }
 
-impl<K: Hash + Eq + Copy> PerAddress<K> {
+impl<K: AddressKey> PerAddress<K> {
     /// A table for `rate`; `what` names it in the log.
     pub fn new(rate: Rate, what: &'static str) -> PerAddress<K> {
         PerAddress {
             rate,
             what,
-            table: Mutex::new(Table {
-                due: HashMap::new(),
-                sweep_at: SWEEP_MIN,
-                swept_full: None,
-                full: false,
-            }),
+            tables: Mutex::new([Table::new(), Table::new()]),
         }
     }
 
-    /// Takes a token for `key` at `now`: an [`Attempt`] that gives it back when dropped
-    /// unless kept, or how long until one could be taken.
+    /// The rate of each table: per key, per /48.
+    fn rates(&self) -> [Rate; 2] {
+        [self.rate, self.rate.times(WIDE_FACTOR as u32)]
+    }
+
+    /// Takes a token for `key` at `now`, and one for its /48: an [`Attempt`] that gives
+    /// them back when dropped unless kept, or how long until both could be taken.
     pub fn take(&self, key: K, now: Instant) -> Result<Attempt<'_, K>, Duration> {
-        let mut table = lock(&self.table);
-        if !table.due.contains_key(&key) && !table.make_room(now) {
-            if !table.full {
-                table.full = true;
-                log::warn!(
-                    "{}: {MAX_TRACKED} client addresses tracked; new ones are not limited until old ones expire",
-                    self.what
-                );
+        let [rate, wide_rate] = self.rates();
+        let mut tables = lock(&self.tables);
+        let [narrow, wide] = &mut *tables;
+        narrow.take(key, rate, now, self.what)?;
+        if let Some(wide_key) = key.wide() {
+            if let Err(wait) = wide.take(wide_key, wide_rate, now, self.what) {
+                narrow.give_back(key, rate);
+                return Err(wait);
             }
-            return Ok(Attempt { taken: None });
         }
-        let due = table.due.get(&key).copied();
-        let next = self.rate.take(due, now)?;
-        table.due.insert(key, next);
         Ok(Attempt {
             taken: Some((self, key)),
         })
     }
 
     fn give_back(&self, key: K) {
-        if let Some(due) = lock(&self.table).due.get_mut(&key) {
-            *due = self.rate.give_back(*due);
+        let [rate, wide_rate] = self.rates();
+        let mut tables = lock(&self.tables);
+        let [narrow, wide] = &mut *tables;
+        narrow.give_back(key, rate);
+        if let Some(wide_key) = key.wide() {
+            wide.give_back(wide_key, wide_rate);
         }
     }
 
     /// How many keys the table holds now.
     pub fn tracked(&self) -> usize {
-        lock(&self.table).due.len()
+        lock(&self.tables)[0].due.len()
     }
 }
 
 impl<K: Hash + Eq> Table<K> {
+    fn new() -> Table<K> {
+        Table {
+            due: HashMap::new(),
+            sweep_at: SWEEP_MIN,
+            swept_full: None,
+            full: false,
+        }
+    }
+
+    /// Takes a token for `key` at `now`, or says how long until one could be taken. A
+    /// new key in a table full of live ones is served untracked (see the module docs).
+    fn take(&mut self, key: K, rate: Rate, now: Instant, what: &str) -> Result<(), Duration> {
+        if !self.due.contains_key(&key) && !self.make_room(now) {
+            if !self.full {
+                self.full = true;
+                log::warn!(
+                    "{what}: {MAX_TRACKED} client addresses tracked; new ones are not limited until old ones expire"
+                );
+            }
+            return Ok(());
+        }
+        let next = rate.take(self.due.get(&key).copied(), now)?;
+        self.due.insert(key, next);
+        Ok(())
+    }
+
+    /// Puts a token taken for `key` back.
+    fn give_back(&mut self, key: K, rate: Rate) {
+        if let Some(due) = self.due.get_mut(&key) {
+            *due = rate.give_back(*due);
+        }
+    }
+
     /// Makes room for one more key: sweeps expired keys if the table has grown enough.
     /// False if it is full of live keys.
     fn make_room(&mut self, now: Instant) -> bool {
@@ -174,11 +238,11 @@ impl<K: Hash + Eq> Table<K> {
 /// A token taken from a [`PerAddress`] bucket: given back when dropped, unless
 /// [`Attempt::keep`] says it was used (a token request that failed, a room created).
 #[must_use = "dropping an attempt gives its token back"]
-pub struct Attempt<'a, K: Hash + Eq + Copy> {
+pub struct Attempt<'a, K: AddressKey> {
     taken: Option<(&'a PerAddress<K>, K)>,
 }
 
-impl<K: Hash + Eq + Copy> Attempt<'_, K> {
+impl<K: AddressKey> Attempt<'_, K> {
     /// An attempt no limit counts (the limit is off).
     pub(super) fn unlimited() -> Self {
         Attempt { taken: None }
@@ -190,7 +254,7 @@ impl<K: Hash + Eq + Copy> Attempt<'_, K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Drop for Attempt<'_, K> {
+impl<K: AddressKey> Drop for Attempt<'_, K> {
     fn drop(&mut self) {
         if let Some((limiter, key)) = self.taken.take() {
             limiter.give_back(key);
@@ -319,6 +383,30 @@ mod tests {
         for _ in 0..10 {
             limiter.take(ip("192.0.2.1"), minute).unwrap().keep();
         }
+    }
+
+    /// SPEC, Limits: a /48 together gets at most eight times one address's allowance.
+    #[test]
+    fn an_ipv6_48_gets_eight_times_one_allowance() {
+        let limiter = PerAddress::new(Rate::per_minute(2).unwrap(), "test");
+        let now = Instant::now();
+        for net in 0..8 {
+            for _ in 0..2 {
+                let key = ip(&format!("2001:db8:7:{net:x}::"));
+                limiter.take(key, now).unwrap().keep();
+            }
+        }
+        let wait = limiter.take(ip("2001:db8:7:ff::"), now).err().unwrap();
+        assert_eq!(wait, Duration::from_millis(3750));
+        // Refused by its /48, a /64 keeps its own token; another /48 is not affected.
+        limiter.take(ip("2001:db8:8::"), now).unwrap().keep();
+        let later = now + wait;
+        limiter.take(ip("2001:db8:7:ff::"), later).unwrap().keep();
+        limiter
+            .take(ip("2001:db8:7:ff::"), later + wait)
+            .unwrap()
+            .keep();
+        assert!(limiter.take(ip("2001:db8:7:ff::"), later + wait).is_err());
     }
 
     #[test]

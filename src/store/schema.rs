@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,25 +67,34 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 const TRIM_HISTORY: &str = "DELETE FROM messages WHERE room_id = ?1 AND msg_id <= (
          SELECT msg_id FROM messages WHERE room_id = ?1 ORDER BY msg_id DESC LIMIT 1 OFFSET ?2)";
 
-/// Settings, checks and migrations on a freshly opened file; the error is the problem.
-/// Takes the lock file beside `path` for this process's life, or says who holds it.
+/// Takes the lock file beside `path` for this process's life, or says who holds it; then
+/// creates the database file itself if it is missing, readable by the server's user only
+/// (0600, SPEC, Limits: it holds the rooms' password hashes and everything said), before
+/// SQLite opens it. SQLite gives its `-wal` and `-shm` files the database file's mode.
 pub(super) fn lock_owner(path: &Path) -> Result<OwnedFd, String> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let private = || {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true).mode(0o600);
+        options
+    };
+    let file = private()
         .open(&lock_path)
         .map_err(|e| format!("cannot open its lock file: {e}"))?;
     let fd = OwnedFd::from(file);
     match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(fd),
-        Err(Errno::WOULDBLOCK) => Err("in use by another ChitChat server".into()),
-        Err(e) => Err(format!("cannot lock it: {e}")),
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => return Err("in use by another ChitChat server".into()),
+        Err(e) => return Err(format!("cannot lock it: {e}")),
     }
+    private()
+        .open(path)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    Ok(fd)
 }
 
+/// Settings, checks and migrations on a freshly opened file; the error is the problem.
 pub(super) fn prepare(
     connection: &mut Connection,
     migrations: &[&str],

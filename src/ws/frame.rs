@@ -15,6 +15,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{Frame, Utf8Bytes};
 use tungstenite::protocol::CloseFrame;
 
+use super::head::HeadCheck;
+
 /// How long a closing socket is given to take its close frame and say goodbye.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// An unsent buffer that grew past this is freed when its socket goes idle, so a burst (a
@@ -30,6 +32,9 @@ pub struct Duplex {
     pub unsent: Vec<u8>,
     /// During the handshake the socket is blocking and writes go straight to it.
     pub direct: bool,
+    /// During the handshake, reads keep to the head's caps and deadline (see
+    /// `head::HeadCheck`).
+    pub head: Option<HeadCheck>,
     /// Set once the close frame is queued: nothing may follow it.
     closed: bool,
 }
@@ -45,7 +50,10 @@ pub enum Sent {
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.read(buf)
+        match &mut self.head {
+            Some(head) => head.read(&self.socket, buf),
+            None => self.socket.read(buf),
+        }
     }
 }
 
@@ -72,6 +80,7 @@ impl Duplex {
             socket,
             unsent: Vec::new(),
             direct: true,
+            head: None,
             closed: false,
         }
     }

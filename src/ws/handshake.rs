@@ -7,6 +7,13 @@
 //! the REST API uses. Where the token may be is `token::presented`'s business; the value
 //! of `Sec-WebSocket-Protocol`, when offered, is echoed back, which browsers require.
 //!
+//! # The head's caps and deadline (SPEC, Limits)
+//! While tungstenite reads the request, every read goes through a [`HeadCheck`]: the
+//! request line may be 8 KiB, the head 32 KiB or 100 header lines, and the whole head must
+//! arrive within `head_timeout_s` of the accept. Past a cap the answer is 414 or 431, past
+//! the deadline 408, each with the JSON error body (code 105; 408 for the deadline), the
+//! same as the REST listener's; nothing past a cap is read.
+//!
 //! # Connections past the limits (601)
 //! A connection past `max_connections`, or past `max_connections_per_ip` from a client
 //! that is its own peer, is refused by the accept loop itself, before any thread is
@@ -32,6 +39,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, WebSocket};
 
 use super::frame::{linger, Duplex, CLOSE_GRACE};
+use super::head::{HeadCheck, HeadRefusal};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::ConnectionGuard;
 use crate::path;
@@ -69,8 +77,11 @@ pub fn accept(
     connection: &mut ConnectionGuard,
 ) -> Option<(WebSocket<Duplex>, Admission)> {
     let raw = socket.try_clone().ok()?;
-    let _ = raw.set_read_timeout(Some(state.config.read_timeout));
+    let read_timeout = state.config.read_timeout;
+    let _ = raw.set_read_timeout(Some(read_timeout));
     let peer = raw.peer_addr().ok()?.ip();
+    let mut duplex = Duplex::new(socket);
+    duplex.head = Some(HeadCheck::new(state.config.head_timeout, read_timeout));
     let mut admitted = None;
     // tungstenite's callback signature fixes the (large) error type.
     #[allow(clippy::result_large_err)]
@@ -91,24 +102,37 @@ pub fn accept(
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let answered =
-        match tungstenite::accept_hdr_with_config(Duplex::new(socket), callback, Some(config)) {
-            Ok(mut ws) => {
-                ws.get_mut().direct = false;
-                return Some((ws, admitted?));
-            }
-            // Refused by `admit`: the answer has been written.
-            Err(HandshakeError::Failure(WsError::Http(_))) => true,
-            // The client went away or stalled past `read_timeout`.
-            Err(HandshakeError::Failure(WsError::Io(_)) | HandshakeError::Interrupted(_)) => false,
-            // Not a WebSocket upgrade at all (a browser or `curl` on the WebSocket port).
-            Err(HandshakeError::Failure(e)) => {
-                log::info!("not a WebSocket handshake: {e}");
-                let error = ApiError::new(ErrorKind::UnsupportedClient);
+    let answered = match tungstenite::accept_hdr_with_config(duplex, callback, Some(config)) {
+        Ok(mut ws) => {
+            let duplex = ws.get_mut();
+            duplex.direct = false;
+            duplex.head = None;
+            let _ = raw.set_read_timeout(Some(read_timeout));
+            return Some((ws, admitted?));
+        }
+        // Refused by `admit`: the answer has been written.
+        Err(HandshakeError::Failure(WsError::Http(_))) => true,
+        Err(HandshakeError::Failure(WsError::Io(e))) => match HeadRefusal::of(&e) {
+            // A head past its caps or its deadline.
+            Some(refusal) => {
+                log::info!("handshake refused: {refusal}");
+                state.metrics.refused(refusal.limit());
+                let error = ApiError::new(refusal.kind());
                 let _ = (&raw).write_all(&error.to_raw_http());
                 true
             }
-        };
+            // The client went away or stalled past `read_timeout`.
+            None => false,
+        },
+        Err(HandshakeError::Interrupted(_)) => false,
+        // Not a WebSocket upgrade at all (a browser or `curl` on the WebSocket port).
+        Err(HandshakeError::Failure(e)) => {
+            log::info!("not a WebSocket handshake: {e}");
+            let error = ApiError::new(ErrorKind::UnsupportedClient);
+            let _ = (&raw).write_all(&error.to_raw_http());
+            true
+        }
+    };
     if answered {
         let _ = raw.shutdown(Shutdown::Write);
         linger(&raw);

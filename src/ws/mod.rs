@@ -7,7 +7,8 @@
 //!   the refuser that answers connections past the limits without a thread each;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
 //! - `ending`: how a socket's chat ended: its close code and how `/metrics` counts it;
-//! - `frame`: encoding server frames, and the buffered non-blocking writer.
+//! - `frame`: encoding server frames, and the buffered non-blocking writer;
+//! - `head`: the handshake's request head, read within its caps and deadline.
 //!
 //! A socket's thread is woken and closed through its `rooms::Bell`, by its room and, at
 //! shutdown, by this listener.
@@ -23,6 +24,7 @@
 mod ending;
 mod frame;
 mod handshake;
+mod head;
 mod session;
 
 use std::collections::HashMap;

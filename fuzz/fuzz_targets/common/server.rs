@@ -50,6 +50,10 @@ pub fn server() -> &'static Addrs {
             secret_key: Some("fuzz-secret".into()),
             read_timeout: SERVER_TIMEOUT,
             write_timeout: SERVER_TIMEOUT,
+            // A whole head or body must arrive by then too (SPEC, Limits), so no input can
+            // hold a connection past ANSWER_DEADLINE however it is cut.
+            head_timeout: Some(SERVER_TIMEOUT),
+            body_timeout: Some(SERVER_TIMEOUT),
             ..Default::default()
         };
         let running = chitchat::start(config).expect("the fuzzed server starts");

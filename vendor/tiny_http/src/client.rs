@@ -4,13 +4,18 @@ use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
+use crate::util::RequestLimits;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Counters, Request};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,6 +39,10 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // ChitChat patch: what a request may cost, and where refusals are counted
+    limits: Arc<RequestLimits>,
+    counters: Arc<Counters>,
 }
 
 /// Error that can happen when reading a request.
@@ -43,17 +52,37 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
+    /// ChitChat patch: the request line is longer than `max_request_line` (414)
+    RequestLineTooLong,
+    /// ChitChat patch: the head is over `max_head_bytes` or `max_header_lines` (431)
+    HeadTooLarge,
+    /// ChitChat patch: part of a head arrived, not all of it by its deadline (408)
+    HeadTimedOut,
+    /// ChitChat patch: a small body, read before the request is handed over, missed its
+    /// deadline (408)
+    BodyTimedOut,
+    /// ChitChat patch: the previous request's body missed its deadline; the application
+    /// has answered it
+    Expired,
     ReadIoError(IoError),
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
+    ///
+    /// ChitChat patch: with the `limits` its requests must keep to, the `counters` its
+    /// refusals are counted in, and the socket's `read_timeout`, which a deadline may
+    /// shorten.
+    pub(crate) fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Arc<RequestLimits>,
+        counters: Arc<Counters>,
+        read_timeout: Option<Duration>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        read_socket.keep_read_timeout(read_timeout);
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +94,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            counters,
         }
     }
 
@@ -77,7 +108,15 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// ChitChat patch: a line longer than `max_len` bytes (CRLF aside) is
+    /// `RequestLineTooLong`, and every byte read, CRLF included, is taken from `head_left`:
+    /// once it is spent, `HeadTooLarge`. Nothing past either cap is read.
+    fn read_next_line(
+        &mut self,
+        max_len: usize,
+        head_left: &mut usize,
+    ) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -85,14 +124,29 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            *head_left = head_left.checked_sub(1).ok_or(ReadError::HeadTooLarge)?;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    ReadError::ReadIoError(IoError::new(
+                        ErrorKind::InvalidInput,
+                        "Header is not in ASCII",
+                    ))
+                });
+            }
+
+            // room for `max_len` bytes and the CR of the CRLF
+            if buf.len() > max_len {
+                return Err(ReadError::RequestLineTooLong);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -104,10 +158,37 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let limits = Arc::clone(&self.limits);
+        // ChitChat patch: the head's deadline starts once the previous request is done
+        // with the socket (its body read), so a slow handler does not eat into it.
+        let stream = self.next_header_source.turn().get_mut();
+        if stream.expired() {
+            return Err(ReadError::Expired);
+        }
+        stream.set_deadline(limits.head_timeout.map(|timeout| Instant::now() + timeout));
+        let mut head_left = limits.max_head_bytes;
+        let read = self.read_head(&limits, &mut head_left);
+        // Only a head of which some part arrived is answered 408; an idle connection is
+        // closed without a word, as upstream.
+        let started = head_left < limits.max_head_bytes;
+        match read {
+            Err(ReadError::ReadIoError(e)) if e.kind() == ErrorKind::TimedOut && started => {
+                Err(ReadError::HeadTimedOut)
+            }
+            other => other,
+        }
+    }
+
+    /// ChitChat patch: upstream's `read`, the head read within `head_left` bytes.
+    fn read_head(
+        &mut self,
+        limits: &RequestLimits,
+        head_left: &mut usize,
+    ) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(limits.max_request_line, head_left)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,11 +199,15 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    // A header line may be as long as what is left of the head.
+                    let line = self.read_next_line(usize::MAX, head_left)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() == limits.max_header_lines {
+                        return Err(ReadError::HeadTooLarge);
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -142,6 +227,9 @@ impl ClientConnection {
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
+        // ChitChat patch: the body's deadline starts at the end of its head.
+        let deadline = limits.body_timeout.map(|timeout| Instant::now() + timeout);
+        data_source.turn().get_mut().set_deadline(deadline);
 
         // building the next reader
         let request = crate::request::new_request(
@@ -157,6 +245,11 @@ impl ClientConnection {
         .map_err(|e| {
             use crate::request;
             match e {
+                request::RequestCreationError::CreationIoError(e)
+                    if e.kind() == ErrorKind::TimedOut =>
+                {
+                    ReadError::BodyTimedOut
+                }
                 request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
@@ -203,14 +296,15 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
+                // ChitChat patch: the application's refusals, counted, then a graceful close.
+                // Upstream answered a timed-out read 408 whether or not a request had begun.
+                Err(ReadError::RequestLineTooLong) => return self.refuse(Refusal::RequestLine),
+                Err(ReadError::HeadTooLarge) => return self.refuse(Refusal::Head),
+                Err(ReadError::HeadTimedOut) => return self.refuse(Refusal::HeadTimeout),
+                Err(ReadError::BodyTimedOut) => return self.refuse(Refusal::BodyTimeout),
+                Err(ReadError::Expired) => {
+                    self.next_header_source.turn().get_mut().linger();
+                    return None;
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
@@ -264,6 +358,40 @@ impl Iterator for ClientConnection {
             // returning the request
             return Some(rq);
         }
+    }
+}
+
+/// ChitChat patch: why a request is refused by `RequestLimits`.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    RequestLine,
+    Head,
+    HeadTimeout,
+    BodyTimeout,
+}
+
+impl ClientConnection {
+    /// ChitChat patch: answers with the application's response for `why`, counts it, and
+    /// closes the connection gracefully (see `RefinedTcpStream::linger`).
+    fn refuse(&mut self, why: Refusal) -> Option<Request> {
+        let (response, counter): (&[u8], &AtomicU64) = match why {
+            Refusal::RequestLine => (
+                &self.limits.uri_too_long,
+                &self.counters.request_line_refusals,
+            ),
+            Refusal::Head => (&self.limits.head_too_large, &self.counters.head_refusals),
+            Refusal::HeadTimeout => (&self.limits.timed_out, &self.counters.head_timeouts),
+            Refusal::BodyTimeout => (&self.limits.timed_out, &self.counters.body_timeouts),
+        };
+        counter.fetch_add(1, Relaxed);
+        let mut writer = self.sink.next().unwrap();
+        let written = writer.write_all(response).and_then(|()| writer.flush());
+        // Written once every earlier response is: this writer waited for its turn.
+        drop(writer);
+        if written.is_ok() {
+            self.next_header_source.turn().get_mut().linger();
+        }
+        None
     }
 }
 

@@ -115,6 +115,19 @@ impl Connection {
         }
     }
 
+    /// ChitChat patch: a request's deadline shortens the read timeout (see
+    /// `RefinedTcpStream::set_deadline`).
+    pub(crate) fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(timeout),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
     /// ChitChat patch: for refusing a connection past the limit without waiting on it.
     pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
         match self {

@@ -120,7 +120,9 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
-pub use util::{AcceptBackoff, ConnectionLimit};
+pub use util::{
+    AcceptBackoff, ConnectionLimit, PeerLimit, PeerSlot, RequestLimits, RequestRefusals,
+};
 
 mod client;
 mod common;
@@ -160,6 +162,11 @@ struct Counters {
     open_connections: AtomicUsize,
     /// Connections refused past the limit (see `Server::connection_refusals`).
     connection_refusals: AtomicU64,
+    /// Requests refused by `RequestLimits` (see `Server::request_refusals`).
+    request_line_refusals: AtomicU64,
+    head_refusals: AtomicU64,
+    head_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
 }
 
 enum Message {
@@ -213,6 +220,9 @@ pub struct ServerOptions {
     pub log_target: &'static str,
     /// At most this many connections open at once; `None` (upstream's behaviour): no limit.
     pub connection_limit: Option<ConnectionLimit>,
+    /// What one request may cost: caps on its head, deadlines for its head and body.
+    /// The default (upstream's behaviour): no caps, no deadlines.
+    pub request_limits: RequestLimits,
 }
 
 impl Default for ServerOptions {
@@ -222,6 +232,7 @@ impl Default for ServerOptions {
             write_timeout: None,
             log_target: "tiny_http",
             connection_limit: None,
+            request_limits: RequestLimits::default(),
         }
     }
 }
@@ -321,7 +332,9 @@ impl Server {
             write_timeout,
             log_target,
             connection_limit,
+            request_limits,
         } = options;
+        let request_limits = Arc::new(request_limits);
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -376,7 +389,7 @@ impl Server {
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
                         use util::RefinedTcpStream;
                         // ChitChat patch: past the limit, answered at once by this thread.
                         let open = inside_counters.open_connections.load(Relaxed);
@@ -386,7 +399,20 @@ impl Server {
                             backoff.succeeded();
                             continue;
                         }
-                        let open = util::OpenConnection::new(&inside_counters);
+                        // ChitChat patch: the same for a peer past the application's limit
+                        // (which counts that refusal itself).
+                        let peer_slot = match (&refuser, peer) {
+                            (Some(refuser), Some(peer)) => match refuser.admit(peer.ip()) {
+                                Ok(slot) => slot,
+                                Err(()) => {
+                                    refuser.refuse(sock);
+                                    backoff.succeeded();
+                                    continue;
+                                }
+                            },
+                            _ => None,
+                        };
+                        let open = util::OpenConnection::new(&inside_counters, peer_slot);
                         sock.set_timeouts(read_timeout, write_timeout);
                         let streams = match ssl {
                             None => RefinedTcpStream::new(sock, open),
@@ -408,7 +434,13 @@ impl Server {
                         // ChitChat patch: splitting the socket needs a second descriptor,
                         // which a server out of descriptors does not get.
                         streams.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable)
+                            ClientConnection::new(
+                                write_closable,
+                                read_closable,
+                                Arc::clone(&request_limits),
+                                Arc::clone(&inside_counters),
+                                read_timeout,
+                            )
                         })
                     }
                     Err(e) => Err(e),
@@ -488,6 +520,18 @@ impl Server {
     /// `ServerOptions::connection_limit` since the server started.
     pub fn connection_refusals(&self) -> u64 {
         self.counters.connection_refusals.load(Relaxed)
+    }
+
+    /// ChitChat patch: how many requests have been refused by the `RequestLimits` since
+    /// the server started.
+    pub fn request_refusals(&self) -> RequestRefusals {
+        let counters = &self.counters;
+        RequestRefusals {
+            request_line: counters.request_line_refusals.load(Relaxed),
+            head: counters.head_refusals.load(Relaxed),
+            head_timeout: counters.head_timeouts.load(Relaxed),
+            body_timeout: counters.body_timeouts.load(Relaxed),
+        }
     }
 
     /// ChitChat patch: how many times accepting a connection has failed since the server

@@ -14,9 +14,15 @@
 //! would send a reset, and a reset can destroy the response before the client reads it.
 //! That thread holds at most [`MAX_LINGERING`] connections; past that a refused connection
 //! is closed without lingering.
+//!
+//! A [`PeerLimit`] (`ConnectionLimit::per_peer`) lets the application refuse a connection
+//! by its peer's address, the same way: it is asked for a slot on the accept thread, and
+//! the slot is held until the connection is closed.
 
+use std::any::Any;
+use std::fmt::Debug;
 use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::net::{IpAddr, Shutdown};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -45,6 +51,21 @@ pub struct ConnectionLimit {
     /// The whole response a connection past the limit gets: status line, headers and
     /// body. It should say `Connection: close`: the connection is closed after it.
     pub refusal: Vec<u8>,
+    /// A limit per peer address, kept by the application; a connection it refuses gets
+    /// `refusal` too, and is not counted in `Server::connection_refusals`.
+    pub per_peer: Option<Arc<dyn PeerLimit>>,
+}
+
+/// What a [`PeerLimit`] hands out for each connection it lets in; dropped when the
+/// connection is closed.
+pub type PeerSlot = Box<dyn Any + Send + Sync>;
+
+/// A limit on the connections of each peer address (ChitChat patch), kept by the
+/// application, asked by the accept thread for each new connection.
+pub trait PeerLimit: Send + Sync + Debug {
+    /// A slot for a new connection from `peer`, held until the connection is closed; `None`
+    /// refuses the connection. Runs on the accept thread: it must not block.
+    fn admit(&self, peer: IpAddr) -> Option<PeerSlot>;
 }
 
 /// One open connection, counted in `Counters::open_connections` from its creation until
@@ -52,13 +73,18 @@ pub struct ConnectionLimit {
 /// socket is closed.
 pub(crate) struct OpenConnection {
     counters: Arc<Counters>,
+    _peer_slot: Option<PeerSlot>,
 }
 
 impl OpenConnection {
-    pub(crate) fn new(counters: &Arc<Counters>) -> Arc<OpenConnection> {
+    pub(crate) fn new(
+        counters: &Arc<Counters>,
+        peer_slot: Option<PeerSlot>,
+    ) -> Arc<OpenConnection> {
         counters.open_connections.fetch_add(1, Relaxed);
         Arc::new(OpenConnection {
             counters: Arc::clone(counters),
+            _peer_slot: peer_slot,
         })
     }
 }
@@ -90,6 +116,15 @@ impl Refuser {
     /// Whether a new connection, with `open` connections open, is past the limit.
     pub(crate) fn is_full(&self, open: usize) -> bool {
         open >= self.limit.max
+    }
+
+    /// A slot for a new connection from `peer` (`None` without a `per_peer` limit), or
+    /// `Err` if the connection must be refused.
+    pub(crate) fn admit(&self, peer: IpAddr) -> Result<Option<PeerSlot>, ()> {
+        match &self.limit.per_peer {
+            None => Ok(None),
+            Some(per_peer) => per_peer.admit(peer).map(Some).ok_or(()),
+        }
     }
 
     /// Answers `connection` with the refusal and closes it, without waiting on the client.
@@ -186,6 +221,7 @@ mod tests {
             connection_limit: Some(ConnectionLimit {
                 max: 1,
                 refusal: REFUSAL.to_vec(),
+                per_peer: None,
             }),
             ..ServerOptions::default()
         };

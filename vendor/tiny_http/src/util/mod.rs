@@ -1,11 +1,12 @@
 pub use self::accept_backoff::AcceptBackoff;
-pub use self::connection_limit::ConnectionLimit;
+pub use self::connection_limit::{ConnectionLimit, PeerLimit, PeerSlot};
 pub(crate) use self::connection_limit::{OpenConnection, Refuser};
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
 pub use self::messages_queue::MessagesQueue;
 pub use self::refined_tcp_stream::RefinedTcpStream;
+pub use self::request_limits::{RequestLimits, RequestRefusals};
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
 pub use self::task_pool::TaskPool;
@@ -19,6 +20,7 @@ mod equal_reader;
 mod fused_reader;
 mod messages_queue;
 pub(crate) mod refined_tcp_stream;
+mod request_limits;
 mod sequential;
 mod task_pool;
 

@@ -1,11 +1,13 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
+use crate::util::connection_limit::LINGER;
 use crate::util::OpenConnection;
 
 pub(crate) enum Stream {
@@ -56,7 +58,23 @@ impl Stream {
             Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
     }
+
+    /// ChitChat patch: deadlines apply to plain connections only.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
 }
+
+/// ChitChat patch: the most a refused connection's input is drained (see `linger`): a
+/// client that keeps sending at full speed must not keep a thread busy discarding it.
+const LINGER_BYTES: usize = 256 * 1024;
+/// ChitChat patch: a read at or past its deadline still waits this long, so it takes what
+/// has already arrived instead of failing without looking.
+const LAST_LOOK: Duration = Duration::from_millis(1);
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
@@ -92,6 +110,10 @@ pub struct RefinedTcpStream {
     close_write: bool,
     // ChitChat patch: counts the connection as open until both halves are dropped
     _open: Arc<OpenConnection>,
+    // ChitChat patch: see `set_deadline`
+    read_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    expired: bool,
 }
 
 impl RefinedTcpStream {
@@ -111,6 +133,9 @@ impl RefinedTcpStream {
             close_read: true,
             close_write: false,
             _open: Arc::clone(&open),
+            read_timeout: None,
+            deadline: None,
+            expired: false,
         };
 
         let write = RefinedTcpStream {
@@ -118,6 +143,9 @@ impl RefinedTcpStream {
             close_read: false,
             close_write: true,
             _open: open,
+            read_timeout: None,
+            deadline: None,
+            expired: false,
         };
 
         Ok((read, write))
@@ -131,6 +159,51 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// ChitChat patch: the connection's timeout for each read (`ServerOptions::read_timeout`),
+    /// which a deadline may shorten but never lengthen.
+    pub(crate) fn keep_read_timeout(&mut self, read_timeout: Option<Duration>) {
+        self.read_timeout = read_timeout;
+    }
+
+    /// ChitChat patch: what is read from now on must have arrived by `deadline` (`None`: no
+    /// deadline, each read waits at most the read timeout, as upstream). Each read waits
+    /// only until the deadline, so a client trickling a byte now and then cannot stretch
+    /// it; once a read finds it passed, this read half fails every read with `TimedOut`
+    /// for good: where the request ends is unknown, so the connection must close.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        if deadline.is_none() {
+            let _ = self.stream.set_read_timeout(self.read_timeout);
+        }
+    }
+
+    /// ChitChat patch: whether a deadline has passed (see `set_deadline`).
+    pub(crate) fn expired(&self) -> bool {
+        self.expired
+    }
+
+    /// ChitChat patch: closes the connection gracefully after a refusal: shuts the write
+    /// side (the client sees the end of the response), then reads and discards what the
+    /// client still sends until it closes, for at most [`LINGER`] and [`LINGER_BYTES`].
+    /// Closing with unread input would send a reset, which can destroy the response before
+    /// the client reads it; a client that keeps sending gets the reset after all.
+    pub(crate) fn linger(&mut self) {
+        let until = Instant::now() + LINGER;
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match self.stream.read(&mut scratch) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
     }
 }
 
@@ -148,8 +221,33 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        let deadline = match self.deadline {
+            None => return self.stream.read(buf),
+            Some(_) if self.expired => return Err(deadline_passed()),
+            Some(deadline) => deadline,
+        };
+        // ChitChat patch: this read waits until the deadline at most.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(LAST_LOOK);
+        let wait = self.read_timeout.map_or(left, |timeout| timeout.min(left));
+        self.stream.set_read_timeout(Some(wait))?;
+        match self.stream.read(buf) {
+            Err(e)
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                    && Instant::now() >= deadline =>
+            {
+                self.expired = true;
+                Err(deadline_passed())
+            }
+            other => other,
+        }
     }
+}
+
+/// ChitChat patch: the error of a read past its deadline.
+fn deadline_passed() -> IoError {
+    IoError::new(ErrorKind::TimedOut, "the request's deadline has passed")
 }
 
 impl Write for RefinedTcpStream {

@@ -1,7 +1,7 @@
-//! Who a client is: address ranges from the configuration (`trusted_proxies`), the
+//! Addresses, a leaf that `config` and `limits` both use. Who a client is: address ranges from the configuration (`trusted_proxies`), the
 //! client's address behind trusted proxies (`X-Forwarded-For`, walked from the right), and
-//! the key limits count under ([`addr_key`]: an IPv4 address or an IPv6 /64). See the
-//! module docs of `limits` for why.
+//! the key limits count under ([`addr_key`]: an IPv4 address or an IPv6 /64; and
+//! [`wide_key`]: an IPv6 /48). See the module docs of `limits` for why.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -120,6 +120,17 @@ pub fn addr_key(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// How many times one address's allowance an IPv6 /48 may hold together (SPEC, Limits).
+pub const WIDE_FACTOR: usize = 8;
+
+/// The /48 an IPv6 client address is also counted under; `None` for IPv4.
+pub fn wide_key(addr: IpAddr) -> Option<IpAddr> {
+    match canonical(addr) {
+        v6 @ IpAddr::V6(_) => Some(masked(v6, 48)),
+        IpAddr::V4(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +211,10 @@ mod tests {
     fn ipv6_addresses_are_limited_by_their_64_network() {
         assert_eq!(addr_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
         assert_eq!(addr_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(
+            wide_key(ip("2001:db8:1:2:aaaa::1")),
+            Some(ip("2001:db8:1::"))
+        );
+        assert_eq!(wide_key(ip("::ffff:192.0.2.1")), None);
     }
 }
