@@ -94,6 +94,9 @@ pub struct Config {
     /// Rooms created per client address per minute (`rooms_per_minute`); past it 429
     /// (602). 0: no limit.
     pub rooms_per_minute: usize,
+    /// Rooms that may exist at once (`max_rooms`); past it `POST /chats` answers 503
+    /// (606). 0: no limit.
+    pub max_rooms: usize,
     /// Chat frames per socket per second (`msgs_per_second`), in bursts of up to
     /// `msgs_burst`; past it an error event (603) and the frame is dropped. 0 in either:
     /// no limit.
@@ -148,6 +151,7 @@ impl Default for Config {
             max_connections_per_ip: 100,
             token_attempts_per_minute: 10,
             rooms_per_minute: 30,
+            max_rooms: 10_000,
             msgs_per_second: 20,
             msgs_burst: 40,
             flood_close_after: 100,
@@ -266,6 +270,7 @@ impl Config {
             "max_connections_per_ip" => self.max_connections_per_ip = whole(value)?,
             "token_attempts_per_minute" => self.token_attempts_per_minute = whole(value)?,
             "rooms_per_minute" => self.rooms_per_minute = whole(value)?,
+            "max_rooms" => self.max_rooms = whole(value)?,
             "msgs_per_second" => self.msgs_per_second = whole(value)?,
             "msgs_burst" => self.msgs_burst = whole(value)?,
             "flood_close_after" => self.flood_close_after = whole(value)?,
@@ -596,6 +601,10 @@ mod tests {
         assert_eq!(limits, [10_000, 100, 10, 30, 20, 40, 100, 64]);
         let (config, _) = load(r#"{"rooms_per_minute":0,"msgs_burst":0}"#, &[]).unwrap();
         assert_eq!((config.rooms_per_minute, config.msgs_burst), (0, 0));
+        assert_eq!(load("{}", &[]).unwrap().0.max_rooms, 10_000);
+        assert_eq!(load(r#"{"max_rooms":0}"#, &[]).unwrap().0.max_rooms, 0);
+        let err = load(r#"{"max_rooms":-1}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("max_rooms"));
         for (json, key) in [
             (r#"{"max_connections":-1}"#, "max_connections"),
             (r#"{"msgs_burst":"lots"}"#, "msgs_burst"),

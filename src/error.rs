@@ -81,6 +81,8 @@ pub enum ErrorKind {
     /// 605: the database refused a write (disk full, I/O error); nothing was changed, and
     /// the client may try again (HTTP 503). Also `/healthz` while the database is down.
     StorageUnavailable,
+    /// 606: `max_rooms` rooms exist already; no room is created (HTTP 503).
+    TooManyRooms,
     /// A bug on our side, caught before it took the server down (HTTP 500).
     Internal,
 }
@@ -114,6 +116,7 @@ impl ErrorKind {
             TooManyMessages => (603, "Limit error: Too many messages", 429),
             ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
+            TooManyRooms => (606, "Limit error: Too many rooms", 503),
             Internal => (500, "Internal server error", 500),
         }
     }

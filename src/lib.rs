@@ -111,7 +111,7 @@ use cluster::Cluster;
 use hasher::Hasher;
 use limits::Limits;
 use metrics::Metrics;
-use rooms::{RoomMap, Rooms};
+use rooms::{Bounds, RoomMap, Rooms};
 use store::StoreError;
 use ws::WsServer;
 
@@ -200,27 +200,20 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     .map_err(StartError::Thread)?;
     // The backend, chosen once: nothing past this line asks which one runs. First, so that
     // a database problem stops start-up before anything listens.
+    let bounds = Bounds {
+        queue_len: config.send_queue_len,
+        history_len: config.history_len,
+        max_rooms: config.max_rooms,
+    };
     let rooms: Arc<dyn Rooms> = match &config.redis_url {
         // The URL may carry a password: it is not logged.
-        Some(url) => Cluster::start(
-            url,
-            config.presence_ttl,
-            hasher.clone(),
-            config.send_queue_len,
-            config.history_len,
-        )
-        .map_err(StartError::Redis)?,
+        Some(url) => Cluster::start(url, config.presence_ttl, hasher.clone(), bounds)
+            .map_err(StartError::Redis)?,
         None => {
             let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
                 .map_err(StartError::Store)?;
-            let map = RoomMap::restore(
-                store,
-                saved,
-                hasher.clone(),
-                config.send_queue_len,
-                config.history_len,
-            )
-            .map_err(StartError::Store)?;
+            let map = RoomMap::restore(store, saved, hasher.clone(), bounds)
+                .map_err(StartError::Store)?;
             Arc::new(map)
         }
     };

@@ -52,6 +52,8 @@ pub enum Limit {
     MaxHttpConnectionsPerIp,
     /// A token or password request past `bcrypt_per_ip` jobs in flight (602).
     BcryptPerIp,
+    /// A room creation past `max_rooms` rooms (606).
+    MaxRooms,
     /// A request line over 8 KiB (414), on either listener. A fixed limit: no config key.
     RequestLine,
     /// A request head over 32 KiB or 100 header lines (431), on either listener. Fixed.
@@ -64,7 +66,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
         Limit::MaxHttpConnections,
@@ -74,6 +76,7 @@ impl Limit {
         Limit::Messages,
         Limit::BcryptQueue,
         Limit::BcryptPerIp,
+        Limit::MaxRooms,
         Limit::RequestLine,
         Limit::RequestHead,
         Limit::HeadTimeout,
@@ -92,6 +95,7 @@ impl Limit {
             Limit::MaxHttpConnections => "max_http_connections",
             Limit::MaxHttpConnectionsPerIp => "max_http_connections_per_ip",
             Limit::BcryptPerIp => "bcrypt_per_ip",
+            Limit::MaxRooms => "max_rooms",
             Limit::RequestLine => "request_line",
             Limit::RequestHead => "request_head",
             Limit::HeadTimeout => "head_timeout_s",

@@ -915,3 +915,33 @@ fn a_node_stopped_and_continued_keeps_its_sockets() {
     );
     assert_eq!(scrape.value("chitchat_backend_up", &[]), 1.0);
 }
+
+/// `max_rooms` holds for the whole chat: the count is checked in the same Redis script
+/// that creates the room, so two nodes cannot pass it together. Paging works on a Redis
+/// node as on one node.
+#[test]
+fn max_rooms_and_paging_hold_across_nodes() {
+    let redis = Redis::start("max-rooms");
+    let url = redis.url();
+    let start = || {
+        let url = url.clone();
+        TestServer::start_with(move |config| {
+            config.redis_url = Some(url);
+            config.max_rooms = 3;
+        })
+    };
+    let (a, b) = (start(), start());
+    a.create_room("on node a", "public", None);
+    b.create_room("on node b", "public", None);
+    for server in [&a, &b] {
+        let refused = server.post(
+            "/chats",
+            &json!({"title": "one too many", "visibility": "public"}),
+        );
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.json(), error_body(606, None));
+    }
+    let page = b.get("/chats?after=1&limit=1").json();
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert_eq!(page[0]["title"], json!("on node a"));
+}

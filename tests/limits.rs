@@ -413,6 +413,26 @@ fn room_creation_past_the_limit_is_answered_429_with_retry_after() {
     assert_eq!(refusals(&server, "rooms_per_minute"), 1.0);
 }
 
+// -----------------------------------------------------------------------------------------
+// max_rooms
+
+/// Past `max_rooms` rooms that exist, a creation is 503 with code 606 from any address,
+/// nothing is created and it is counted; a delete makes room again.
+#[test]
+fn past_max_rooms_a_creation_is_503_606_until_a_room_is_deleted() {
+    let server = TestServer::start_with(|c| c.max_rooms = 3);
+    for (address, title) in [("203.0.113.1", "two"), ("203.0.113.2", "three")] {
+        assert_eq!(create_as(&server, address, title).status, 201);
+    }
+    let refused = create_as(&server, "203.0.113.3", "four");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json(), common::error_body(606, None));
+    assert_eq!(server.get("/chats/four").status, 404);
+    assert_eq!(refusals(&server, "max_rooms"), 1.0);
+    assert_eq!(server.delete("/chats/two").status, 200);
+    assert_eq!(create_as(&server, "203.0.113.3", "four").status, 201);
+}
+
 /// After `Retry-After`, the address may create a room again.
 #[test]
 fn an_address_may_create_rooms_again_after_retry_after() {

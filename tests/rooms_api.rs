@@ -135,6 +135,58 @@ fn listing_leaves_hidden_rooms_out() {
     );
 }
 
+/// `GET /chats?limit=L&after=ID` pages the listing by id: rooms with an id above `ID`, at
+/// most `L`, hidden rooms skipped; the ids tell the next page's `after`.
+#[test]
+fn listing_pages_by_id_with_limit_and_after() {
+    let server = TestServer::start();
+    server.create_room("Open Room", "public", None);
+    server.create_room("Secret Room", "hidden", Some("hidden-password"));
+    server.create_room("Closed Room", "private", Some("closed-password"));
+    server.create_room("Last Room", "public", None);
+    let ids = |query: &str| -> Vec<u64> {
+        let response = server.get(&format!("/chats?{query}"));
+        assert_eq!(response.status, 200, "{query}: {}", response.body);
+        response
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(id_of)
+            .collect()
+    };
+    assert_eq!(ids("limit=2"), [1, 2]);
+    assert_eq!(ids("limit=2&after=2"), [4, 5]);
+    assert_eq!(ids("after=4"), [5]);
+    assert_eq!(ids("after=5&limit=1000"), Vec::<u64>::new());
+    assert_eq!(
+        listing(&server).len(),
+        4,
+        "without parameters, every listed room"
+    );
+}
+
+/// A `limit` outside 1 to 1000, or a `limit` or `after` that is not a whole number, is
+/// 400 with code 105 naming it.
+#[test]
+fn a_bad_page_is_400_105_naming_the_parameter() {
+    let server = TestServer::start();
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("after=-1", "after"),
+        ("after=1.5&limit=2", "after"),
+    ] {
+        assert_error(
+            &server.get(&format!("/chats?{query}")),
+            400,
+            105,
+            Some(field),
+        );
+    }
+}
+
 /// `POST /chats` answers 201 with the new room and a `Location` header naming its path.
 #[test]
 fn creating_a_room_answers_201_with_the_room_and_its_location() {

@@ -9,6 +9,13 @@
 //! Targets: the other address gets no error and its GET p99 stays under 50 ms; under huge
 //! heads and slow clients the server's RSS grows by at most 64 MiB.
 //!
+//! The last attack fills the server with rooms: `max_rooms` (10,000) rooms, each with a
+//! full history (`history_len`, 50, messages of 4,000 characters, the most a frame of
+//! `max_message_bytes` holds). It runs to the end rather than for the run's seconds, with
+//! `rooms_per_minute` and `msgs_per_second` off for that server (from one address at the
+//! default rates it would take 5.5 hours, and what is measured is what the rooms cost), and
+//! reports the RSS each room adds: the figure docs/limits.md states.
+//!
 //! Every loop is bounded in time (the run's seconds) and in count (the attackers' threads
 //! and connections are constants); all traffic is to the server on loopback. To add an
 //! attack: a variant of [`Attack`], its name and RSS target, and its `attack` arm.
@@ -45,6 +52,14 @@ const RSS_GROWTH_TARGET_KIB: u64 = 64 * 1024;
 const HEAD_THREADS: usize = 3;
 const SLOW_CONNECTIONS: usize = 100;
 const BCRYPT_THREADS: usize = 16;
+/// Rooms the hoarding attack creates (`max_rooms`), messages it keeps in each (`history_len`)
+/// and the length of each message, and the threads it uses.
+const HOARD_ROOMS: usize = 10_000;
+const HOARD_MESSAGES: usize = 50;
+const HOARD_MSG_CHARS: usize = 4_000;
+const HOARD_THREADS: usize = 16;
+/// The longest the hoarding attack may take.
+const HOARD_DEADLINE: Duration = Duration::from_secs(600);
 /// Password rooms of the attacker's own, cycled through by the bcrypt flood.
 const ATTACKER_ROOMS: usize = 8;
 const PASSWORD: &str = "abuse-bench-password";
@@ -58,10 +73,17 @@ pub enum Attack {
     SlowClients,
     /// Right-password token requests for password rooms of its own, as fast as answered.
     BcryptFlood,
+    /// `max_rooms` rooms, each with a full history of the longest messages.
+    Hoard,
 }
 
 /// The attacks `make bench` runs, in order.
-pub const ATTACKS: [Attack; 3] = [Attack::HugeHeads, Attack::SlowClients, Attack::BcryptFlood];
+pub const ATTACKS: [Attack; 4] = [
+    Attack::HugeHeads,
+    Attack::SlowClients,
+    Attack::BcryptFlood,
+    Attack::Hoard,
+];
 
 impl Attack {
     fn name(self) -> &'static str {
@@ -69,12 +91,13 @@ impl Attack {
             Attack::HugeHeads => "huge heads",
             Attack::SlowClients => "slow heads and bodies",
             Attack::BcryptFlood => "bcrypt flood",
+            Attack::Hoard => "10,000 rooms with full histories",
         }
     }
 
     /// Whether the RSS target applies (SPEC: heads and slow clients cost bounded memory).
     fn rss_bounded(self) -> bool {
-        !matches!(self, Attack::BcryptFlood)
+        !matches!(self, Attack::BcryptFlood | Attack::Hoard)
     }
 }
 
@@ -125,7 +148,13 @@ impl Seen {
 }
 
 fn measure(options: &ServerOptions, attack: Attack, seconds: f64, table: &mut Table) -> Res<()> {
-    let server = Server::start_with(options, "abuse", &default_limits())?;
+    let mut limits = default_limits();
+    if matches!(attack, Attack::Hoard) {
+        // What the rooms cost is measured, not how long the rates make it take.
+        limits.insert("rooms_per_minute".into(), 0.into());
+        limits.insert("msgs_per_second".into(), 0.into());
+    }
+    let server = Server::start_with(options, "abuse", &limits)?;
     let addr = server.http;
     let mut setup = HttpClient::new_from(addr, BYSTANDER);
     let room = setup.post(
@@ -142,11 +171,16 @@ fn measure(options: &ServerOptions, attack: Attack, seconds: f64, table: &mut Ta
         thread::spawn(move || bystand(addr, room_id, &stop))
     };
     let mut peak_kib = baseline_kib;
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
-    while Instant::now() < until {
+    let started = Instant::now();
+    let (until, to_the_end) = match attack {
+        Attack::Hoard => (started + HOARD_DEADLINE, true),
+        _ => (started + Duration::from_secs_f64(seconds), false),
+    };
+    while Instant::now() < until && !(to_the_end && attackers.iter().all(|a| a.is_finished())) {
         thread::sleep(RSS_PERIOD);
         peak_kib = peak_kib.max(server.sample()?.rss_kib);
     }
+    let took = started.elapsed();
     stop.store(true, Ordering::SeqCst);
     let (gets, tokens) = bystander.join().map_err(|_| "the bystander panicked")?;
     let attempts: u64 = attackers
@@ -186,6 +220,20 @@ fn measure(options: &ServerOptions, attack: Attack, seconds: f64, table: &mut Ta
         peak_kib / 1024,
         growth / 1024
     );
+    if matches!(attack, Attack::Hoard) {
+        let after_kib = server.sample()?.rss_kib;
+        let rooms = server_rooms(addr)?;
+        table.info(
+            &format!("{name}: rooms and RSS they added"),
+            format!(
+                "{rooms} rooms in {:.0} s; RSS {} MiB after, +{} MiB: {:.0} KiB a room",
+                took.as_secs_f64(),
+                after_kib / 1024,
+                after_kib.saturating_sub(baseline_kib) / 1024,
+                after_kib.saturating_sub(baseline_kib) as f64 / rooms.max(1) as f64
+            ),
+        );
+    }
     if attack.rss_bounded() {
         table.check(
             &format!("{name}: server RSS"),
@@ -281,6 +329,14 @@ fn attack_threads(
         Attack::HugeHeads => HEAD_THREADS,
         Attack::SlowClients => SLOW_CONNECTIONS,
         Attack::BcryptFlood => BCRYPT_THREADS,
+        Attack::Hoard => {
+            return (0..HOARD_THREADS)
+                .map(|i| {
+                    let stop = Arc::clone(stop);
+                    thread::spawn(move || hoard(addr, i, &stop).unwrap_or(0))
+                })
+                .collect()
+        }
     };
     (0..count)
         .map(|i| {
@@ -301,6 +357,7 @@ fn attack_threads(
                             Ok(())
                         }
                         Attack::BcryptFlood => bcrypt_request(addr, room),
+                        Attack::Hoard => Ok(()),
                     };
                 }
                 made
@@ -356,4 +413,46 @@ fn bcrypt_request(addr: SocketAddr, room: Option<u64>) -> Res<()> {
     )?;
     std::io::copy(&mut stream, &mut std::io::sink())?;
     Ok(())
+}
+
+/// Thread `i`'s share of the hoard: rooms of its own, each filled with a full history by
+/// one socket that joins, sends the messages and reads them back. Returns the messages
+/// sent; stops early, with an error, when the server refuses (606 past `max_rooms`).
+fn hoard(addr: SocketAddr, i: usize, stop: &AtomicBool) -> Res<u64> {
+    let mut client = HttpClient::new_from(addr, ATTACKER);
+    let msg = "h".repeat(HOARD_MSG_CHARS);
+    let frame = serde_json::json!({"event_type": "send", "msg": msg}).to_string();
+    let mut sent = 0;
+    for k in (i..HOARD_ROOMS).step_by(HOARD_THREADS) {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let body = serde_json::json!({"title": format!("Hoard {k}"), "visibility": "public"});
+        let created = client.post("/chats", &body)?;
+        if created.status != 201 {
+            return Err(format!("room {k}: {}", created.status).into());
+        }
+        let room = created.json()?["id"].as_u64().ok_or("no room id")?;
+        let mut socket = crate::ws::connect(addr, room)?;
+        crate::ws::send_text(&mut socket, crate::ws::join_frame("hoarder"))?;
+        for _ in 0..HOARD_MESSAGES {
+            crate::ws::send_text(&mut socket, frame.clone())?;
+        }
+        let mut heard = 0;
+        while heard < HOARD_MESSAGES {
+            if let tungstenite::Message::Text(text) = socket.read()? {
+                heard += usize::from(text.contains(r#""event_type":"send""#));
+            }
+        }
+        let _ = socket.close(None);
+        sent += HOARD_MESSAGES as u64;
+    }
+    Ok(sent)
+}
+
+/// How many rooms `GET /chats` lists.
+fn server_rooms(addr: SocketAddr) -> Res<usize> {
+    let mut client = HttpClient::new_from(addr, BYSTANDER);
+    let rooms = client.get("/chats")?.json()?;
+    Ok(rooms.as_array().map_or(0, Vec::len))
 }

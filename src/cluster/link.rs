@@ -114,6 +114,8 @@ pub enum Refused {
     Gone,
     /// The title or name is taken.
     Taken,
+    /// `max_rooms` rooms exist already.
+    Full,
     /// Someone changed the room since it was read: read it again.
     Changed,
     /// The name is not this socket's (any more).

@@ -54,8 +54,8 @@ use crate::hasher::Hasher;
 use crate::metrics::CloseReason;
 use crate::path::RoomRef;
 use crate::rooms::{
-    hash_for, Bell, Counts, Info, Joined, Member, Refusal, Room, RoomInput, RoomKey, RoomView,
-    Rooms, UserView, Visibility, Waker,
+    hash_for, Bell, Bounds, Counts, Info, Joined, Member, Page, Refusal, Room, RoomInput, RoomKey,
+    RoomView, Rooms, UserView, Visibility, Waker,
 };
 use crate::sync::{read, write};
 
@@ -72,8 +72,8 @@ pub struct Cluster {
     local: RwLock<HashMap<u64, Arc<Room>>>,
     /// Hashes room passwords, on threads of its own.
     hasher: Hasher,
-    /// How many untaken events a member's channel holds before speakers wait.
-    queue_len: usize,
+    /// The channels' bound and the room count's (histories are Redis's).
+    bounds: Bounds,
     /// Rings the local members of chat messages (see `rooms::Waker`): the subscriber
     /// thread, which serves every room, must not ring each member itself.
     waker: Waker,
@@ -101,19 +101,18 @@ impl Cluster {
         url: &str,
         presence_ttl: Duration,
         hasher: Hasher,
-        queue_len: usize,
-        history_len: usize,
+        bounds: Bounds,
     ) -> Result<Arc<Cluster>, String> {
         let node = random_node_id().map_err(|e| format!("cannot make a node id: {e}"))?;
         log::info!("node {node}: rooms, history and presence are in Redis; db_path is not used");
-        let link = Link::new(url, presence_ttl, history_len, node)?;
+        let link = Link::new(url, presence_ttl, bounds.history_len, node)?;
         let waker =
             Waker::start().map_err(|e| format!("cannot start the room waker thread: {e}"))?;
         let cluster = Arc::new(Cluster {
             link: Arc::clone(&link),
             local: RwLock::new(HashMap::new()),
             hasher,
-            queue_len,
+            bounds,
             waker,
         });
         let listener: Arc<dyn Listener> = cluster.clone();
@@ -178,13 +177,15 @@ impl Cluster {
 }
 
 impl Rooms for Cluster {
-    fn list(&self) -> Result<Vec<RoomView>, ApiError> {
+    fn list(&self, page: Page) -> Result<Vec<RoomView>, ApiError> {
         let listed: Vec<Info> = self
             .link
             .rooms()?
             .iter()
+            .filter(|read| read.id > page.after)
             .map(info)
             .filter(|info| !matches!(info, Ok(i) if i.visibility == Visibility::Hidden))
+            .take(page.limit.unwrap_or(usize::MAX))
             .collect::<Result<_, _>>()?;
         let public: Vec<u64> = listed
             .iter()
@@ -223,7 +224,8 @@ impl Rooms for Cluster {
         Ok(kept.into_iter().skip(skip).map(Arc::from).collect())
     }
 
-    /// The title check and the id are one script: unique across nodes (SPEC).
+    /// The title check, the room count and the id are one script: unique across nodes
+    /// (SPEC), and `max_rooms` holds for the whole chat.
     fn create(&self, input: RoomInput) -> Result<RoomView, ApiError> {
         let (title, description, visibility) = input.new_room()?;
         let password_hash = hash_for(&self.hasher, visibility, input.password.as_deref(), None)?;
@@ -239,13 +241,15 @@ impl Rooms for Cluster {
             revision: 0,
         };
         let lower = info.title.to_lowercase();
-        info.id =
-            self.link
-                .create_room(&lower, &stored(&info))
-                .map_err(|refused| match refused {
-                    Refused::Taken => ApiError::field(ErrorKind::DuplicateRoom, "title"),
-                    _ => unavailable(),
-                })?;
+        let most = self.bounds.max_rooms;
+        info.id = self
+            .link
+            .create_room(&lower, &stored(&info), most)
+            .map_err(|refused| match refused {
+                Refused::Taken => ApiError::field(ErrorKind::DuplicateRoom, "title"),
+                Refused::Full => ApiError::new(ErrorKind::TooManyRooms),
+                _ => unavailable(),
+            })?;
         // A new room has nobody in it: no need to ask.
         Ok(view(
             &info,
@@ -309,7 +313,8 @@ impl Rooms for Cluster {
                 .entry(id)
                 .or_insert_with(|| {
                     let waker = self.waker.clone();
-                    Arc::new(Room::new(id, Vec::new(), 0, self.queue_len, 0, waker))
+                    let queue_len = self.bounds.queue_len;
+                    Arc::new(Room::new(id, Vec::new(), 0, queue_len, 0, waker))
                 })
                 .clone();
             // Under the map's lock, so `forget` cannot drop the room in between.

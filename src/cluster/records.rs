@@ -36,9 +36,14 @@ impl Link {
     }
 
     /// Adds a room titled `lower` (lower-cased); returns its new id.
-    pub fn create_room(&self, lower: &str, room: &StoredRoom) -> Result<u64, Refused> {
+    pub fn create_room(
+        &self,
+        lower: &str,
+        room: &StoredRoom,
+        max_rooms: usize,
+    ) -> Result<u64, Refused> {
         let json = serde_json::to_string(room).expect("a StoredRoom serialises");
-        let id: u64 = self.command(|c| {
+        let id: i64 = self.command(|c| {
             self.scripts
                 .create
                 .key(key("next_room_id"))
@@ -46,12 +51,14 @@ impl Link {
                 .key(key("titles"))
                 .arg(lower)
                 .arg(&json)
+                .arg(max_rooms)
                 .invoke(c)
         })?;
-        if id == 0 {
-            return Err(Refused::Taken);
+        match id {
+            0 => Err(Refused::Taken),
+            -1 => Err(Refused::Full),
+            id => u64::try_from(id).map_err(|_| Refused::Down),
         }
-        Ok(id)
     }
 
     /// Replaces room `before` with `room`, if nobody changed it meanwhile.

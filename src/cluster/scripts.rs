@@ -12,10 +12,12 @@ redis.call('HSET', KEYS[2], 1, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[2], 1)
 return 1"#;
 
-/// KEYS: next_room_id, rooms, titles. ARGV: lower-cased title, room JSON. The new id, or 0
-/// if the title is taken.
+/// KEYS: next_room_id, rooms, titles. ARGV: lower-cased title, room JSON, `max_rooms` (0:
+/// no bound). The new id, 0 if the title is taken, -1 if `max_rooms` rooms exist.
 pub(super) const CREATE: &str = r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+local most = tonumber(ARGV[3])
+if most > 0 and redis.call('HLEN', KEYS[2]) >= most then return -1 end
 local id = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], id, ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], id)

@@ -43,7 +43,7 @@ use crate::limits::AddressSlot;
 use crate::metrics::{self, Limit, Readings};
 use crate::net::any_contains;
 use crate::path::{self, percent_decode, query_param, RoomRef};
-use crate::rooms::RoomInput;
+use crate::rooms::{Page, RoomInput};
 use crate::token;
 use crate::State;
 use tokens::{bearer, issue_token, renew_token, require_token};
@@ -55,7 +55,7 @@ enum Route {
     Health,
     /// Any method: who may see it is decided before the method (see the module docs).
     Metrics,
-    ListRooms,
+    ListRooms(Option<String>),
     CreateRoom,
     GetRoom(RoomRef),
     UpdateRoom(RoomRef),
@@ -88,7 +88,7 @@ fn route(method: &Method, raw_path: &str) -> Result<Route, Miss> {
         (["healthz"], _) if get => Ok(Route::Health),
         (["healthz"], _) => Err(Miss::MethodNotAllowed("GET")),
         (["metrics"], _) => Ok(Route::Metrics),
-        (["chats"] | ["chats", ""], _) if get => Ok(Route::ListRooms),
+        (["chats"] | ["chats", ""], _) if get => Ok(Route::ListRooms(query.map(str::to_owned))),
         (["chats"] | ["chats", ""], Post) => Ok(Route::CreateRoom),
         (["chats"] | ["chats", ""], _) => Err(Miss::MethodNotAllowed("GET, POST")),
         (["chats", r], _) if get => Ok(Route::GetRoom(room(r)?)),
@@ -194,7 +194,7 @@ fn handle(server: &Server, state: &State, request: &mut Request) -> Result<Reply
         Route::Page => Ok(page(state)),
         Route::Health => health(state),
         Route::Metrics => return metrics(server, state, request, client),
-        Route::ListRooms => state.rooms.list().map(|rooms| Reply::json(200, &rooms)),
+        Route::ListRooms(query) => list_rooms(state, query.as_deref()),
         Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room, client),
@@ -290,11 +290,52 @@ fn page(state: &State) -> Reply {
 
 /// A room created counts toward `rooms_per_minute`; a request refused for any reason (a
 /// bad title, a full bcrypt queue) does not.
+/// The most rooms one page of `GET /chats?limit=` may hold.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /chats`, every listed room, or one page of them: `?limit=L&after=ID`.
+fn list_rooms(state: &State, query: Option<&str>) -> Result<Reply, ApiError> {
+    let page = Page {
+        after: query_number(query, "after")?.unwrap_or(0),
+        limit: query_limit(query, MAX_PAGE)?,
+    };
+    Ok(Reply::json(200, &state.rooms.list(page)?))
+}
+
+/// The query parameter `name` as a whole number, if given; 400 (105, `field` = `name`) if
+/// it is not one.
+fn query_number(query: Option<&str>, name: &'static str) -> Result<Option<u64>, ApiError> {
+    query
+        .and_then(|q| query_param(q, name))
+        .map(|value| {
+            value
+                .parse::<u64>()
+                .map_err(|_| ApiError::field(ErrorKind::RoomInvalidContent, name))
+        })
+        .transpose()
+}
+
+/// The query parameter `limit`, if given: 1 to `most`, else 400 (105, `field` = `limit`).
+fn query_limit(query: Option<&str>, most: usize) -> Result<Option<usize>, ApiError> {
+    query_number(query, "limit")?
+        .map(|limit| {
+            usize::try_from(limit)
+                .ok()
+                .filter(|l| (1..=most).contains(l))
+                .ok_or_else(|| ApiError::field(ErrorKind::RoomInvalidContent, "limit"))
+        })
+        .transpose()
+}
+
 fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<Reply, ApiError> {
     let attempt = state.limits.room_creation(client, Instant::now())?;
     let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
     let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
-    let room = state.rooms.create(input)?;
+    let room = state.rooms.create(input).inspect_err(|e| {
+        if e.kind == ErrorKind::TooManyRooms {
+            state.metrics.refused(Limit::MaxRooms);
+        }
+    })?;
     attempt.keep();
     log::info!("room {} created ({:?})", room.id, room.visibility);
     let location = format!("/chats/{}", room.id);
@@ -348,21 +389,8 @@ fn messages(
     let key = state.rooms.key(room)?;
     require_token(state, request, &key)?;
     let kept = state.config.history_len;
-    let number = |name: &'static str| -> Result<Option<u64>, ApiError> {
-        let invalid = || ApiError::field(ErrorKind::RoomInvalidContent, name);
-        query
-            .and_then(|q| query_param(q, name))
-            .map(|value| value.parse::<u64>().map_err(|_| invalid()))
-            .transpose()
-    };
-    let since = number("since")?.unwrap_or(0);
-    let limit = match number("limit")? {
-        None => kept,
-        Some(limit) => usize::try_from(limit)
-            .ok()
-            .filter(|l| (1..=kept).contains(l))
-            .ok_or_else(|| ApiError::field(ErrorKind::RoomInvalidContent, "limit"))?,
-    };
+    let since = query_number(query, "since")?.unwrap_or(0);
+    let limit = query_limit(query, kept)?.unwrap_or(kept);
     let events = state.rooms.messages(key.id, since, limit)?;
     let mut body = String::from("[");
     for (i, event) in events.iter().enumerate() {

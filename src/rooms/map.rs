@@ -36,7 +36,7 @@ use super::catalog::{hash_for, not_found, Info, RoomInput};
 use super::room::{Joined, Member, Refusal, Room};
 use super::view::{RoomKey, RoomView, Visibility};
 use super::waker::Waker;
-use super::{Counts, Rooms};
+use super::{Bounds, Counts, Page, Rooms};
 
 /// How often an update starts again because another changed the room meanwhile, before
 /// it gives up (each try may hash a password).
@@ -52,10 +52,8 @@ pub struct RoomMap {
     store: Arc<dyn Store>,
     /// Hashes room passwords, on threads of its own.
     hasher: Hasher,
-    /// How many untaken events a member's channel holds before speakers wait.
-    queue_len: usize,
-    /// How many `send` events each room keeps for sockets that join later.
-    history_len: usize,
+    /// The channels', histories' and room count's bounds.
+    bounds: Bounds,
     /// Rings the members of chat messages (see `waker`).
     waker: Waker,
 }
@@ -115,8 +113,7 @@ impl RoomMap {
         store: Arc<dyn Store>,
         saved: Saved,
         hasher: Hasher,
-        queue_len: usize,
-        history_len: usize,
+        bounds: Bounds,
     ) -> Result<RoomMap, StoreError> {
         let waker = Waker::start()
             .map_err(|e| store.error(format!("cannot start the room waker thread: {e}")))?;
@@ -129,8 +126,7 @@ impl RoomMap {
             writes: Mutex::new(()),
             store,
             hasher,
-            queue_len,
-            history_len,
+            bounds,
             waker,
         };
         let mut history = saved.history;
@@ -171,8 +167,8 @@ impl RoomMap {
             info.id,
             history,
             last_message_id,
-            self.queue_len,
-            self.history_len,
+            self.bounds.queue_len,
+            self.bounds.history_len,
             self.waker.clone(),
         );
         Entry {
@@ -190,12 +186,15 @@ impl RoomMap {
 }
 
 impl Rooms for RoomMap {
-    fn list(&self) -> Result<Vec<RoomView>, ApiError> {
+    fn list(&self, page: Page) -> Result<Vec<RoomView>, ApiError> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let index = read(&self.index);
         let views = index
             .by_id
-            .values()
+            .range((Excluded(page.after), Unbounded))
+            .map(|(_, entry)| entry)
             .filter(|e| e.info.visibility != Visibility::Hidden)
+            .take(page.limit.unwrap_or(usize::MAX))
             .map(|e| {
                 let public = e.info.visibility == Visibility::Public;
                 e.info
@@ -231,6 +230,7 @@ impl Rooms for RoomMap {
         let _writing = lock(&self.writes);
         let id = {
             let index = read(&self.index);
+            self.bounds.check_room_count(index.by_id.len())?;
             index.check_title_free(&title, None)?;
             index.next_id
         };
@@ -424,16 +424,20 @@ mod tests {
     /// messages, saving nothing.
     fn map(queue_len: usize, history_len: usize) -> Arc<dyn Rooms> {
         let hasher = Hasher::start(4, 0, Arc::default()).unwrap();
-        let map = RoomMap::restore(
-            Arc::new(NoStore),
-            Saved::default(),
-            hasher,
+        let bounds = Bounds {
             queue_len,
             history_len,
-        )
-        .unwrap();
+            max_rooms: 3,
+        };
+        let map = RoomMap::restore(Arc::new(NoStore), Saved::default(), hasher, bounds).unwrap();
         Arc::new(map)
     }
+
+    const BOUNDS: Bounds = Bounds {
+        queue_len: 16,
+        history_len: 10,
+        max_rooms: 0,
+    };
 
     fn input(title: &str, visibility: &str, password: Option<&str>) -> RoomInput {
         RoomInput {
@@ -511,7 +515,7 @@ mod tests {
             history: [(5, vec![(40, Arc::from("{\"id\":40}"))])].into(),
         };
         let hasher = Hasher::start(4, 0, Arc::default()).unwrap();
-        let rooms = RoomMap::restore(Arc::new(NoStore), saved, hasher, 16, 10).unwrap();
+        let rooms = RoomMap::restore(Arc::new(NoStore), saved, hasher, BOUNDS).unwrap();
         let key = rooms.key(&RoomRef::Title("kept".into())).unwrap();
         assert_eq!(
             (key.id, key.visibility, key.password_hash.as_deref()),
@@ -544,7 +548,7 @@ mod tests {
             history: Default::default(),
         };
         let hasher = Hasher::start(4, 0, Arc::default()).unwrap();
-        let error = RoomMap::restore(Arc::new(NoStore), saved, hasher, 16, 10)
+        let error = RoomMap::restore(Arc::new(NoStore), saved, hasher, BOUNDS)
             .err()
             .unwrap();
         assert_eq!(error.problem, "room 2 has an unknown visibility \"secret\"");
@@ -687,6 +691,52 @@ mod tests {
         let joined = late.join("zed", "blue", Some(2)).unwrap();
         assert_eq!(joined.replay.len(), 1);
         assert!(joined.replay[0].ends_with(r#","replay":true}"#));
+    }
+
+    /// `max_rooms` (3 in these tests) bounds the rooms that exist: a delete makes room.
+    #[test]
+    fn past_max_rooms_a_creation_is_606_until_a_room_is_deleted() {
+        let rooms = map(16, 0);
+        let second = rooms.create(input("second", "public", None)).unwrap();
+        rooms.create(input("third", "public", None)).unwrap();
+        let refused = rooms.create(input("fourth", "public", None)).unwrap_err();
+        assert_eq!(refused.code(), 606);
+        rooms.delete(second.id).unwrap();
+        assert_eq!(rooms.create(input("fourth", "public", None)).unwrap().id, 4);
+    }
+
+    /// A page is the listed rooms with an id above `after`, at most `limit`; hidden rooms
+    /// are skipped, not counted.
+    #[test]
+    fn a_listing_pages_by_id() {
+        let rooms = map(16, 0);
+        rooms
+            .create(input("hidden", "hidden", Some("password1")))
+            .unwrap();
+        rooms.create(input("third", "public", None)).unwrap();
+        let ids = |page| -> Vec<u64> { rooms.list(page).unwrap().iter().map(|r| r.id).collect() };
+        assert_eq!(ids(Page::default()), [1, 3]);
+        assert_eq!(
+            ids(Page {
+                after: 1,
+                limit: Some(1)
+            }),
+            [3]
+        );
+        assert_eq!(
+            ids(Page {
+                after: 0,
+                limit: Some(1)
+            }),
+            [1]
+        );
+        assert_eq!(
+            ids(Page {
+                after: u64::MAX,
+                limit: None
+            }),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]

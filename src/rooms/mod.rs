@@ -55,6 +55,36 @@ pub use waker::Waker;
 use crate::error::ApiError;
 use crate::path::RoomRef;
 
+/// The bounds every backend keeps, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// How many untaken events a member's channel holds before speakers wait
+    /// (`send_queue_len`).
+    pub queue_len: usize,
+    /// How many `send` events each room keeps for sockets that join later (`history_len`).
+    pub history_len: usize,
+    /// How many rooms may exist (`max_rooms`; 0: no bound).
+    pub max_rooms: usize,
+}
+
+impl Bounds {
+    /// 606 if `rooms` exist already and that is the most allowed.
+    pub fn check_room_count(&self, rooms: usize) -> Result<(), ApiError> {
+        if self.max_rooms > 0 && rooms >= self.max_rooms {
+            return Err(ApiError::new(crate::error::ErrorKind::TooManyRooms));
+        }
+        Ok(())
+    }
+}
+
+/// Which rooms a listing shows: those with an id above `after`, at most `limit` of them
+/// (`GET /chats?limit=&after=`; without them, every listed room, as in the Go version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Page {
+    pub after: u64,
+    pub limit: Option<usize>,
+}
+
 /// What the gauges of `/metrics` read from the backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -69,9 +99,9 @@ pub struct Counts {
 /// Where rooms live and how their events are ordered: one node or several, chosen once in
 /// `start`. Every REST request and every socket goes through this.
 pub trait Rooms: Send + Sync {
-    /// Every room except hidden ones, by id. Users are shown for public rooms only: a
-    /// listing has no token for each private room.
-    fn list(&self) -> Result<Vec<RoomView>, ApiError>;
+    /// The rooms of `page` except hidden ones, by id. Users are shown for public rooms
+    /// only: a listing has no token for each private room.
+    fn list(&self, page: Page) -> Result<Vec<RoomView>, ApiError>;
     /// What checking access to the room `room_ref` names needs; 101 if there is none.
     fn key(&self, room_ref: &RoomRef) -> Result<RoomKey, ApiError>;
     /// Room `id` as clients see it, with or without its users.
@@ -80,7 +110,7 @@ pub trait Rooms: Send + Sync {
     /// (the newest), as broadcast.
     fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError>;
     /// Validates `input`, hashes its password (before any lock) and saves a new room. Its
-    /// id is never one used before (SPEC, Rooms).
+    /// id is never one used before (SPEC, Rooms); past `max_rooms`, 606.
     fn create(&self, input: RoomInput) -> Result<RoomView, ApiError>;
     /// Applies the fields present in `input` to room `id`.
     fn update(&self, id: u64, input: RoomInput) -> Result<RoomView, ApiError>;

@@ -420,6 +420,7 @@ pub fn error_message(code: u16) -> &'static str {
         404 => "Not found",
         405 => "Method not allowed",
         413 => "Request body too large",
+        606 => "Limit error: Too many rooms",
         _ => panic!("no error code {code} in SPEC"),
     }
 }
