@@ -165,7 +165,7 @@ fn measure(options: &ServerOptions, attack: Attack, seconds: f64, table: &mut Ta
     let rooms = attacker_rooms(addr, attack)?;
     let baseline_kib = server.sample()?.rss_kib;
     let stop = Arc::new(AtomicBool::new(false));
-    let attackers = attack_threads(attack, addr, &rooms, &stop);
+    let attackers = attack_threads(attack, (addr, server.ws), &rooms, &stop);
     let bystander = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || bystand(addr, room_id, &stop))
@@ -318,10 +318,11 @@ fn every(
     seen
 }
 
-/// Starts the attack's threads; each returns how many requests or connections it made.
+/// Starts the attack's threads, against the REST and WebSocket addresses; each returns how
+/// many requests or connections it made.
 fn attack_threads(
     attack: Attack,
-    addr: SocketAddr,
+    (addr, ws): (SocketAddr, SocketAddr),
     rooms: &[u64],
     stop: &Arc<AtomicBool>,
 ) -> Vec<thread::JoinHandle<u64>> {
@@ -333,7 +334,12 @@ fn attack_threads(
             return (0..HOARD_THREADS)
                 .map(|i| {
                     let stop = Arc::clone(stop);
-                    thread::spawn(move || hoard(addr, i, &stop).unwrap_or(0))
+                    thread::spawn(move || {
+                        hoard((addr, ws), i, &stop).unwrap_or_else(|e| {
+                            eprintln!("abuse: hoarding thread {i}: {e}");
+                            0
+                        })
+                    })
                 })
                 .collect()
         }
@@ -418,7 +424,7 @@ fn bcrypt_request(addr: SocketAddr, room: Option<u64>) -> Res<()> {
 /// Thread `i`'s share of the hoard: rooms of its own, each filled with a full history by
 /// one socket that joins, sends the messages and reads them back. Returns the messages
 /// sent; stops early, with an error, when the server refuses (606 past `max_rooms`).
-fn hoard(addr: SocketAddr, i: usize, stop: &AtomicBool) -> Res<u64> {
+fn hoard((addr, ws): (SocketAddr, SocketAddr), i: usize, stop: &AtomicBool) -> Res<u64> {
     let mut client = HttpClient::new_from(addr, ATTACKER);
     let msg = "h".repeat(HOARD_MSG_CHARS);
     let frame = serde_json::json!({"event_type": "send", "msg": msg}).to_string();
@@ -433,7 +439,7 @@ fn hoard(addr: SocketAddr, i: usize, stop: &AtomicBool) -> Res<u64> {
             return Err(format!("room {k}: {}", created.status).into());
         }
         let room = created.json()?["id"].as_u64().ok_or("no room id")?;
-        let mut socket = crate::ws::connect(addr, room)?;
+        let mut socket = crate::ws::connect(ws, room)?;
         crate::ws::send_text(&mut socket, crate::ws::join_frame("hoarder"))?;
         for _ in 0..HOARD_MESSAGES {
             crate::ws::send_text(&mut socket, frame.clone())?;

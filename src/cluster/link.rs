@@ -52,6 +52,7 @@ use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, Script, Serv
 use serde::{Deserialize, Serialize};
 
 use super::scripts::{Scripts, CREATE, DELETE, INIT, JOIN, LEAVE, REAP, SEND, UPDATE};
+use crate::error::ApiError;
 use crate::sync::lock;
 
 /// Every key and channel starts with this.
@@ -106,6 +107,17 @@ pub struct StoredMember {
 /// The caller answers 503, code 605; the link is already reconnecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Down;
+
+/// 605: Redis cannot be used now.
+pub(super) fn unavailable() -> ApiError {
+    ApiError::new(crate::error::ErrorKind::StorageUnavailable)
+}
+
+impl From<Down> for ApiError {
+    fn from(_: Down) -> ApiError {
+        unavailable()
+    }
+}
 
 /// What a script refused, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! - this file: [`Cluster`], the room map's answers read through to Redis, and the steps
 //!   of a join, send or leave around its script;
 //! - `link`: the connection pool, up and down, the keys and types;
-//! - `records`: rooms, members and history as Redis keeps them;
+//! - `records`: rooms, members and history as Redis keeps them, and their conversions;
 //! - `chat`: the join, send and leave scripts' calls;
 //! - `subscriber`: the subscriber thread: subscription, heartbeat, reaping, reconnecting;
 //! - `scripts`: the Lua scripts.
@@ -55,11 +55,12 @@ use crate::metrics::CloseReason;
 use crate::path::RoomRef;
 use crate::rooms::{
     hash_for, Bell, Bounds, Counts, Info, Joined, Member, Page, Refusal, Room, RoomInput, RoomKey,
-    RoomView, Rooms, UserView, Visibility, Waker,
+    RoomView, Rooms, Visibility, Waker,
 };
 use crate::sync::{read, write};
 
-use link::{Down, Kind, Link, Listener, Refused, RoomRead, StoredMember, StoredRoom};
+use link::{unavailable, Down, Kind, Link, Listener, Refused, RoomRead, StoredMember};
+use records::{info, stored, view};
 
 /// How often a change starts again because another node changed the room meanwhile.
 const CHANGE_TRIES: usize = 8;
@@ -79,19 +80,8 @@ pub struct Cluster {
     waker: Waker,
 }
 
-/// 605: Redis cannot be used now.
-fn unavailable() -> ApiError {
-    ApiError::new(ErrorKind::StorageUnavailable)
-}
-
 fn not_found() -> ApiError {
     ApiError::new(ErrorKind::RoomNotFound)
-}
-
-impl From<Down> for ApiError {
-    fn from(_: Down) -> ApiError {
-        unavailable()
-    }
 }
 
 impl Cluster {
@@ -469,56 +459,6 @@ impl Listener for Cluster {
         for room in rooms {
             room.locked(|state, after| state.close_all(CloseReason::Backend, after));
         }
-    }
-}
-
-/// A stored room as the catalogue's `Info`; a visibility this build does not know is a 605
-/// (another version wrote it), logged.
-fn info(read: &RoomRead) -> Result<Info, ApiError> {
-    let room: &StoredRoom = &read.room;
-    let visibility = Visibility::parse(&room.visibility).ok_or_else(|| {
-        log::error!(
-            "Redis: room {} has an unknown visibility {:?}",
-            read.id,
-            room.visibility
-        );
-        unavailable()
-    })?;
-    Ok(Info {
-        id: read.id,
-        title: room.title.clone(),
-        description: room.description.clone(),
-        visibility,
-        password_hash: room.password_hash.clone(),
-        created_at: room.created_at.clone(),
-        updated_at: room.updated_at.clone(),
-        revision: 0,
-    })
-}
-
-/// `info` as clients see it, with `users` when they may see them.
-fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
-    info.view(users.map(|members| {
-        members
-            .into_iter()
-            .map(|m| UserView {
-                username: m.username,
-                color: m.color,
-                last_activity: m.last_activity,
-            })
-            .collect()
-    }))
-}
-
-/// `info` as Redis keeps it.
-fn stored(info: &Info) -> StoredRoom {
-    StoredRoom {
-        title: info.title.clone(),
-        description: info.description.clone(),
-        visibility: info.visibility.as_str().into(),
-        password_hash: info.password_hash.clone(),
-        created_at: info.created_at.clone(),
-        updated_at: info.updated_at.clone(),
     }
 }
 

@@ -1,7 +1,12 @@
 //! Rooms in Redis: reading them, and creating, updating and deleting them through the
-//! scripts; members, history and counts as the REST side reads them.
+//! scripts; members, history and counts as the REST side reads them; and the conversions
+//! between a room as Redis keeps it and as the rest of the server sees it.
 
 use std::collections::HashMap;
+
+use super::link::unavailable;
+use crate::error::ApiError;
+use crate::rooms::{Info, RoomView, UserView, Visibility};
 
 use super::link::{channel, key, Down, Link, Refused, RoomRead, StoredMember, StoredRoom, PREFIX};
 
@@ -175,4 +180,54 @@ fn parse_room(id: &str, raw: String) -> Option<RoomRead> {
     let id = id.parse().ok()?;
     let room = serde_json::from_str(&raw).ok()?;
     Some(RoomRead { id, room, raw })
+}
+
+/// A stored room as the catalogue's `Info`; a visibility this build does not know is a 605
+/// (another version wrote it), logged.
+pub(super) fn info(read: &RoomRead) -> Result<Info, ApiError> {
+    let room: &StoredRoom = &read.room;
+    let visibility = Visibility::parse(&room.visibility).ok_or_else(|| {
+        log::error!(
+            "Redis: room {} has an unknown visibility {:?}",
+            read.id,
+            room.visibility
+        );
+        unavailable()
+    })?;
+    Ok(Info {
+        id: read.id,
+        title: room.title.clone(),
+        description: room.description.clone(),
+        visibility,
+        password_hash: room.password_hash.clone(),
+        created_at: room.created_at.clone(),
+        updated_at: room.updated_at.clone(),
+        revision: 0,
+    })
+}
+
+/// `info` as clients see it, with `users` when they may see them.
+pub(super) fn view(info: &Info, users: Option<Vec<StoredMember>>) -> RoomView {
+    info.view(users.map(|members| {
+        members
+            .into_iter()
+            .map(|m| UserView {
+                username: m.username,
+                color: m.color,
+                last_activity: m.last_activity,
+            })
+            .collect()
+    }))
+}
+
+/// `info` as Redis keeps it.
+pub(super) fn stored(info: &Info) -> StoredRoom {
+    StoredRoom {
+        title: info.title.clone(),
+        description: info.description.clone(),
+        visibility: info.visibility.as_str().into(),
+        password_hash: info.password_hash.clone(),
+        created_at: info.created_at.clone(),
+        updated_at: info.updated_at.clone(),
+    }
 }
