@@ -187,6 +187,10 @@ impl Outcome {
         self.listed_rows(table, listed_figure);
         self.cpu.report(table);
         table.info(
+            "server CPU per delivery (CPU time / deliveries)",
+            self.cpu_per_delivery(),
+        );
+        table.info(
             rss_figure,
             format!(
                 "{}, {}",
@@ -194,6 +198,16 @@ impl Outcome {
                 self.server_after.threads
             ),
         );
+    }
+
+    /// The server's CPU time per delivery, in µs: what one member hearing one message
+    /// costs, the figure that decides how many people a small host holds.
+    pub fn cpu_per_delivery(&self) -> String {
+        let per_s = self.figures.deliveries_per_s;
+        if per_s <= 0.0 {
+            return "no deliveries".into();
+        }
+        format!("{:.2} µs", self.cpu.server / 100.0 / per_s * 1e6)
     }
 
     /// The check that every server listed every subscriber before and after the sending
