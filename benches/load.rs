@@ -18,8 +18,10 @@
 //!   minutes at the default limits, from 20 source addresses; only with `--only soak`,
 //!   which `make soak` passes, never in a plain `make bench`) and `cluster.rs` (12:
 //!   500 x 200 over two nodes sharing a `redis-server` the scenario starts itself, then
-//!   one node on Redis beside one on SQLite), `abuse.rs` (13: huge heads, slow clients and a
-//!   bcrypt flood from 127.0.0.1 while 127.0.0.2 times GETs and token requests);
+//!   one node on Redis beside one on SQLite), `abuse.rs` (13: huge heads, slow clients, a
+//!   bcrypt flood and 10,000 full rooms from 127.0.0.1 while 127.0.0.2 times GETs and token
+//!   requests) and `smallhost.rs` (14: 1,000 x 50 msg/s with the server in a control group
+//!   of half a core and 64 MiB);
 //! - `load/stats.rs` (percentiles, formatting) and `load/report.rs` (tables, markdown).
 //!
 //! Design: plain threads and blocking sockets, like the server; tungstenite is the
@@ -29,7 +31,7 @@
 //!
 //! Arguments (all optional): `--server PATH` (default `$CHITCHAT_BIN`, else
 //! `target/release/chitchat`), `--out PATH` (default `BENCHMARKS.md`), `--only
-//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess,cluster,abuse` (the
+//! rest,fanout,idle,churn,tokens,footprint,slowdisk,overload,scale,guess,cluster,abuse,smallhost` (the
 //! default: all of these) or `--only soak`, `--seconds N` (length of each timed run, default 10;
 //! slowdisk has two, each overload run one; the guessing flood one; cluster three),
 //! `--rest-client auto|wrk|own`, `--no-db` (`db_path: null`: no database; slowdisk,
@@ -75,6 +77,8 @@ mod scale;
 mod server;
 #[path = "load/slowdisk.rs"]
 mod slowdisk;
+#[path = "load/smallhost.rs"]
+mod smallhost;
 #[path = "load/soak.rs"]
 mod soak;
 #[path = "load/stats.rs"]
@@ -95,7 +99,7 @@ use server::ServerOptions;
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario `make bench` runs, in report order.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "rest",
     "fanout",
     "idle",
@@ -108,6 +112,7 @@ const SCENARIOS: [&str; 12] = [
     "guess",
     "cluster",
     "abuse",
+    "smallhost",
 ];
 /// Scenarios that run only when `--only` names them: the soak takes ten minutes.
 const ON_REQUEST: [&str; 1] = ["soak"];
@@ -316,6 +321,7 @@ fn main() -> ExitCode {
     });
     run("cluster", &mut || cluster::run(&options, seconds));
     run("abuse", &mut || vec![abuse::run(&options, seconds)]);
+    run("smallhost", &mut || vec![smallhost::run(&options, seconds)]);
     run("soak", &mut || vec![soak::run(&options, args.soak_seconds)]);
 
     let context = Context {
