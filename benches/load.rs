@@ -8,7 +8,8 @@
 //! - `load/ws.rs`: WebSocket members (a joined socket with a reading thread) and the bench
 //!   message that lets every receiver detect loss, duplicates and reordering;
 //! - `load/http.rs`: a keep-alive HTTP/1.1 client, and the `wrk` runner;
-//! - one file per scenario, numbered as in the issues: `rest.rs` (1), `fanout.rs` (2),
+//! - one file per scenario, numbered as in the issues: `rest.rs` (1), `fanout.rs` (2;
+//!   `relay.rs` runs its 500 x 200 through websocat's broadcast relay for comparison),
 //!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6), `slowdisk.rs`
 //!   (7: a fan-out while rooms are created on a disk whose flushes take 30 ms),
 //!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full),
@@ -67,6 +68,8 @@ mod http;
 mod idle;
 #[path = "load/overload.rs"]
 mod overload;
+#[path = "load/relay.rs"]
+mod relay;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/rest.rs"]
@@ -280,9 +283,17 @@ fn main() -> ExitCode {
                 .filter_map(|name| fanout::Shape::parse(name))
                 .collect(),
         };
+        // 500 x 200 also runs through websocat's relay, the yardstick of issue 22.
+        let relayed = shapes
+            .iter()
+            .filter(|shape| (shape.subscribers, shape.rate) == (500, 200))
+            .map(|shape| relay::run(shape, seconds));
         shapes
             .iter()
             .map(|shape| fanout::run(&options, shape, seconds))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(relayed)
             .collect()
     });
     run("idle", &mut || {
