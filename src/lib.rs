@@ -77,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+mod access;
 mod clock;
 mod cluster;
 pub mod config;
@@ -87,11 +88,13 @@ mod http;
 mod limits;
 mod metrics;
 mod net;
+mod origin;
 pub mod path;
 mod rooms;
 mod store;
 mod sync;
 pub mod token;
+mod visible;
 mod web;
 mod ws;
 
@@ -140,6 +143,8 @@ pub struct State {
     pub hasher: Hasher,
     /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
+    /// The WebSocket listener's port: the page's Content-Security-Policy names it.
+    pub ws_port: u16,
     /// The limits, and the per-address state they keep (see `limits`).
     pub limits: Limits,
     /// The counters `/metrics` shows; shared with the bcrypt threads' handle.
@@ -281,6 +286,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             ws_port,
             config.max_message_bytes,
         )),
+        ws_port,
         secret,
         config,
     });

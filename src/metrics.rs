@@ -60,11 +60,14 @@ pub enum Limit {
     HeadTimeout,
     /// A body not whole within `body_timeout_s` (408).
     BodyTimeout,
+    /// A cross-site `POST`, `PUT`, `DELETE` or WebSocket handshake (607), on either
+    /// listener.
+    AllowedOrigins,
 }
 
 impl Limit {
     /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
         Limit::MaxHttpConnections,
@@ -78,6 +81,7 @@ impl Limit {
         Limit::RequestHead,
         Limit::HeadTimeout,
         Limit::BodyTimeout,
+        Limit::AllowedOrigins,
     ];
 
     /// The label value: the limit's config key.
@@ -96,6 +100,7 @@ impl Limit {
             Limit::RequestHead => "request_head",
             Limit::HeadTimeout => "head_timeout_s",
             Limit::BodyTimeout => "body_timeout_s",
+            Limit::AllowedOrigins => "allowed_origins",
         }
     }
 }
@@ -121,11 +126,15 @@ pub enum CloseReason {
     Shutdown,
     /// The backend (Redis) was lost (1012). SQLite never closes sockets.
     Backend,
+    /// Its room's password or visibility changed, or its token no longer opens the room
+    /// (1008, after an error event with code 104): it must present what the room asks for
+    /// now (SPEC, Who may change a room).
+    AccessChanged,
 }
 
 impl CloseReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::Slow,
         CloseReason::Flood,
@@ -134,6 +143,7 @@ impl CloseReason {
         CloseReason::RoomDeleted,
         CloseReason::Shutdown,
         CloseReason::Backend,
+        CloseReason::AccessChanged,
     ];
 
     /// The label value.
@@ -147,6 +157,7 @@ impl CloseReason {
             CloseReason::RoomDeleted => "room_deleted",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Backend => "backend",
+            CloseReason::AccessChanged => "access_changed",
         }
     }
 }

@@ -305,14 +305,15 @@ fn titles_are_unique_across_nodes() {
 }
 
 /// A token issued by node A opens the private room on node B (the same secret, hash and id
-/// make the same key), for the socket, for GET with users, and for PUT.
+/// make the same key), for the socket and for GET with users; its owner token, from A's
+/// 201, changes it on B, where the room token cannot (104) and no token is 403.
 #[test]
 fn a_token_issued_by_one_node_opens_the_room_on_the_other() {
     let redis = Redis::start("tokens");
     let (a, b) = two_nodes(&redis);
-    let id = a.create_room("Private", "private", Some(PASSWORD))["id"]
-        .as_u64()
-        .unwrap();
+    let created = a.create_room("Private", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
     let token = a.token(&id.to_string(), "ann", PASSWORD);
     let mut ann = ws_with_token(&b, id, &token);
     ann.join("ann");
@@ -322,18 +323,14 @@ fn a_token_issued_by_one_node_opens_the_room_on_the_other() {
     assert_eq!(usernames(&room), ["ann"]);
     let without = b.get(&format!("/chats/{id}")).json();
     assert_eq!(without.get("users"), None);
-    let put = b.send(
-        "PUT",
-        &format!("/chats/{id}"),
-        Some(&token),
-        Some(&json!({"description": "d"})),
-    );
+    let path = format!("/chats/{id}");
+    let change = json!({"description": "d"});
+    let put = b.send("PUT", &path, Some(owner), Some(&change));
     assert_eq!(put.status, 200, "{}", put.body);
-    assert_eq!(
-        b.put(&format!("/chats/{id}"), &json!({"description": "x"}))
-            .status,
-        403
-    );
+    let put = b.send("PUT", &path, Some(&token), Some(&change));
+    assert_eq!((put.status, put.json()), (401, error_body(104, None)));
+    let put = b.send("PUT", &path, None, Some(&change));
+    assert_eq!((put.status, put.json()), (403, error_body(403, None)));
 }
 
 /// `users` lists the members of every node, on every node.
@@ -637,7 +634,8 @@ fn redis_restart_closes_sockets_with_1012_and_the_nodes_recover() {
 // The main REST and chat behaviours on a two-node cluster
 
 /// The REST rules hold when each request goes to either node: validation (105), a private
-/// room's token rules (304, 403), the room answered 201 with its Location and no hash.
+/// room's token rules (304, 403), the room answered 201 with its Location and no hash, and
+/// deleted by its owner token from the other node.
 #[test]
 fn rest_rules_hold_across_two_nodes() {
     let redis = Redis::start("rest");
@@ -670,7 +668,8 @@ fn rest_rules_hold_across_two_nodes() {
         (wrong.status, wrong.json()),
         (401, error_body(304, Some("secret")))
     );
-    assert_eq!(b.delete(&format!("/chats/{id}")).status, 403);
+    let no_token = b.send("DELETE", &format!("/chats/{id}"), None, None);
+    assert_eq!(no_token.status, 403);
     let token = a.token("Club", "ann", PASSWORD);
     let renewed = b.send(
         "GET",
@@ -679,7 +678,8 @@ fn rest_rules_hold_across_two_nodes() {
         None,
     );
     assert_eq!(renewed.status, 201, "{}", renewed.body);
-    let deleted = b.send("DELETE", &format!("/chats/{id}"), Some(&token), None);
+    let owner = room["owner_token"].as_str().unwrap();
+    let deleted = b.send("DELETE", &format!("/chats/{id}"), Some(owner), None);
     assert_eq!(deleted.status, 200);
     // The token died with the room, on both nodes.
     assert_eq!(
