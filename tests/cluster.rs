@@ -333,6 +333,92 @@ fn a_token_issued_by_one_node_opens_the_room_on_the_other() {
     assert_eq!((put.status, put.json()), (403, error_body(403, None)));
 }
 
+/// Who may change a room holds across nodes (issue 20): on node B, a room created on A
+/// refuses no token (403), its room token (104), another room's owner token (401) and an
+/// expired owner token (403); its owner token from A's 201 and the admin key change it.
+#[test]
+fn only_the_owner_or_the_admin_changes_a_room_on_either_node() {
+    let redis = Redis::start("owners");
+    let (a, b) = two_nodes(&redis);
+    let created = a.create_room("Owned", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
+    let other = a.create_room("Other", "public", None);
+    let other_owner = other["owner_token"].as_str().unwrap();
+    let token = a.token("Owned", "ann", PASSWORD);
+    let expired = {
+        let key = format!(
+            "{}\nowner\n{id}\n{}",
+            b.secret,
+            created["createdAt"].as_str().unwrap()
+        );
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 10;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"room_id": id, "owner": true, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let path = format!("/chats/{id}");
+    let body = json!({"description": "changed"});
+    for (token, status, code) in [
+        (None, 403, 403),
+        (Some(token.as_str()), 401, 104),
+        (Some(other_owner), 401, 401),
+        (Some(expired.as_str()), 403, 403),
+    ] {
+        let put = b.send("PUT", &path, token, Some(&body));
+        assert_eq!((put.status, put.json()), (status, error_body(code, None)));
+        let delete = b.send("DELETE", &path, token, None);
+        assert_eq!(
+            (delete.status, delete.json()),
+            (status, error_body(code, None))
+        );
+    }
+    assert_eq!(b.send("PUT", &path, Some(owner), Some(&body)).status, 200);
+    let admin = b.send("PUT", "/chats/1", Some(common::ADMIN_KEY), Some(&body));
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    assert_eq!(a.get("/chats/1").json()["description"], "changed");
+    assert_eq!(a.send("DELETE", &path, Some(owner), None).status, 200);
+}
+
+/// A password change made through node A closes the room's sockets on node B too (error
+/// 104, then 1008), through the subscription's `a` event; their names are given up in
+/// Redis, so the same person joins again at once with a token of the new password.
+#[test]
+fn a_password_change_on_one_node_closes_the_rooms_sockets_on_the_other() {
+    let redis = Redis::start("access");
+    let (a, b) = two_nodes(&redis);
+    let created = a.create_room("Moving", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
+    let token = a.token("Moving", "ann", PASSWORD);
+    let mut ann = ws_with_token(&b, id, &token);
+    ann.join("ann");
+    let mut lurker = ws_with_token(&b, id, &token);
+    let change = json!({"password": "a new password"});
+    let put = a.send("PUT", &format!("/chats/{id}"), Some(owner), Some(&change));
+    assert_eq!(put.status, 200, "{}", put.body);
+    for client in [&mut ann, &mut lurker] {
+        let error = client.next_event_where("the 104 event", |e| e["event_type"] == "error");
+        assert_eq!(error["error"]["code"], 104);
+        assert_eq!(client.expect_close(), 1008);
+    }
+    let fresh = b.token("Moving", "ann", "a new password");
+    wait_until("ann's name given up", TIMEOUT, || {
+        a.send("GET", &format!("/chats/{id}"), Some(&fresh), None)
+            .json()["users"]
+            == json!([])
+    });
+    let mut again = ws_with_token(&a, id, &fresh);
+    again.join("ann");
+}
+
 /// `users` lists the members of every node, on every node.
 #[test]
 fn users_lists_the_members_of_every_node() {

@@ -407,7 +407,8 @@ fn set_read_timeout(socket: &WebSocket<MaybeTlsStream<TcpStream>>, within: Durat
 // Helpers for the REST, token and command-line tests (issue 3).
 
 /// The message SPEC's error table gives `code`, plus the routing errors the server adds
-/// (404 unknown path, 405 wrong method, 413 body too large). Panics on any other code.
+/// (404 unknown path, 405 wrong method, 413 body too large) and 607 (a cross-site request).
+/// Panics on any other code.
 pub fn error_message(code: u16) -> &'static str {
     match code {
         101 => "Room error: Room not found",
@@ -429,6 +430,7 @@ pub fn error_message(code: u16) -> &'static str {
         404 => "Not found",
         405 => "Method not allowed",
         413 => "Request body too large",
+        607 => "Origin not allowed",
         _ => panic!("no error code {code} in SPEC"),
     }
 }
