@@ -35,6 +35,14 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// The token signing secret (`secret_key`); `None` means generate one at start.
     pub secret_key: Option<String>,
+    /// The operator's key (`admin_key`, or `ADMIN_KEY`): presented as a bearer token it
+    /// changes and deletes any room, room 1 included. `None`: nobody is admin.
+    pub admin_key: Option<String>,
+    /// How long an owner token lives (`owner_token_days`, fractions allowed).
+    pub owner_token_ttl: Duration,
+    /// Sites besides the server's own host whose pages may `POST`, `PUT`, `DELETE` and open
+    /// sockets (`allowed_origins`, `scheme://host[:port]`, lower-cased).
+    pub allowed_origins: Vec<String>,
     /// How long a token lives (`token_ttl_minutes`, fractions allowed).
     pub token_ttl: Duration,
     /// The largest WebSocket message accepted; larger closes the socket with 1009.
@@ -126,6 +134,9 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             static_dir: None,
             secret_key: None,
+            admin_key: None,
+            owner_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            allowed_origins: Vec::new(),
             token_ttl: Duration::from_secs(60 * 60),
             max_message_bytes: 4096,
             max_body_bytes: 64 * 1024,
@@ -248,6 +259,11 @@ impl Config {
                 self.static_dir = optional(value, string)?.map(PathBuf::from)
             }
             "secret_key" => self.secret_key = optional(value, string)?.filter(|s| !s.is_empty()),
+            "admin_key" => self.admin_key = optional(value, string)?.map(admin_key).transpose()?,
+            "owner_token_days" => {
+                self.owner_token_ttl = duration(positive(value)? * 24.0 * 60.0 * 60.0)?
+            }
+            "allowed_origins" => self.allowed_origins = origins(value)?,
             "token_ttl_minutes" => self.token_ttl = duration(positive(value)? * 60.0)?,
             "max_message_bytes" => self.max_message_bytes = count(value)?,
             "max_body_bytes" => self.max_body_bytes = count(value)?,
@@ -282,8 +298,8 @@ impl Config {
         Ok(())
     }
 
-    /// `PORT` and `WS_PORT` listen on every interface (PaaS style); `SECRET_KEY` wins over
-    /// the file so a secret need not be written to disk.
+    /// `PORT` and `WS_PORT` listen on every interface (PaaS style); `SECRET_KEY` and
+    /// `ADMIN_KEY` win over the file so neither need be written to disk.
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let port = |name: &str| -> Result<Option<u16>, ConfigError> {
             env(name)
@@ -304,6 +320,13 @@ impl Config {
         }
         if let Some(secret) = env("SECRET_KEY").filter(|s| !s.is_empty()) {
             self.secret_key = Some(secret);
+        }
+        if let Some(key) = env("ADMIN_KEY").filter(|s| !s.is_empty()) {
+            self.admin_key = Some(admin_key(key).map_err(|problem| ConfigError {
+                source: "environment".into(),
+                key: Some("ADMIN_KEY".into()),
+                problem,
+            })?);
         }
         Ok(())
     }
@@ -393,6 +416,33 @@ fn redis_url(value: &Value) -> Result<String, String> {
         return Err(format!("expected redis://host:port/db, got {url:?}"));
     }
     Ok(url)
+}
+
+/// The shortest `admin_key`: it opens every room, and a wrong one costs a guesser nothing
+/// but a request, so it must be too long to guess.
+pub const MIN_ADMIN_KEY_CHARS: usize = 16;
+
+fn admin_key(key: String) -> Result<String, String> {
+    if key.trim().chars().count() < MIN_ADMIN_KEY_CHARS || key.trim() != key {
+        return Err(format!(
+            "expected at least {MIN_ADMIN_KEY_CHARS} characters, without spaces around them"
+        ));
+    }
+    Ok(key)
+}
+
+/// A list of origins: `["https://chat.example.org", "http://localhost:3000"]`.
+fn origins(value: &Value) -> Result<Vec<String>, String> {
+    let expected = "expected a list of origins, such as [\"https://chat.example.org\"]";
+    let items = value.as_array().ok_or(expected)?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .and_then(crate::origin::normalize)
+                .ok_or_else(|| format!("{expected}; {item} is not one"))
+        })
+        .collect()
 }
 
 fn level(value: &Value) -> Result<LevelFilter, String> {
@@ -511,6 +561,60 @@ mod tests {
         assert_eq!(config.secret_key.as_deref(), Some("env"));
         let err = load("{}", &[("PORT", "eighty")]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("PORT"));
+    }
+
+    /// SPEC, Who may change a room: `admin_key` from the file or `ADMIN_KEY` (which wins),
+    /// unset by default; too short a key stops start-up, naming it.
+    #[test]
+    fn admin_key_owner_token_days_and_allowed_origins_are_read_and_checked() {
+        let (config, _) = load("{}", &[]).unwrap();
+        assert_eq!(config.admin_key, None);
+        assert_eq!(config.owner_token_ttl, Duration::from_secs(30 * 86400));
+        assert!(config.allowed_origins.is_empty());
+        let (config, _) = load(
+            r#"{"admin_key":"file-key-0123456789","owner_token_days":0.5,
+                "allowed_origins":["HTTPS://Chat.Example.org/","http://[::1]:3000"]}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.admin_key.as_deref(), Some("file-key-0123456789"));
+        assert_eq!(config.owner_token_ttl, Duration::from_secs(43200));
+        assert_eq!(
+            config.allowed_origins,
+            ["https://chat.example.org", "http://[::1]:3000"]
+        );
+        let (config, _) = load(
+            r#"{"admin_key":"file-key-0123456789"}"#,
+            &[("ADMIN_KEY", "env-key-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(config.admin_key.as_deref(), Some("env-key-0123456789"));
+        assert_eq!(
+            load(r#"{"admin_key":"short"}"#, &[])
+                .unwrap_err()
+                .key
+                .as_deref(),
+            Some("admin_key")
+        );
+        assert_eq!(
+            load("{}", &[("ADMIN_KEY", "short")])
+                .unwrap_err()
+                .key
+                .as_deref(),
+            Some("ADMIN_KEY")
+        );
+        for bad in [
+            r#"["chat.example.org"]"#,
+            r#"["https://a/b"]"#,
+            r#""https://a""#,
+        ] {
+            let json = format!(r#"{{"allowed_origins":{bad}}}"#);
+            assert_eq!(
+                load(&json, &[]).unwrap_err().key.as_deref(),
+                Some("allowed_origins"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

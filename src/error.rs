@@ -33,6 +33,11 @@ pub enum ErrorKind {
     DuplicateRoom,
     /// 103: a room request body that is not the JSON we expect.
     RoomInvalidJson,
+    /// 104: a room token (from a password) presented to change or delete its room: it lets
+    /// its holder read and chat, not change the room (SPEC, Who may change a room). Also
+    /// the error event a socket gets before it is closed because its room's password or
+    /// visibility changed.
+    RoomUnauthorized,
     /// 105: a room field that breaks a validation rule.
     RoomInvalidContent,
     /// 201: a chat action that needs a joined name, from a socket that has none.
@@ -83,6 +88,10 @@ pub enum ErrorKind {
     StorageUnavailable,
     /// 606: `max_rooms` rooms exist already; no room is created (HTTP 503).
     TooManyRooms,
+    /// 607: a `POST`, `PUT` or `DELETE`, or a WebSocket handshake, from a page of another
+    /// site: its `Origin` names another host than the request's and is not listed in
+    /// `allowed_origins` (HTTP 403).
+    OriginNotAllowed,
     /// A bug on our side, caught before it took the server down (HTTP 500).
     Internal,
 }
@@ -95,6 +104,7 @@ impl ErrorKind {
             RoomNotFound => (101, "Room error: Room not found", 404),
             DuplicateRoom => (102, "Room error: Duplicate room", 400),
             RoomInvalidJson => (103, "Room error: Invalid JSON", 400),
+            RoomUnauthorized => (104, "Room error: Unauthorized operation", 401),
             RoomInvalidContent => (105, "Room error: Invalid content", 400),
             UserNotFound => (201, "Client error: User not found", 404),
             DuplicateUsername => (202, "Client error: Duplicate username", 400),
@@ -117,6 +127,7 @@ impl ErrorKind {
             ServerBusy => (604, "Limit error: Server busy", 503),
             StorageUnavailable => (605, "Backend error: Storage unavailable", 503),
             TooManyRooms => (606, "Limit error: Too many rooms", 503),
+            OriginNotAllowed => (607, "Origin not allowed", 403),
             Internal => (500, "Internal server error", 500),
         }
     }
@@ -329,5 +340,17 @@ mod tests {
             401
         );
         assert_eq!(ApiError::new(ErrorKind::Unauthorized).status(), 401);
+    }
+
+    #[test]
+    fn owner_and_origin_refusals_have_their_codes_and_statuses() {
+        assert_eq!(
+            ErrorKind::RoomUnauthorized.describe(),
+            (104, "Room error: Unauthorized operation", 401)
+        );
+        assert_eq!(
+            ErrorKind::OriginNotAllowed.describe(),
+            (607, "Origin not allowed", 403)
+        );
     }
 }

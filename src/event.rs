@@ -58,6 +58,11 @@ impl ClientEvent {
                 if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
                     return Err(invalid("name"));
                 }
+                // SPEC, Rooms: a name that shows nothing where it holds something could
+                // pass for another person's: refused as a duplicate (202).
+                if !crate::visible::is_visible(name) {
+                    return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
+                }
                 let color = raw.color.as_deref().map(str::trim).unwrap_or_default();
                 if color.chars().count() > MAX_COLOR_CHARS {
                     return Err(invalid("color"));

@@ -21,8 +21,12 @@
 //! - `http`: the REST API, the page, `/healthz` and `/metrics` on tiny_http worker threads
 //!   (`http/tokens.rs`: the token endpoints and the token check).
 //! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
-//! - [`token`]: JWTs (HS256 only), a key per room; `hasher`: bcrypt on low-priority
-//!   threads, its queue bounded (`bcrypt_queue_len`).
+//! - [`token`]: JWTs (HS256 only): room tokens and owner tokens, a key per room and kind;
+//!   `access`: who may do what to a room (owner token or `admin_key` to change it, hidden
+//!   rooms not found by id, each join checked against the room as it is now); `hasher`:
+//!   bcrypt on low-priority threads, its queue bounded (`bcrypt_queue_len`).
+//! - `origin`: which pages may change anything (`Origin`, `allowed_origins`); `visible`:
+//!   the characters a title or name may not hold.
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
 //! - `limits`: who a client is (`trusted_proxies`), and the limits checked before expensive
 //!   work; `metrics`: the counters and the text `/metrics` serves.
@@ -77,6 +81,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+mod access;
 mod clock;
 mod cluster;
 pub mod config;
@@ -87,11 +92,13 @@ mod http;
 mod limits;
 mod metrics;
 mod net;
+mod origin;
 pub mod path;
 mod rooms;
 mod store;
 mod sync;
 pub mod token;
+mod visible;
 mod web;
 mod ws;
 
@@ -140,6 +147,8 @@ pub struct State {
     pub hasher: Hasher,
     /// The web page, with the server's settings (WebSocket port, limits) filled in.
     pub page: String,
+    /// The WebSocket listener's port: the page's Content-Security-Policy names it.
+    pub ws_port: u16,
     /// The limits, and the per-address state they keep (see `limits`).
     pub limits: Limits,
     /// The counters `/metrics` shows; shared with the bcrypt threads' handle.
@@ -274,6 +283,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             ws_port,
             config.max_message_bytes,
         )),
+        ws_port,
         secret,
         config,
     });

@@ -62,11 +62,14 @@ pub enum Limit {
     HeadTimeout,
     /// A body not whole within `body_timeout_s` (408).
     BodyTimeout,
+    /// A cross-site `POST`, `PUT`, `DELETE` or WebSocket handshake (607), on either
+    /// listener.
+    AllowedOrigins,
 }
 
 impl Limit {
     /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
         Limit::MaxHttpConnections,
@@ -81,6 +84,7 @@ impl Limit {
         Limit::RequestHead,
         Limit::HeadTimeout,
         Limit::BodyTimeout,
+        Limit::AllowedOrigins,
     ];
 
     /// The label value: the limit's config key.
@@ -100,6 +104,7 @@ impl Limit {
             Limit::RequestHead => "request_head",
             Limit::HeadTimeout => "head_timeout_s",
             Limit::BodyTimeout => "body_timeout_s",
+            Limit::AllowedOrigins => "allowed_origins",
         }
     }
 }
@@ -125,11 +130,15 @@ pub enum CloseReason {
     Shutdown,
     /// The backend (Redis) was lost (1012). SQLite never closes sockets.
     Backend,
+    /// Its room's password or visibility changed, or its token no longer opens the room
+    /// (1008, after an error event with code 104): it must present what the room asks for
+    /// now (SPEC, Who may change a room).
+    AccessChanged,
 }
 
 impl CloseReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::Slow,
         CloseReason::Flood,
@@ -138,6 +147,7 @@ impl CloseReason {
         CloseReason::RoomDeleted,
         CloseReason::Shutdown,
         CloseReason::Backend,
+        CloseReason::AccessChanged,
     ];
 
     /// The label value.
@@ -151,6 +161,7 @@ impl CloseReason {
             CloseReason::RoomDeleted => "room_deleted",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Backend => "backend",
+            CloseReason::AccessChanged => "access_changed",
         }
     }
 }

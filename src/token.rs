@@ -1,16 +1,28 @@
-//! Room tokens: issue and verify JWTs (HS256 only), and find the token a request presents.
+//! Room and owner tokens: issue and verify JWTs (HS256 only), and find the token a request
+//! presents.
 //!
-//! A token's signing key is derived from the server secret, the room's bcrypt hash and the
-//! room's id, so a token opens exactly one room, and dies when that room is deleted or its
-//! password changes (SPEC, Tokens). The algorithm is read from the token's header and checked
-//! before anything else: only HS256 is accepted, so `alg: none` or a switch to another
-//! algorithm is refused with 402 rather than trusted.
+//! Two kinds, each signed with a key of its own so neither can pass for the other:
+//! - a *room token* (`username`, `room_id`, `exp`), from the room's password, lets its
+//!   holder read and chat. Its key is derived from the server secret, the room's bcrypt
+//!   hash and the room's id, so it opens exactly one room, and dies when that room is
+//!   deleted or its password changes (SPEC, Tokens);
+//! - an *owner token* (`room_id`, `owner: true`, `exp`), handed to whoever created the
+//!   room, lets its holder change and delete it (SPEC, Who may change a room). Its key is
+//!   derived from the secret, the room's id and the time it was created, *not* the hash: it
+//!   survives password changes, and dies with the room. The id alone would do while ids
+//!   are never reused; the creation time also keeps an old owner token from opening a new
+//!   room that got the same id from a fresh database or an emptied Redis.
+//!
+//! The algorithm is read from the token's header and checked before anything else: only
+//! HS256 is accepted, so `alg: none` or a switch to another algorithm is refused with 402
+//! rather than trusted.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorKind};
@@ -25,51 +37,108 @@ pub struct Claims {
     pub exp: u64,
 }
 
-/// The per-room HMAC key. Public rooms have no hash and so no tokens.
+/// What an owner token says: which room its holder may change, that it is an owner's
+/// (always `true`: a token without it is not an owner token), until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerClaims {
+    pub room_id: u64,
+    pub owner: bool,
+    pub exp: u64,
+}
+
+/// The per-room HMAC key of room tokens. Public rooms have no hash and so no room tokens.
 fn room_secret(secret: &str, room: &RoomKey) -> Option<Vec<u8>> {
     let hash = room.password_hash.as_deref()?;
     Some(format!("{secret}\n{hash}\n{}", room.id).into_bytes())
 }
 
-/// Signs a token for `username` in `room`, valid for `ttl`. `None` for a public room.
-pub fn issue(secret: &str, room: &RoomKey, username: &str, ttl: Duration) -> Option<String> {
-    let key = room_secret(secret, room)?;
+/// The per-room HMAC key of owner tokens: no hash in it, so it outlives password changes;
+/// the creation time in it, so it dies with the room (see the module docs). The `owner`
+/// line keeps it apart from every room key (an id has no newline).
+fn owner_secret(secret: &str, room: &RoomKey) -> Vec<u8> {
+    format!("{secret}\nowner\n{}\n{}", room.id, room.created_at).into_bytes()
+}
+
+/// Seconds since the epoch, `ttl` from now.
+fn expiry(ttl: Duration) -> u64 {
     let exp = SystemTime::now()
         .checked_add(ttl)
         .unwrap_or(SystemTime::now());
-    let claims = Claims {
-        username: username.to_owned(),
-        room_id: room.id,
-        exp: exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
-    };
+    exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn sign(claims: &impl Serialize, key: &[u8]) -> Option<String> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(&key),
+        claims,
+        &EncodingKey::from_secret(key),
     )
     .ok()
 }
 
-/// Checks `token` for `room`: 402 for any algorithm but HS256, 401 for a bad signature
-/// (including another room's token), 403 for an expired or malformed one.
+/// Signs a token for `username` in `room`, valid for `ttl`. `None` for a public room.
+pub fn issue(secret: &str, room: &RoomKey, username: &str, ttl: Duration) -> Option<String> {
+    let key = room_secret(secret, room)?;
+    let claims = Claims {
+        username: username.to_owned(),
+        room_id: room.id,
+        exp: expiry(ttl),
+    };
+    sign(&claims, &key)
+}
+
+/// Signs an owner token for `room`, valid for `ttl` (`owner_token_days`).
+pub fn issue_owner(secret: &str, room: &RoomKey, ttl: Duration) -> Option<String> {
+    let claims = OwnerClaims {
+        room_id: room.id,
+        owner: true,
+        exp: expiry(ttl),
+    };
+    sign(&claims, &owner_secret(secret, room))
+}
+
+/// Checks a room token for `room`: 402 for any algorithm but HS256, 401 for a bad
+/// signature (including another room's token, and an owner token), 403 for an expired or
+/// malformed one.
 pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiError> {
+    let key = room_secret(secret, room);
+    let claims: Claims = decode(token, key.as_deref())?;
+    if claims.room_id != room.id {
+        return Err(ApiError::new(ErrorKind::InvalidSignature));
+    }
+    Ok(claims)
+}
+
+/// Checks an owner token for `room`, with the same answers as [`verify`] (a room token is
+/// a bad signature here); one without `owner: true` is malformed (403).
+pub fn verify_owner(secret: &str, room: &RoomKey, token: &str) -> Result<OwnerClaims, ApiError> {
+    let claims: OwnerClaims = decode(token, Some(&owner_secret(secret, room)))?;
+    if claims.room_id != room.id {
+        return Err(ApiError::new(ErrorKind::InvalidSignature));
+    }
+    if !claims.owner {
+        return Err(ApiError::new(ErrorKind::InvalidToken));
+    }
+    Ok(claims)
+}
+
+/// Decodes `token` signed with `key` (`None`: the room has no key of this kind, so every
+/// token is invalid), after checking the header names HS256.
+fn decode<T: DeserializeOwned>(token: &str, key: Option<&[u8]>) -> Result<T, ApiError> {
     let invalid = || ApiError::new(ErrorKind::InvalidToken);
     if header_algorithm(token).ok_or_else(invalid)? != "HS256" {
         return Err(ApiError::new(ErrorKind::UnauthorizedSigningMethod));
     }
-    let key = room_secret(secret, room).ok_or_else(invalid)?;
+    let key = key.ok_or_else(invalid)?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp"]);
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key), &validation)
+    let data = jsonwebtoken::decode::<T>(token, &DecodingKey::from_secret(key), &validation)
         .map_err(|e| match e.kind() {
             JwtErrorKind::InvalidSignature => ApiError::new(ErrorKind::InvalidSignature),
             JwtErrorKind::InvalidAlgorithm => ApiError::new(ErrorKind::UnauthorizedSigningMethod),
             _ => invalid(),
         })?;
-    if data.claims.room_id != room.id {
-        return Err(ApiError::new(ErrorKind::InvalidSignature));
-    }
     Ok(data.claims)
 }
 
@@ -130,7 +199,41 @@ mod tests {
             id,
             visibility: crate::rooms::Visibility::Private,
             password_hash: Some(hash.into()),
+            created_at: "2026-11-28T15:19:28.123Z".into(),
         }
+    }
+
+    /// SPEC, Who may change a room: an owner token survives a password change, opens its
+    /// own room only, and dies with the room (a room made again with the same id, from a
+    /// fresh database, is another room).
+    #[test]
+    fn an_owner_token_outlives_the_password_and_dies_with_the_room() {
+        let hour = Duration::from_secs(3600);
+        let token = issue_owner("s", &room(2, "h"), hour).unwrap();
+        let claims = verify_owner("s", &room(2, "new hash"), &token).unwrap();
+        assert_eq!((claims.room_id, claims.owner), (2, true));
+        assert_eq!(
+            verify_owner("s", &room(3, "h"), &token).unwrap_err().code(),
+            401
+        );
+        let mut again = room(2, "h");
+        again.created_at = "2027-01-01T00:00:00.000Z".into();
+        assert_eq!(verify_owner("s", &again, &token).unwrap_err().code(), 401);
+    }
+
+    /// Neither kind of token passes for the other: their keys differ.
+    #[test]
+    fn room_tokens_and_owner_tokens_are_not_interchangeable() {
+        let hour = Duration::from_secs(3600);
+        let owner = issue_owner("s", &room(2, "h"), hour).unwrap();
+        let member = issue("s", &room(2, "h"), "ann", hour).unwrap();
+        assert_eq!(verify("s", &room(2, "h"), &owner).unwrap_err().code(), 401);
+        assert_eq!(
+            verify_owner("s", &room(2, "h"), &member)
+                .unwrap_err()
+                .code(),
+            401
+        );
     }
 
     #[test]
@@ -200,6 +303,7 @@ mod tests {
             id: 1,
             visibility: crate::rooms::Visibility::Public,
             password_hash: None,
+            created_at: String::new(),
         };
         assert_eq!(issue("s", &public, "ann", Duration::from_secs(60)), None);
     }

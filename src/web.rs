@@ -7,6 +7,10 @@
 //! page by hand: [`page`] writes one [`PageSettings`] into it as JSON, in
 //! `<script id="server-settings" type="application/json">`, which the page reads with
 //! `JSON.parse`. The server still checks everything itself; the page only asks earlier.
+//!
+//! The page's script and style are inline (one file), so its Content-Security-Policy lets
+//! them run by a nonce, fresh for every response ([`with_nonce`],
+//! [`content_security_policy`]): nothing else on the page, or framing it, can run.
 
 use serde::Serialize;
 
@@ -59,6 +63,53 @@ impl PageSettings {
             max_password_bytes: MAX_PASSWORD_BYTES,
         }
     }
+}
+
+/// Where each response's nonce goes: the `nonce` attribute of the page's script and style.
+const NONCE_PLACEHOLDER: &str = "__CSP_NONCE__";
+
+/// A fresh nonce for one response: 16 random bytes from the OS, hex-encoded.
+pub fn nonce() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `page` with `nonce` on its script and style.
+pub fn with_nonce(page: &str, nonce: &str) -> String {
+    page.replace(NONCE_PLACEHOLDER, nonce)
+}
+
+/// The page's Content-Security-Policy (SPEC, Limits): its own script and style only (by
+/// `nonce`, fresh for each response: the page is one file whose script and style are
+/// inline), requests to its own REST address (`'self'`) and to the WebSocket listener on
+/// the same host (`host`, the request's `Host` header, port aside) and `ws_port`; no
+/// plugins, no base URL, no framing by any site. A `Host` that is not a plain host name or
+/// address names no WebSocket address (the page then cannot chat, but nothing odd reaches
+/// the header).
+pub fn content_security_policy(nonce: &str, host: Option<&str>, ws_port: u16) -> String {
+    let sockets = host
+        .and_then(plain_host)
+        .map(|host| format!(" ws://{host}:{ws_port} wss://{host}:{ws_port}"))
+        .unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         connect-src 'self'{sockets}; img-src 'self' data:; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// The host of a `Host` header value without its port: a DNS name, an IPv4 address or a
+/// bracketed IPv6 address, made only of the characters those use; `None` otherwise.
+fn plain_host(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => &host[..rest.find(']')? + 2],
+        None => host.split(':').next()?,
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    (!name.is_empty() && name.chars().all(allowed)).then_some(name)
 }
 
 /// The page for a server with these settings.
@@ -129,6 +180,45 @@ mod tests {
                 "max_password_bytes": 72,
             })
         );
+    }
+
+    /// SPEC, Limits: only the page's own script and style run, it talks to its own REST
+    /// and WebSocket addresses only, and no site frames it.
+    #[test]
+    fn the_policy_names_the_nonce_and_the_websocket_address_and_forbids_framing() {
+        let policy = content_security_policy("abc", Some("127.0.0.1:8080"), 8081);
+        assert_eq!(
+            policy,
+            "default-src 'none'; script-src 'nonce-abc'; style-src 'nonce-abc'; \
+             connect-src 'self' ws://127.0.0.1:8081 wss://127.0.0.1:8081; img-src 'self' data:; \
+             base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        );
+        let v6 = content_security_policy("abc", Some("[::1]:8080"), 9);
+        assert!(
+            v6.contains("connect-src 'self' ws://[::1]:9 wss://[::1]:9;"),
+            "{v6}"
+        );
+        for odd in [
+            None,
+            Some(""),
+            Some("a b"),
+            Some("x;script-src *"),
+            Some("[::1"),
+        ] {
+            let policy = content_security_policy("abc", odd, 9);
+            assert!(policy.contains("connect-src 'self'; "), "{odd:?}: {policy}");
+        }
+    }
+
+    #[test]
+    fn each_nonce_is_new_and_goes_on_the_script_and_the_style() {
+        let (a, b) = (nonce().unwrap(), nonce().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        let page = with_nonce(&page(&settings()), &a);
+        assert!(!page.contains(NONCE_PLACEHOLDER));
+        assert!(page.contains(&format!("<style nonce=\"{a}\">")));
+        assert!(page.contains(&format!("<script nonce=\"{a}\">")));
     }
 
     #[test]

@@ -305,14 +305,15 @@ fn titles_are_unique_across_nodes() {
 }
 
 /// A token issued by node A opens the private room on node B (the same secret, hash and id
-/// make the same key), for the socket, for GET with users, and for PUT.
+/// make the same key), for the socket and for GET with users; its owner token, from A's
+/// 201, changes it on B, where the room token cannot (104) and no token is 403.
 #[test]
 fn a_token_issued_by_one_node_opens_the_room_on_the_other() {
     let redis = Redis::start("tokens");
     let (a, b) = two_nodes(&redis);
-    let id = a.create_room("Private", "private", Some(PASSWORD))["id"]
-        .as_u64()
-        .unwrap();
+    let created = a.create_room("Private", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
     let token = a.token(&id.to_string(), "ann", PASSWORD);
     let mut ann = ws_with_token(&b, id, &token);
     ann.join("ann");
@@ -322,18 +323,100 @@ fn a_token_issued_by_one_node_opens_the_room_on_the_other() {
     assert_eq!(usernames(&room), ["ann"]);
     let without = b.get(&format!("/chats/{id}")).json();
     assert_eq!(without.get("users"), None);
-    let put = b.send(
-        "PUT",
-        &format!("/chats/{id}"),
-        Some(&token),
-        Some(&json!({"description": "d"})),
-    );
+    let path = format!("/chats/{id}");
+    let change = json!({"description": "d"});
+    let put = b.send("PUT", &path, Some(owner), Some(&change));
     assert_eq!(put.status, 200, "{}", put.body);
-    assert_eq!(
-        b.put(&format!("/chats/{id}"), &json!({"description": "x"}))
-            .status,
-        403
-    );
+    let put = b.send("PUT", &path, Some(&token), Some(&change));
+    assert_eq!((put.status, put.json()), (401, error_body(104, None)));
+    let put = b.send("PUT", &path, None, Some(&change));
+    assert_eq!((put.status, put.json()), (403, error_body(403, None)));
+}
+
+/// Who may change a room holds across nodes (issue 20): on node B, a room created on A
+/// refuses no token (403), its room token (104), another room's owner token (401) and an
+/// expired owner token (403); its owner token from A's 201 and the admin key change it.
+#[test]
+fn only_the_owner_or_the_admin_changes_a_room_on_either_node() {
+    let redis = Redis::start("owners");
+    let (a, b) = two_nodes(&redis);
+    let created = a.create_room("Owned", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
+    let other = a.create_room("Other", "public", None);
+    let other_owner = other["owner_token"].as_str().unwrap();
+    let token = a.token("Owned", "ann", PASSWORD);
+    let expired = {
+        let key = format!(
+            "{}\nowner\n{id}\n{}",
+            b.secret,
+            created["createdAt"].as_str().unwrap()
+        );
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 10;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"room_id": id, "owner": true, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let path = format!("/chats/{id}");
+    let body = json!({"description": "changed"});
+    for (token, status, code) in [
+        (None, 403, 403),
+        (Some(token.as_str()), 401, 104),
+        (Some(other_owner), 401, 401),
+        (Some(expired.as_str()), 403, 403),
+    ] {
+        let put = b.send("PUT", &path, token, Some(&body));
+        assert_eq!((put.status, put.json()), (status, error_body(code, None)));
+        let delete = b.send("DELETE", &path, token, None);
+        assert_eq!(
+            (delete.status, delete.json()),
+            (status, error_body(code, None))
+        );
+    }
+    assert_eq!(b.send("PUT", &path, Some(owner), Some(&body)).status, 200);
+    let admin = b.send("PUT", "/chats/1", Some(common::ADMIN_KEY), Some(&body));
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    assert_eq!(a.get("/chats/1").json()["description"], "changed");
+    assert_eq!(a.send("DELETE", &path, Some(owner), None).status, 200);
+}
+
+/// A password change made through node A closes the room's sockets on node B too (error
+/// 104, then 1008), through the subscription's `a` event; their names are given up in
+/// Redis, so the same person joins again at once with a token of the new password.
+#[test]
+fn a_password_change_on_one_node_closes_the_rooms_sockets_on_the_other() {
+    let redis = Redis::start("access");
+    let (a, b) = two_nodes(&redis);
+    let created = a.create_room("Moving", "private", Some(PASSWORD));
+    let id = created["id"].as_u64().unwrap();
+    let owner = created["owner_token"].as_str().unwrap();
+    let token = a.token("Moving", "ann", PASSWORD);
+    let mut ann = ws_with_token(&b, id, &token);
+    ann.join("ann");
+    let mut lurker = ws_with_token(&b, id, &token);
+    let change = json!({"password": "a new password"});
+    let put = a.send("PUT", &format!("/chats/{id}"), Some(owner), Some(&change));
+    assert_eq!(put.status, 200, "{}", put.body);
+    for client in [&mut ann, &mut lurker] {
+        let error = client.next_event_where("the 104 event", |e| e["event_type"] == "error");
+        assert_eq!(error["error"]["code"], 104);
+        assert_eq!(client.expect_close(), 1008);
+    }
+    let fresh = b.token("Moving", "ann", "a new password");
+    wait_until("ann's name given up", TIMEOUT, || {
+        a.send("GET", &format!("/chats/{id}"), Some(&fresh), None)
+            .json()["users"]
+            == json!([])
+    });
+    let mut again = ws_with_token(&a, id, &fresh);
+    again.join("ann");
 }
 
 /// `users` lists the members of every node, on every node.
@@ -637,7 +720,8 @@ fn redis_restart_closes_sockets_with_1012_and_the_nodes_recover() {
 // The main REST and chat behaviours on a two-node cluster
 
 /// The REST rules hold when each request goes to either node: validation (105), a private
-/// room's token rules (304, 403), the room answered 201 with its Location and no hash.
+/// room's token rules (304, 403), the room answered 201 with its Location and no hash, and
+/// deleted by its owner token from the other node.
 #[test]
 fn rest_rules_hold_across_two_nodes() {
     let redis = Redis::start("rest");
@@ -670,7 +754,8 @@ fn rest_rules_hold_across_two_nodes() {
         (wrong.status, wrong.json()),
         (401, error_body(304, Some("secret")))
     );
-    assert_eq!(b.delete(&format!("/chats/{id}")).status, 403);
+    let no_token = b.send("DELETE", &format!("/chats/{id}"), None, None);
+    assert_eq!(no_token.status, 403);
     let token = a.token("Club", "ann", PASSWORD);
     let renewed = b.send(
         "GET",
@@ -679,7 +764,8 @@ fn rest_rules_hold_across_two_nodes() {
         None,
     );
     assert_eq!(renewed.status, 201, "{}", renewed.body);
-    let deleted = b.send("DELETE", &format!("/chats/{id}"), Some(&token), None);
+    let owner = room["owner_token"].as_str().unwrap();
+    let deleted = b.send("DELETE", &format!("/chats/{id}"), Some(owner), None);
     assert_eq!(deleted.status, 200);
     // The token died with the room, on both nodes.
     assert_eq!(

@@ -20,8 +20,10 @@ fn mode(path: &std::path::Path) -> u32 {
 }
 
 /// A join name holding a newline cannot forge a line of the log: before issue 19 the name
-/// `x\n[WARN] admin root login` wrote that very line into chitchat.log. The log file and
-/// the database are created 0600.
+/// `x\n[WARN] admin root login` wrote that very line into chitchat.log; since issue 20 such
+/// a name is refused outright (202: SPEC, Rooms, no control characters in names), and the
+/// log's escaping stays as a second line of defence. The log file and the database are
+/// created 0600.
 #[test]
 fn a_name_with_a_newline_cannot_forge_a_log_line_and_files_are_private() {
     let scratch = Scratch::new("log-safety");
@@ -38,7 +40,12 @@ fn a_name_with_a_newline_cannot_forge_a_log_line_and_files_are_private() {
     assert_eq!(mode(&scratch.path("chitchat.log")), 0o600);
     assert_eq!(mode(&scratch.path("chitchat.db")), 0o600);
     let mut socket = ws_connect(ws_addr, "/chats/1/ws");
-    socket.join("x\n[WARN] admin root login");
+    socket.send_json(&json!({"event_type": "join", "name": "x\n[WARN] admin root login"}));
+    let refused = socket.next_event();
+    assert_eq!(
+        refused["error"],
+        json!({"code": 202, "error": "Client error: Duplicate username", "field": "name"})
+    );
     drop(socket);
     binary.signal("TERM");
     let exit = binary.wait_exit();
@@ -49,7 +56,7 @@ fn a_name_with_a_newline_cannot_forge_a_log_line_and_files_are_private() {
         "a forged line in\n{log}"
     );
     assert!(
-        log.contains("as x\\n[WARN] admin root login"),
-        "the join, escaped, is not in\n{log}"
+        log.contains("Duplicate username (field name)"),
+        "the refusal is not in\n{log}"
     );
 }

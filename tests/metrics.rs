@@ -94,6 +94,7 @@ fn metrics_are_prometheus_text_with_every_series_the_spec_names() {
         "room_deleted",
         "shutdown",
         "backend",
+        "access_changed",
     ] {
         let closed = scrape.value("chitchat_sockets_closed_total", &[("reason", reason)]);
         assert_eq!(closed, 0.0, "{reason}");
@@ -105,6 +106,7 @@ fn metrics_are_prometheus_text_with_every_series_the_spec_names() {
         "rooms_per_minute",
         "msgs_per_second",
         "bcrypt_queue_len",
+        "allowed_origins",
     ] {
         let refused = scrape.value("chitchat_limit_refusals_total", &[("limit", limit)]);
         assert_eq!(refused, 0.0, "{limit}");
@@ -191,6 +193,19 @@ fn closed_sockets_are_counted_by_reason() {
     assert_eq!(server.delete(&format!("/chats/{}", room["id"])).status, 200);
     assert_eq!(doomed.expect_close(), 1001);
     assert_eq!(reason("room_deleted"), 1.0);
+
+    let room = server.create_room("Closing", "public", None);
+    let mut moved = server.ws(&format!("/chats/{}/ws", room["id"]));
+    moved.join("moe");
+    let private = json!({"visibility": "private", "password": "password1"});
+    assert_eq!(
+        server
+            .put(&format!("/chats/{}", room["id"]), &private)
+            .status,
+        200
+    );
+    assert_eq!(moved.expect_close(), 1008);
+    assert_eq!(reason("access_changed"), 1.0);
 
     // A socket nobody reads never answers a ping.
     let mut deaf = server.ws("/chats/1/ws");

@@ -368,7 +368,7 @@ fn expired_token_is_refused_with_403() {
 fn token_dies_when_its_room_is_deleted() {
     let server = server_with_private_room();
     let token = server.token("2", "alice", PASSWORD);
-    let deleted = server.send("DELETE", "/chats/2", Some(&token), None);
+    let deleted = server.delete("/chats/2");
     assert_eq!(
         (deleted.status, deleted.json()),
         (200, json!({"status": true}))

@@ -30,6 +30,7 @@ fn room() -> RoomKey {
         id: ROOM_ID,
         visibility: Visibility::Private,
         password_hash: Some(HASH.into()),
+        created_at: "2026-11-28T15:19:28.123Z".into(),
     }
 }
 

@@ -150,6 +150,9 @@ pub enum Kind {
     Leave,
     /// The room was deleted: its sockets are closed.
     Deleted,
+    /// The room's password or visibility changed: its sockets are closed (1008), the room
+    /// stays.
+    AccessChanged,
 }
 
 /// Who hears what the subscription brings, and that the link was lost. Called on the

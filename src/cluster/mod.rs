@@ -199,6 +199,7 @@ impl Rooms for Cluster {
             id: info.id,
             visibility: info.visibility,
             password_hash: info.password_hash,
+            created_at: info.created_at,
         })
     }
 
@@ -248,7 +249,8 @@ impl Rooms for Cluster {
     }
 
     /// The script applies the change only if the room is still as read (else this starts
-    /// again), and keeps titles unique.
+    /// again), and keeps titles unique. A new password or visibility closes the room's
+    /// sockets on every node, when the script's `a` event reaches each.
     fn update(&self, id: u64, input: RoomInput) -> Result<RoomView, ApiError> {
         let patch = input.patch()?;
         for _ in 0..CHANGE_TRIES {
@@ -256,7 +258,11 @@ impl Rooms for Cluster {
             let current = info(&before)?;
             let info = patch.apply(&current, &self.hasher)?;
             let (old, new) = (current.title.to_lowercase(), info.title.to_lowercase());
-            match self.link.update_room(&before, &old, &new, &stored(&info)) {
+            let access_changed = info.access_differs(&current);
+            match self
+                .link
+                .update_room(&before, &old, &new, &stored(&info), access_changed)
+            {
                 Ok(()) => return self.view_of(&info, true),
                 Err(Refused::Changed) => continue,
                 Err(Refused::Taken) => {
@@ -442,6 +448,12 @@ impl Listener for Cluster {
             return;
         }
         let room = read(&self.local).get(&room_id).cloned();
+        if kind == Kind::AccessChanged {
+            if let Some(room) = room {
+                room.locked(|state, after| state.close_each(CloseReason::AccessChanged, after));
+            }
+            return;
+        }
         if let Some(room) = room {
             let text: Arc<str> = text.into();
             let joined = origin.filter(|_| kind == Kind::Join);

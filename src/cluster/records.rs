@@ -66,15 +66,21 @@ impl Link {
         }
     }
 
-    /// Replaces room `before` with `room`, if nobody changed it meanwhile.
+    /// Replaces room `before` with `room`, if nobody changed it meanwhile; when
+    /// `access_changed`, tells every node to close the room's sockets.
     pub fn update_room(
         &self,
         before: &RoomRead,
         old_lower: &str,
         new_lower: &str,
         room: &StoredRoom,
+        access_changed: bool,
     ) -> Result<(), Refused> {
         let json = serde_json::to_string(room).expect("a StoredRoom serialises");
+        let notify = match access_changed {
+            true => channel(before.id),
+            false => String::new(),
+        };
         let done: i64 = self.command(|c| {
             self.scripts
                 .update
@@ -85,6 +91,7 @@ impl Link {
                 .arg(&json)
                 .arg(old_lower)
                 .arg(new_lower)
+                .arg(&notify)
                 .invoke(c)
         })?;
         match done {

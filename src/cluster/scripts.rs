@@ -24,7 +24,9 @@ redis.call('HSET', KEYS[3], ARGV[1], id)
 return id"#;
 
 /// KEYS: rooms, titles. ARGV: id, the JSON read before, the new JSON, old and new lower-cased
-/// titles. 1 done, 0 changed meanwhile (read again), -1 gone, -2 title taken.
+/// titles, and the room's channel when its password or visibility changes ('' if not):
+/// then every node closes the room's sockets when the `a` event reaches it. 1 done, 0
+/// changed meanwhile (read again), -1 gone, -2 title taken.
 pub(super) const UPDATE: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return -1 end
@@ -35,6 +37,7 @@ if ARGV[4] ~= ARGV[5] then
   redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], 'a -\n') end
 return 1"#;
 
 /// KEYS: rooms, titles, history, msgid, members. ARGV: id, the JSON read before, its

@@ -216,6 +216,7 @@ impl Link {
             "s" => Kind::Send,
             "l" => Kind::Leave,
             "x" => Kind::Deleted,
+            "a" => Kind::AccessChanged,
             _ => return,
         };
         let origin = owner

@@ -38,13 +38,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::access;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::AddressSlot;
 use crate::metrics::{self, Limit, Readings};
 use crate::net::any_contains;
+use crate::origin;
 use crate::path::{self, percent_decode, query_param, RoomRef};
-use crate::rooms::{Page, RoomInput};
+use crate::rooms::{Page, RoomInput, RoomKey, RoomView};
 use crate::token;
+use crate::web;
 use crate::State;
 use tokens::{bearer, issue_token, renew_token, require_token};
 
@@ -190,21 +193,50 @@ fn handle(server: &Server, state: &State, request: &mut Request) -> Result<Reply
         Miss::MethodNotAllowed(allow) => method_not_allowed(allow),
     })?;
     let client = client_addr(state, request);
+    // SPEC, Limits: a page of another site changes nothing here, whatever it asks for.
+    if matches!(
+        request.method(),
+        Method::Post | Method::Put | Method::Delete
+    ) {
+        check_origin(state, request).map_err(Reply::from)?;
+    }
     let result = match route {
-        Route::Page => Ok(page(state)),
+        Route::Page => page(state, request),
         Route::Health => health(state),
         Route::Metrics => return metrics(server, state, request, client),
         Route::ListRooms(query) => list_rooms(state, query.as_deref()),
         Route::CreateRoom => create_room(state, request, client),
         Route::GetRoom(room) => get_room(state, request, &room),
         Route::UpdateRoom(room) => update_room(state, request, &room, client),
-        Route::DeleteRoom(room) => delete_room(state, request, &room),
+        Route::DeleteRoom(room) => delete_room(state, request, &room, client),
         Route::IssueToken(room) => issue_token(state, request, &room, client),
         Route::RenewToken(room) => renew_token(state, request, &room),
         Route::Messages(room, query) => messages(state, request, &room, query.as_deref()),
         Route::StaticFile(name) => static_file(state, &name),
     };
     result.map_err(Reply::from)
+}
+
+/// 607 for a request whose `Origin` is another site's (`origin`), counted and logged.
+fn check_origin(state: &State, request: &Request) -> Result<(), ApiError> {
+    let header = |name| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+    };
+    let (origin, host) = (header("Origin"), header("Host"));
+    if origin::is_allowed(origin, host, &state.config.allowed_origins) {
+        return Ok(());
+    }
+    state.metrics.refused(Limit::AllowedOrigins);
+    log::info!(
+        "{} from origin {:?} refused (607)",
+        request.method(),
+        origin.unwrap_or_default().escape_debug().to_string()
+    );
+    Err(ApiError::new(ErrorKind::OriginNotAllowed))
 }
 
 fn method_not_allowed(allow: &'static str) -> Reply {
@@ -279,13 +311,33 @@ fn http_refusals(server: &Server) -> Vec<(Limit, u64)> {
     ]
 }
 
-fn page(state: &State) -> Reply {
-    Reply {
+/// The web page, with a nonce of its own for its script and style, and the headers that
+/// keep other sites from using it (SPEC, Limits: cross-site requests): a Content-Security-
+/// Policy that runs only the page's own script and style and lets it talk only to this
+/// server's REST and WebSocket addresses, no framing, no sniffing, no referrer.
+fn page(state: &State, request: &Request) -> Result<Reply, ApiError> {
+    let nonce = web::nonce().map_err(|e| {
+        log::error!("cannot read random bytes for the page's nonce: {e}");
+        ApiError::new(ErrorKind::Internal)
+    })?;
+    let host = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str());
+    let policy = web::content_security_policy(&nonce, host, state.ws_port);
+    Ok(Reply {
         status: 200,
         content_type: "text/html; charset=utf-8",
-        body: state.page.clone().into_bytes(),
-        headers: Vec::new(),
-    }
+        body: web::with_nonce(&state.page, &nonce).into_bytes(),
+        headers: vec![
+            ("Content-Security-Policy", policy),
+            ("X-Content-Type-Options", "nosniff".into()),
+            ("X-Frame-Options", "DENY".into()),
+            ("Referrer-Policy", "no-referrer".into()),
+            ("Cache-Control", "no-store".into()),
+        ],
+    })
 }
 
 /// A room created counts toward `rooms_per_minute`; a request refused for any reason (a
@@ -337,44 +389,89 @@ fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<R
         }
     })?;
     attempt.keep();
-    log::info!("room {} created ({:?})", room.id, room.visibility);
+    log::info!(
+        "room {} created ({:?}) from {client}",
+        room.id,
+        room.visibility
+    );
     let location = format!("/chats/{}", room.id);
-    Ok(Reply::json(201, &room).with_header("Location", location))
+    let key = RoomKey {
+        id: room.id,
+        visibility: room.visibility,
+        password_hash: None,
+        created_at: room.created_at.clone(),
+    };
+    let owner_token = token::issue_owner(&state.secret, &key, state.config.owner_token_ttl)
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal))?;
+    let created = Created {
+        room: &room,
+        owner_token,
+    };
+    Ok(Reply::json(201, &created).with_header("Location", location))
+}
+
+/// The answer to `POST /chats`: the room, and the token that lets its creator change and
+/// delete it (SPEC, Who may change a room).
+#[derive(Serialize)]
+struct Created<'a> {
+    #[serde(flatten)]
+    room: &'a RoomView,
+    owner_token: String,
 }
 
 /// Users of a private room are shown only to a valid token holder; a token that is
 /// presented must be valid, even where none is needed.
+/// Users of a private room are shown only to a valid token holder (a room token, its
+/// owner token or the admin key); a token that is presented must be valid, even where none
+/// is needed. A hidden room asked for by id needs one to be found at all (`access::find`).
 fn get_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
-    let with_users = match bearer(request) {
+    let token = bearer(request);
+    let key = access::find(state, room, token.as_deref())?;
+    let with_users = match token {
         Some(token) if key.visibility.needs_token() => {
-            token::verify(&state.secret, &key, &token).map(|_| true)?
+            let opens = access::is_admin(state, &token)
+                || token::verify_owner(&state.secret, &key, &token).is_ok();
+            opens || token::verify(&state.secret, &key, &token).map(|_| true)?
         }
         _ => !key.visibility.needs_token(),
     };
     Ok(Reply::json(200, &state.rooms.view(key.id, with_users)?))
 }
 
+/// Needs the room's owner token or the admin key (`access::may_change`), checked before
+/// the body is read; the change is logged with what changed, never a password's value.
 fn update_room(
     state: &State,
     request: &mut Request,
     room: &RoomRef,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
-    require_token(state, request, &key)?;
+    let token = bearer(request);
+    let key = access::find(state, room, token.as_deref())?;
+    let changer = access::may_change(state, &key, token.as_deref())?;
     let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
+    let changed = input.changed_fields();
     let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
     let room = state.rooms.update(key.id, input)?;
-    log::info!("room {} updated", room.id);
+    log::info!(
+        "room {} changed by {changer} from {client}: {changed}",
+        room.id
+    );
     Ok(Reply::json(200, &room))
 }
 
-fn delete_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
-    require_token(state, request, &key)?;
+/// Needs the room's owner token or the admin key, as for PUT; logged.
+fn delete_room(
+    state: &State,
+    request: &Request,
+    room: &RoomRef,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
+    let token = bearer(request);
+    let key = access::find(state, room, token.as_deref())?;
+    let changer = access::may_change(state, &key, token.as_deref())?;
     state.rooms.delete(key.id)?;
-    log::info!("room {} deleted", key.id);
+    log::info!("room {} deleted by {changer} from {client}", key.id);
     Ok(Reply::json(200, &json!({"status": true})))
 }
 
@@ -386,7 +483,7 @@ fn messages(
     room: &RoomRef,
     query: Option<&str>,
 ) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
+    let key = access::find(state, room, bearer(request).as_deref())?;
     require_token(state, request, &key)?;
     let kept = state.config.history_len;
     let since = query_number(query, "since")?.unwrap_or(0);

@@ -1,6 +1,6 @@
-//! The token endpoints (`POST /chats/<room>/token`, `GET /chats/<room>/token/renew`) and the
-//! check every endpoint makes of a presented token ([`require_token`], the
-//! `Authorization: Bearer` header). Signing and verifying are `crate::token`; wrong
+//! The token endpoints (`POST /chats/<room>/token`, `GET /chats/<room>/token/renew`, which
+//! also renews owner tokens) and the check endpoints make of a presented room token
+//! ([`require_token`], the `Authorization: Bearer` header). Signing and verifying are `crate::token`; wrong
 //! secrets are counted by `limits` before bcrypt runs.
 
 use std::net::IpAddr;
@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tiny_http::Request;
 
+use crate::access;
 use crate::error::{ApiError, ErrorKind};
 use crate::path::RoomRef;
 use crate::rooms::RoomKey;
 use crate::token;
+use crate::visible;
 use crate::State;
 
 use super::{bcrypt_slot, read_json, Reply};
@@ -36,7 +38,9 @@ pub(super) fn issue_token(
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
     let body: TokenRequest = read_json(state, request, ErrorKind::InvalidJson)?;
-    let key = state.rooms.key(room)?;
+    // A hidden room is asked for by its title here: by id it is not found, before any
+    // bcrypt, exactly as a missing room (`access::find`).
+    let key = access::find(state, room, None)?;
     if !key.visibility.needs_token() {
         return Ok(Reply::json(200, &json!({"status": true})));
     }
@@ -46,6 +50,10 @@ pub(super) fn issue_token(
         .map(str::trim)
         .filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::field(ErrorKind::InvalidJson, "name"))?;
+    // The token's name is the name its holder joins with: the same rule as a join's.
+    if !visible::is_visible(name) {
+        return Err(ApiError::field(ErrorKind::DuplicateUsername, "name"));
+    }
     let secret = body.secret.unwrap_or_default();
     let attempt = state.limits.token_attempt(client, key.id, Instant::now())?;
     let _bcrypt = bcrypt_slot(state, client, true)?;
@@ -63,12 +71,29 @@ pub(super) fn issue_token(
     token_reply(state, &key, name)
 }
 
+/// A room token gets a fresh room token; an owner token a fresh owner token, for any room
+/// (SPEC, REST API); a public room without an owner token answers 200 with no token.
 pub(super) fn renew_token(
     state: &State,
     request: &Request,
     room: &RoomRef,
 ) -> Result<Reply, ApiError> {
-    let key = state.rooms.key(room)?;
+    let presented = bearer(request);
+    let key = access::find(state, room, presented.as_deref())?;
+    let owner = presented
+        .as_deref()
+        .filter(|_| key.id != access::DEFAULT_ROOM_ID)
+        .is_some_and(|t| token::verify_owner(&state.secret, &key, t).is_ok());
+    if owner {
+        let owner_token = token::issue_owner(&state.secret, &key, state.config.owner_token_ttl)
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal))?;
+        let reply = OwnerTokenReply {
+            status: true,
+            room_id: key.id,
+            owner_token,
+        };
+        return Ok(Reply::json(201, &reply));
+    }
     if !key.visibility.needs_token() {
         return Ok(Reply::json(200, &json!({"status": true})));
     }
@@ -84,6 +109,14 @@ struct TokenReply<'a> {
     name: &'a str,
     room_id: u64,
     token: String,
+}
+
+/// The answer to renewing an owner token, in SPEC's field order.
+#[derive(Serialize)]
+struct OwnerTokenReply {
+    status: bool,
+    room_id: u64,
+    owner_token: String,
 }
 
 fn token_reply(state: &State, key: &RoomKey, name: &str) -> Result<Reply, ApiError> {

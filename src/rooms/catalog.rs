@@ -72,6 +72,13 @@ impl Info {
         }
     }
 
+    /// Whether entering this room asks for something else than entering `before` did: a
+    /// new visibility, or a new password (even the same one again: its new hash makes every
+    /// token of the old one invalid).
+    pub fn access_differs(&self, before: &Info) -> bool {
+        self.visibility != before.visibility || self.password_hash != before.password_hash
+    }
+
     /// The room as the database stores it.
     pub fn record(&self) -> RoomRecord {
         RoomRecord {
@@ -115,6 +122,29 @@ impl RoomInput {
             validate_description(self.description.as_deref())?,
             validate_visibility(self.visibility.as_deref())?,
         ))
+    }
+
+    /// The fields a change names, for the log: `title, visibility private, password`
+    /// (a new visibility is shown; titles and descriptions are people's text and a
+    /// password is never shown, so only their names are).
+    pub fn changed_fields(&self) -> String {
+        let mut fields = Vec::new();
+        if self.title.is_some() {
+            fields.push("title".to_owned());
+        }
+        if self.description.is_some() {
+            fields.push("description".to_owned());
+        }
+        if let Some(visibility) = self.visibility.as_deref().and_then(Visibility::parse) {
+            fields.push(format!("visibility {}", visibility.as_str()));
+        }
+        if self.password.is_some() {
+            fields.push("password".to_owned());
+        }
+        match fields.is_empty() {
+            true => "nothing".to_owned(),
+            false => fields.join(", "),
+        }
     }
 
     /// The fields present, validated, as a change to a room.
@@ -203,7 +233,9 @@ fn invalid(field: &'static str) -> ApiError {
 fn validate_title(title: Option<&str>) -> Result<String, ApiError> {
     let title = title.map(str::trim).unwrap_or_default();
     let all_digits = !title.is_empty() && title.chars().all(|c| c.is_ascii_digit());
-    if !TITLE_CHARS.contains(&title.chars().count()) || all_digits {
+    // No invisible characters: two rooms must not look the same (`crate::visible`).
+    let visible = crate::visible::is_visible(title);
+    if !TITLE_CHARS.contains(&title.chars().count()) || all_digits || !visible {
         return Err(invalid("title"));
     }
     Ok(title.to_owned())
@@ -230,7 +262,14 @@ mod tests {
     #[test]
     fn titles_are_checked() {
         assert_eq!(validate_title(Some("  ab  ")).unwrap(), "ab");
-        for bad in [None, Some("a"), Some("12345"), Some(&*"x".repeat(71))] {
+        for bad in [
+            None,
+            Some("a"),
+            Some("12345"),
+            Some(&*"x".repeat(71)),
+            Some("Public\u{200B}Chat"),
+            Some("Public\u{202E}Chat"),
+        ] {
             assert_eq!(validate_title(bad).unwrap_err().field, Some("title"));
         }
     }

@@ -211,6 +211,7 @@ impl Rooms for RoomMap {
             id: info.id,
             visibility: info.visibility,
             password_hash: info.password_hash.clone(),
+            created_at: info.created_at.clone(),
         })
     }
 
@@ -280,6 +281,11 @@ impl Rooms for RoomMap {
                 entry.info = info.clone();
             }
             drop(index);
+            // SPEC, Who may change a room: a new password or visibility closes every
+            // socket, which must present what the room asks for now.
+            if info.access_differs(&current) {
+                room.locked(|state, after| state.close_each(CloseReason::AccessChanged, after));
+            }
             return Ok(info.view(Some(room.locked(|state, _| state.users()))));
         }
         log::warn!("room {id}: {UPDATE_TRIES} concurrent updates in a row; this one gave up");

@@ -271,6 +271,16 @@ impl RoomState {
         after.retry.append(&mut self.waiting);
     }
 
+    /// Has every socket closed for `reason`, the room staying open: each stays attached
+    /// until its thread detaches it, so a joined one's leave is broadcast (and, with
+    /// several nodes, its name given up) as for any close. For a change of the room's
+    /// password or visibility: every socket must show what the room asks for now.
+    pub fn close_each(&mut self, reason: CloseReason, after: &mut After) {
+        for socket in self.sockets.values() {
+            after.close.push((Arc::clone(&socket.bell), reason));
+        }
+    }
+
     /// 202 unless `name` is free in the room (case-insensitively) and socket `session`
     /// holds no name yet; 201 if the socket is not attached (any more).
     pub fn check_name(&self, session: u64, name: &str) -> Result<(), ApiError> {

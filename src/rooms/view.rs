@@ -75,4 +75,7 @@ pub struct RoomKey {
     pub visibility: Visibility,
     /// The bcrypt hash, part of the room's token signing key.
     pub password_hash: Option<String>,
+    /// When the room was created (RFC 3339), part of its owner tokens' signing key: a room
+    /// made again with the same id is another room (`token`).
+    pub created_at: String,
 }

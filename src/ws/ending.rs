@@ -13,7 +13,8 @@ use crate::metrics::CloseReason;
 pub(super) enum Ending {
     /// The client sent a close frame (its code is echoed).
     ClientClosed(CloseCode),
-    /// The server closed it: slow reader, room deleted, shutdown, backend lost.
+    /// The server closed it: slow reader, room deleted, its access changed, shutdown,
+    /// backend lost.
     ServerClosed(CloseReason),
     /// A frame over `max_message_bytes`.
     TooBig,
@@ -37,7 +38,9 @@ impl Ending {
         match self {
             Ending::ClientClosed(code) => Some(*code),
             Ending::ServerClosed(CloseReason::Backend) => Some(CloseCode::Restart),
-            Ending::ServerClosed(CloseReason::Slow | CloseReason::Flood) => Some(CloseCode::Policy),
+            Ending::ServerClosed(
+                CloseReason::Slow | CloseReason::Flood | CloseReason::AccessChanged,
+            ) => Some(CloseCode::Policy),
             Ending::ServerClosed(CloseReason::TooBig) => Some(CloseCode::Size),
             Ending::ServerClosed(_) => Some(CloseCode::Away),
             Ending::TooBig => Some(CloseCode::Size),

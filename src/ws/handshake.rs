@@ -40,8 +40,11 @@ use tungstenite::{HandshakeError, WebSocket};
 
 use super::frame::{linger, Duplex, CLOSE_GRACE};
 use super::head::{HeadCheck, HeadRefusal};
+use crate::access;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::ConnectionGuard;
+use crate::metrics::Limit;
+use crate::origin;
 use crate::path;
 use crate::token;
 use crate::State;
@@ -63,8 +66,9 @@ const REFUSER_STACK_BYTES: usize = 64 * 1024;
 pub struct Admission {
     /// The room the socket chats in.
     pub room_id: u64,
-    /// For a private or hidden room, the token's username: the only name it may join with.
-    pub token_user: Option<String>,
+    /// The token the handshake presented, if any: each `join` checks it again against the
+    /// room as it is then (`access::join_as`), and takes the name from it.
+    pub token: Option<String>,
 }
 
 /// Runs the handshake on a new, blocking connection, counted by `connection`; `Some` if it
@@ -142,8 +146,9 @@ pub fn accept(
 
 /// Decides whether `request` from `peer` may open a socket: its client address has a
 /// connection to spare (if the accept loop could not tell, the peer being a trusted
-/// proxy), its room exists and, for a private or hidden room, it presents a valid token
-/// for it. Also returns the subprotocol to echo.
+/// proxy), it comes from no other site's page (`Origin`), its room exists (a hidden one
+/// asked for by id only with a valid token) and, for a private or hidden room, it
+/// presents a valid token for it. Also returns the subprotocol to echo.
 fn admit(
     state: &State,
     request: &Request,
@@ -158,34 +163,45 @@ fn admit(
             .filter_map(|v| v.to_str().ok());
         connection.count_address(state.limits.client_addr(peer, forwarded_for))?;
     }
-    let room = path::ws_room(&request.uri().to_string())
-        .ok_or_else(|| ApiError::new(ErrorKind::NotFound))?;
-    let key = state.rooms.key(&room)?;
     let header_text = |name| {
         request
             .headers()
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
+    // SPEC, Limits: a page of another site opens no socket (607), before any other work.
+    let origin = header_text(header::ORIGIN);
+    if !origin::is_allowed(
+        origin,
+        header_text(header::HOST),
+        &state.config.allowed_origins,
+    ) {
+        state.metrics.refused(Limit::AllowedOrigins);
+        return Err(ApiError::new(ErrorKind::OriginNotAllowed));
+    }
+    let room = path::ws_room(&request.uri().to_string())
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound))?;
     let offered = header_text(header::SEC_WEBSOCKET_PROTOCOL);
-    let token_user = if key.visibility.needs_token() {
-        let token = token::presented(
-            header_text(header::AUTHORIZATION),
-            offered,
-            request.uri().query(),
-        )
-        .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
-        Some(token::verify(&state.secret, &key, &token)?.username)
-    } else {
-        None
-    };
+    let presented = token::presented(
+        header_text(header::AUTHORIZATION),
+        offered,
+        request.uri().query(),
+    );
+    // A hidden room asked for by id without a valid token is not there (`access::find`).
+    let key = access::find(state, &room, presented.as_deref())?;
+    if key.visibility.needs_token() {
+        let token = presented
+            .as_deref()
+            .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
+        token::verify(&state.secret, &key, token)?;
+    }
     let protocol = offered
         .and_then(token::first_protocol)
         .and_then(|p| HeaderValue::from_str(p).ok());
     Ok((
         Admission {
             room_id: key.id,
-            token_user,
+            token: presented,
         },
         protocol,
     ))

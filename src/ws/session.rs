@@ -61,6 +61,7 @@ use tungstenite::{Message, WebSocket};
 use super::ending::{ending_for, Ending};
 use super::frame::{Duplex, Sent};
 use super::handshake::Admission;
+use crate::access;
 use crate::error::{ApiError, ErrorKind};
 use crate::event::ClientEvent;
 use crate::limits::{FrameLimit, Verdict};
@@ -132,6 +133,14 @@ impl Session {
             &self.bell,
         ) {
             Ok(membership) => {
+                // A password or visibility change between the handshake and this attach
+                // found no socket here to close: look at the room once more, now that a
+                // change from here on does reach it.
+                let token = self.admission.token.as_deref();
+                let access = access::join_as(&self.state, self.admission.room_id, token);
+                if access.is_err_and(|e| e.kind == ErrorKind::RoomUnauthorized) {
+                    self.bell.close(CloseReason::AccessChanged);
+                }
                 let frames = self.state.limits.frame_limit();
                 let mut chat = Chat {
                     session: self,
@@ -202,8 +211,14 @@ impl Chat {
         let mut close_deadline = None;
         loop {
             if let Some(closing) = self.session.bell.closing() {
-                if closing == CloseReason::RoomDeleted {
-                    self.reply_error(ApiError::new(ErrorKind::RoomNotFound));
+                match closing {
+                    CloseReason::RoomDeleted => {
+                        self.reply_error(ApiError::new(ErrorKind::RoomNotFound));
+                    }
+                    CloseReason::AccessChanged => {
+                        self.reply_error(ApiError::new(ErrorKind::RoomUnauthorized));
+                    }
+                    _ => {}
                 }
                 return Ending::ServerClosed(closing);
             }
@@ -422,9 +437,21 @@ impl Chat {
         let (id, room_id) = (self.session.id, self.membership.room_id());
         match ClientEvent::parse(frame)? {
             ClientEvent::Join { name, color, since } => {
+                // Access follows the room, not the handshake (SPEC, Who may change a room):
+                // an expired token is refused (403); one that no longer opens the room
+                // closes the socket (104, then 1008), as a password change would have.
+                let state = &self.session.state;
+                let token = self.session.admission.token.as_deref();
+                let token_user = match access::join_as(state, room_id, token) {
+                    Ok(user) => user,
+                    Err(e) if e.kind == ErrorKind::RoomUnauthorized => {
+                        self.session.bell.close(CloseReason::AccessChanged);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 // In a private room the name is the token's: nobody joins as someone else.
-                let token_user = self.session.admission.token_user.as_ref();
-                if token_user.is_some_and(|user| *user != name) {
+                if token_user.is_some_and(|user| user != name) {
                     return Err(ApiError::field(ErrorKind::ClientUnauthorized, "name").into());
                 }
                 let joined = self.membership.join(&name, &color, since)?;

@@ -9,7 +9,15 @@
 //      of the page's own, not one per event; the page sends only the fields the server reads;
 //   3. a dropped socket (server stopped and started again) is reported and rejoined, and
 //      with message ids and `since` no message is shown twice and a gap is reported;
-//   4. the token is renewed with GET /chats/<id>/token/renew before it expires.
+//   4. the token is renewed with GET /chats/<id>/token/renew before it expires;
+//   5. the creator of a room (the page holds its owner token) sees "edit" and "delete" on
+//      it and uses them; nobody else sees them;
+//   6. every refusal (401, 403, 429, 503) is said in a sentence a person understands;
+//   7. a change of the room's password or visibility closes the page's socket: it comes
+//      back by itself with `since` when its password still opens the room, and asks for
+//      the password when it does not;
+//   8. the page runs under its Content-Security-Policy, and a page of another site can
+//      neither create rooms, nor open a socket, nor frame the page.
 //
 // Run with `tests/browser/run.sh` (installs Chromium and playwright-core when missing) or
 // `node --test tests/browser/e2e.mjs`. The binary is $CHITCHAT_BIN, else target/debug/chitchat.
@@ -20,6 +28,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -124,6 +133,10 @@ async function openPerson(server, viewport = { width: 1000, height: 700 }, befor
   page.errors = [];
   page.on("dialog", (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => { page.errors.push(String(e)); });
+  // Anything the page's own Content-Security-Policy blocks is a bug of the page.
+  page.on("console", (m) => {
+    if (/Content Security Policy/i.test(m.text())) page.errors.push(m.text());
+  });
   if (beforeLoad) await beforeLoad(page);
   await page.goto(server.url);
   return page;
@@ -497,4 +510,193 @@ test("the token is renewed shortly before it expires", { timeout: 60_000 }, asyn
   await say(erin, "still here");
   await eventually(erin, async (p) => (await lastMessage(p))?.text, "still here", "chat goes on");
   await assertClean(erin);
+});
+
+/** POST /chats from the test itself (no Origin: as curl); resolves to the 201's JSON. */
+async function createRoom(server, body) {
+  const res = await fetch(server.url + "chats", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  assert.equal(res.status, 201, await res.clone().text());
+  return res.json();
+}
+
+test("the creator edits and deletes its room; nobody else can", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const hana = await openPerson(server);
+  const ivan = await openPerson(server);
+  await hana.locator("#rooms .room-title", { hasText: "Public Chat" }).waitFor();
+  assert.equal(await hana.locator("#rooms button.own").count(), 0, "Public Chat is nobody's");
+
+  await hana.fill("#create-title", "Hana's corner");
+  await hana.fill("#create-description", "tea");
+  await hana.press("#create-title", "Enter");
+  await hana.locator("#create-ok", { hasText: "keeps the key" }).waitFor();
+  const row = hana.locator("#rooms li", { hasText: "Hana's corner" });
+  await row.locator("button.own", { hasText: "edit" }).waitFor();
+  assert.equal(await row.locator("button.own", { hasText: "delete" }).count(), 1);
+  // Ivan sees the room, without the owner's buttons.
+  await ivan.locator("#rooms .room-title", { hasText: "Hana's corner" }).waitFor();
+  assert.equal(await ivan.locator("#rooms button.own").count(), 0);
+
+  // Edit: a new description; a bad title is refused by the field, in words.
+  await row.locator("button.own", { hasText: "edit" }).click();
+  assert.equal(await hana.inputValue("#edit-title"), "Hana's corner");
+  await hana.fill("#edit-title", "1234");
+  await hana.press("#edit-title", "Enter");
+  await hana.locator("#edit-title-err", { hasText: "not only digits" }).waitFor();
+  await hana.fill("#edit-title", "Hana's corner");
+  await hana.fill("#edit-description", "tea and biscuits");
+  await hana.press("#edit-description", "Enter");
+  await hana.locator("#rooms-ok", { hasText: "“Hana's corner” saved." }).waitFor();
+  await hana.locator("#rooms .room-meta", { hasText: "tea and biscuits" }).waitFor();
+  assert.equal(await hana.isVisible("#edit-form"), false);
+
+  // A hidden room of hers is listed for her only, with its buttons.
+  await hana.fill("#create-title", "Hana's den");
+  await hana.selectOption("#create-visibility", "hidden");
+  await hana.fill("#create-password", "den-password");
+  await hana.press("#create-title", "Enter");
+  await hana.locator("#rooms li", { hasText: "Hana's den" }).locator("button.own").first().waitFor();
+  await ivan.evaluate(() => loadRooms());
+  assert.equal(await ivan.locator("#rooms .room-title", { hasText: "Hana's den" }).count(), 0);
+  mkdirSync(SHOTS, { recursive: true });
+  await hana.screenshot({ path: path.join(SHOTS, "owner-screenshot.png"), fullPage: true });
+
+  // Delete asks once more, then the room is gone for everyone.
+  await row.locator("button.own", { hasText: "delete" }).click();
+  await hana.click("#edit-delete");
+  await hana.locator("#edit-delete", { hasText: "Really delete it?" }).waitFor();
+  await hana.click("#edit-delete");
+  await hana.locator("#rooms-ok", { hasText: "“Hana's corner” deleted." }).waitFor();
+  assert.equal(await hana.locator("#rooms .room-title", { hasText: "Hana's corner" }).count(), 0);
+  const left = await (await fetch(server.url + "chats")).json();
+  assert.deepEqual(left.map((r) => r.title), ["Public Chat"]);
+  for (const page of [hana, ivan]) await assertClean(page);
+});
+
+test("every refusal is said in words: 401, 403, 429, 503", { timeout: 60_000 }, async (t) => {
+  const server = await startServer({ config: { rooms_per_minute: 1 } });
+  t.after(() => server.stop());
+  await createRoom(server, { title: "Vault", visibility: "private", password: "vault-pass" });
+  const jo = await openPerson(server);
+  await jo.locator("#rooms .room-title", { hasText: "Vault" }).waitFor();
+
+  // 401: a wrong password.
+  await enter(jo, { room: "Vault", name: "Jo", password: "not it" });
+  await jo.locator("#enter-password-err", { hasText: "Wrong or missing password." }).waitFor();
+
+  // 429: a second room within the minute (rooms_per_minute is 1, the test used it).
+  await jo.fill("#create-title", "One too many");
+  await jo.press("#create-title", "Enter");
+  await jo.locator("#create-form-err", {
+    hasText: /Too many attempts from your connection\. Please wait \d+ seconds and try again\./,
+  }).waitFor();
+
+  // 403: a key to a room that is not valid (here: one this browser kept, then spoiled).
+  const vault = (await (await fetch(server.url + "chats")).json()).find((r) => r.title === "Vault");
+  await jo.evaluate((id) => localStorage.setItem("chitchat-owned",
+    JSON.stringify({ [id]: "not.a.token" })), vault.id);
+  await jo.evaluate(() => loadRooms());
+  await jo.locator("#rooms li", { hasText: "Vault" }).locator("button.own", { hasText: "edit" }).click();
+  await jo.press("#edit-description", "Enter");
+  await jo.locator("#edit-form-err", { hasText: "key to change the room is no longer valid" }).waitFor();
+
+  // 503: the server's answer while its storage is unavailable (605), as it sends it.
+  await jo.route("**/chats", (route) => route.fulfill({
+    status: 503, contentType: "application/json",
+    body: '{"status":false,"error":{"code":605,"error":"Backend error: Storage unavailable"}}\n',
+  }));
+  await jo.click("#refresh");
+  await jo.locator("#rooms-info", { hasText: "The server cannot save anything right now." }).waitFor();
+  await jo.screenshot({ path: path.join(SHOTS, "refusals-screenshot.png"), fullPage: true });
+  await assertClean(jo);
+});
+
+test("a change of password or visibility closes the socket: back by itself, or asked", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const room = await createRoom(server, { title: "Moving room", visibility: "private",
+                                          password: "first-pass" });
+  const change = (body) => fetch(server.url + "chats/" + room.id, {
+    method: "PUT", headers: { "Content-Type": "application/json",
+                              Authorization: "Bearer " + room.owner_token },
+    body: JSON.stringify(body),
+  }).then((r) => assert.equal(r.status, 200));
+
+  const kim = await openPerson(server);
+  const sent = framesSent(kim);
+  await enter(kim, { room: "Moving room", name: "Kim", password: "first-pass" });
+  await waitConnected(kim, "Kim");
+  await say(kim, "before");
+  await eventually(kim, messageIds, [[1, "before"]], "the first message");
+
+  // Hidden now, same password: the page comes back by itself, by title, with `since`.
+  await change({ visibility: "hidden" });
+  await kim.locator("#log li.notice", { hasText: "password or visibility has changed" }).waitFor();
+  await kim.locator("#conn", { hasText: "Connected as Kim." }).waitFor({ timeout: 20_000 });
+  await eventually(kim, () => sent.filter((f) => f.event_type === "join").map((f) => f.since),
+                   [undefined, 1], "rejoined with since");
+  await say(kim, "after");
+  await eventually(kim, messageIds, [[1, "before"], [2, "after"]], "each message once");
+
+  // A new password: the page goes back to the form and asks for it.
+  await change({ password: "second-pass" });
+  await kim.locator("#enter-password-err", { hasText: "The room's password has changed" })
+    .waitFor({ timeout: 20_000 });
+  assert.equal(await kim.inputValue("#enter-password"), "", "the old password is not kept");
+  assert.equal(await kim.isVisible("#lobby"), true);
+  await kim.screenshot({ path: path.join(SHOTS, "access-changed-screenshot.png"), fullPage: true });
+  await enter(kim, { room: "Moving room", name: "Kim", password: "second-pass" });
+  await waitConnected(kim, "Kim");
+  await assertClean(kim);
+});
+
+test("another site's page can create nothing, open no socket, frame nothing", { timeout: 60_000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  // A second web server, on another host name (localhost, not 127.0.0.1): another site.
+  const api = `http://127.0.0.1:${server.httpPort}`;
+  const wsUrl = `ws://127.0.0.1:${server.wsPort}/chats/1/ws`;
+  const evilPage = `<!doctype html><title>evil</title>
+<iframe id="framed" src="${api}/"></iframe>
+<form id="f" method="POST" action="${api}/chats" enctype="text/plain">
+<input name='{"title":"Spam","visibility":"public","x":"' value='"}'></form>
+<script>
+window.results = {};
+fetch("${api}/chats", { method: "POST", mode: "no-cors", headers: { "Content-Type": "text/plain" },
+  body: JSON.stringify({ title: "Spam too", visibility: "public" }) })
+  .then(() => { results.fetch = "sent"; }, () => { results.fetch = "failed"; });
+const ws = new WebSocket("${wsUrl}");
+ws.onopen = () => { results.socket = "open"; };
+ws.onclose = () => { results.socket = results.socket || "refused"; };
+</script>`;
+  const evil = createServer((req, res) => {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    res.end(evilPage);
+  });
+  await new Promise((resolve) => evil.listen(0, "127.0.0.1", resolve));
+  t.after(() => evil.close());
+  const context = await browser.newContext();
+  context.setDefaultTimeout(STEP_MS);
+  const page = await context.newPage();
+  await page.goto(`http://localhost:${evil.address().port}/`);
+  await page.waitForFunction(() => window.results.socket && window.results.fetch);
+  assert.equal(await page.evaluate(() => window.results.socket), "refused");
+  // The form post too (a text/plain form is what any page may send without asking).
+  await Promise.all([page.waitForNavigation(), page.evaluate(() => document.getElementById("f").submit())]);
+  assert.match(await page.content(), /Origin not allowed/);
+  const rooms = await (await fetch(server.url + "chats")).json();
+  assert.deepEqual(rooms.map((r) => r.title), ["Public Chat"], "no room was created");
+
+  // Framed, the page is not shown: frame-ancestors 'none' (and X-Frame-Options: DENY).
+  const framer = await context.newPage();
+  await framer.goto(`http://localhost:${evil.address().port}/`);
+  await framer.waitForLoadState("load");
+  const frame = framer.frames().find((f) => f !== framer.mainFrame());
+  assert.ok(frame, "the iframe exists");
+  assert.equal(await frame.locator("#rooms").count(), 0, "the chat page is not shown in a frame");
+  await framer.screenshot({ path: path.join(SHOTS, "cross-site-screenshot.png") });
+  await context.close();
 });

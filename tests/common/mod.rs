@@ -36,14 +36,20 @@ pub struct TestServer {
     running: Option<chitchat::Running>,
 }
 
+/// The operator's key every [`TestServer`] is started with (`admin_key`): what
+/// [`TestServer::put`] and [`TestServer::delete`] present, so that tests about something
+/// else than who may change a room can change one. Tests of that rule use `send`.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
 /// The configuration every test starts from: port 0 for both listeners, console-free
-/// logging, bcrypt at its minimum cost, a secret of its own, and no database (rooms and
-/// history in memory only; tests/persistence.rs sets `db_path`).
+/// logging, bcrypt at its minimum cost, a secret of its own, [`ADMIN_KEY`], and no
+/// database (rooms and history in memory only; tests/persistence.rs sets `db_path`).
 pub fn test_config() -> Config {
     Config {
         address: "127.0.0.1:0".into(),
         ws_address: "127.0.0.1:0".into(),
         secret_key: Some(format!("test-secret-{}", std::process::id())),
+        admin_key: Some(ADMIN_KEY.into()),
         log_file: None,
         bcrypt_cost: 4,
         db_path: None,
@@ -117,15 +123,18 @@ impl TestServer {
         self.send("POST", path, None, Some(body))
     }
 
+    /// `PUT` as the operator (with [`ADMIN_KEY`]).
     pub fn put(&self, path: &str, body: &Value) -> Response {
-        self.send("PUT", path, None, Some(body))
+        self.send("PUT", path, Some(ADMIN_KEY), Some(body))
     }
 
+    /// `DELETE` as the operator (with [`ADMIN_KEY`]).
     pub fn delete(&self, path: &str) -> Response {
-        self.send("DELETE", path, None, None)
+        self.send("DELETE", path, Some(ADMIN_KEY), None)
     }
 
-    /// Creates a room and returns its JSON; panics unless the answer is 201.
+    /// Creates a room and returns its JSON, `owner_token` included; panics unless the
+    /// answer is 201.
     pub fn create_room(&self, title: &str, visibility: &str, password: Option<&str>) -> Value {
         let mut body = json!({"title": title, "description": "", "visibility": visibility});
         if let Some(password) = password {
@@ -398,7 +407,8 @@ fn set_read_timeout(socket: &WebSocket<MaybeTlsStream<TcpStream>>, within: Durat
 // Helpers for the REST, token and command-line tests (issue 3).
 
 /// The message SPEC's error table gives `code`, plus the routing errors the server adds
-/// (404 unknown path, 405 wrong method, 413 body too large). Panics on any other code.
+/// (404 unknown path, 405 wrong method, 413 body too large) and 607 (a cross-site request).
+/// Panics on any other code.
 pub fn error_message(code: u16) -> &'static str {
     match code {
         101 => "Room error: Room not found",
@@ -421,6 +431,7 @@ pub fn error_message(code: u16) -> &'static str {
         405 => "Method not allowed",
         413 => "Request body too large",
         606 => "Limit error: Too many rooms",
+        607 => "Origin not allowed",
         _ => panic!("no error code {code} in SPEC"),
     }
 }
@@ -475,12 +486,17 @@ pub fn is_rfc3339(text: &str) -> bool {
 }
 
 /// A room's JSON without `createdAt` and `updatedAt`, after checking both are RFC 3339
-/// strings, so the rest can be compared whole with `json!`.
+/// strings, so the rest can be compared whole with `json!`; a created room's `owner_token`
+/// is left out too, after checking it is a JWT (tests/owners.rs looks inside).
 pub fn room_without_times(room: &Value) -> Value {
     let mut copy = room.clone();
     let object = copy
         .as_object_mut()
         .unwrap_or_else(|| panic!("a room is a JSON object: {room}"));
+    if let Some(token) = object.remove("owner_token") {
+        let parts = token.as_str().map_or(0, |t| t.split('.').count());
+        assert_eq!(parts, 3, "owner_token is not a JWT: {token}");
+    }
     for key in ["createdAt", "updatedAt"] {
         let time = object
             .remove(key)
