@@ -21,7 +21,8 @@
 //! - `http`: the REST API, the page, `/healthz` and `/metrics` on tiny_http worker threads
 //!   (`http/tokens.rs`: the token endpoints and the token check).
 //! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
-//! - [`token`]: JWTs (HS256 only), a key per room; `hasher`: bcrypt on low-priority
+//! - [`token`]: JWTs (HS256 only), a key per room, signed through `hs256` (jsonwebtoken's
+//!   crypto provider, HMAC-SHA256 and nothing else); `hasher`: bcrypt on low-priority
 //!   threads, its queue bounded (`bcrypt_queue_len`).
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
 //! - `limits`: who a client is (`trusted_proxies`), and the limits checked before expensive
@@ -83,6 +84,7 @@ pub mod config;
 mod error;
 pub mod event;
 mod hasher;
+mod hs256;
 mod http;
 mod limits;
 mod metrics;

@@ -42,6 +42,7 @@ pub fn issue(secret: &str, room: &RoomKey, username: &str, ttl: Duration) -> Opt
         room_id: room.id,
         exp: exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
     };
+    crate::hs256::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -58,6 +59,7 @@ pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiEr
         return Err(ApiError::new(ErrorKind::UnauthorizedSigningMethod));
     }
     let key = room_secret(secret, room).ok_or_else(invalid)?;
+    crate::hs256::install();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp"]);
