@@ -7,7 +7,8 @@
 //! a warning that names `redis_url`, so a Go config.json starts a one-node server unchanged
 //! (SPEC, Running). Anything else stops start-up: an unknown key, a value of the wrong kind
 //! or an unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits
-//! with code 2. Nothing falls back silently (the Go version tried `../config.json`).
+//! with code 2. Nothing falls back silently (the Go version tried `../config.json`); so a
+//! server built without the `redis` feature refuses `redis_url` rather than ignore it.
 //!
 //! Relative paths (`db_path`, `log_file`, `static_dir`) are relative to the working
 //! directory the server is started in. With no file at all ([`Config::from_env`]: `main`
@@ -112,7 +113,8 @@ pub struct Config {
     pub bcrypt_queue_len: usize,
     /// Several nodes (`redis_url`, `redis://host:port/db`, or `host:port` for db 0, kept
     /// as `redis://host:port/0`): rooms, history, presence and the fan-out go through this
-    /// Redis, and `db_path` is not used.
+    /// Redis, and `db_path` is not used. Always `None` in a build without the `redis`
+    /// feature (the key is refused).
     pub redis_url: Option<String>,
     /// With Redis: how long a node that stopped keeps its members (`presence_ttl_s`).
     pub presence_ttl: Duration,
@@ -387,6 +389,7 @@ fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
 /// `redis://[:password@]host[:port][/db]`, a Unix socket (`unix://` or `redis+unix://`), or
 /// `host:port`, which is taken as `redis://host:port/0` (SPEC, Several nodes). TLS
 /// (`rediss://`) is not built in: it would bring a TLS stack for one optional feature.
+#[cfg(feature = "redis")]
 fn redis_url(value: &Value) -> Result<String, String> {
     let url = string(value)?;
     if url.starts_with("rediss://") {
@@ -405,8 +408,17 @@ fn redis_url(value: &Value) -> Result<String, String> {
     }
 }
 
+/// A server built without the `redis` feature runs one node only: a configured Redis is an
+/// error, not something to ignore (the operator would believe the nodes share a chat).
+#[cfg(not(feature = "redis"))]
+fn redis_url(value: &Value) -> Result<String, String> {
+    string(value)?;
+    Err("this chitchat was built without Redis (cargo feature `redis`): remove the key to run one node, or build with the default features".into())
+}
+
 /// `host:port` with a port number and a host without a scheme, path or user part:
 /// `127.0.0.1:6379`, `redis.internal:6379`, `[::1]:6379`.
+#[cfg(feature = "redis")]
 fn is_host_and_port(text: &str) -> bool {
     let Some((host, port)) = text.rsplit_once(':') else {
         return false;
@@ -491,6 +503,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn redis_url_and_presence_ttl_are_read_and_checked() {
         let (config, _) = load("{}", &[]).unwrap();
@@ -523,6 +536,7 @@ mod tests {
     }
 
     /// SPEC, Several nodes: `redis_url` also takes `host:port`, for db 0.
+    #[cfg(feature = "redis")]
     #[test]
     fn redis_url_takes_host_and_port_for_db_0() {
         for (given, kept) in [
@@ -534,6 +548,18 @@ mod tests {
             let (config, _) = load(&format!(r#"{{"redis_url":"{given}"}}"#), &[]).unwrap();
             assert_eq!(config.redis_url.as_deref(), Some(kept), "{given}");
         }
+    }
+
+    /// Without the `redis` feature a configured Redis stops start-up (exit 2) instead of
+    /// being ignored; `null` is still "one node".
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_url_is_refused_by_a_build_without_redis() {
+        let err = load(r#"{"redis_url":"redis://127.0.0.1:6379/0"}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("redis_url"));
+        assert!(err.problem.contains("without Redis"), "{}", err.problem);
+        let (config, _) = load(r#"{"redis_url":null}"#, &[]).unwrap();
+        assert_eq!(config.redis_url, None);
     }
 
     #[test]

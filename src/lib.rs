@@ -79,6 +79,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod clock;
+#[cfg(feature = "redis")]
 mod cluster;
 pub mod config;
 mod error;
@@ -109,6 +110,7 @@ pub use net::AddrRange;
 /// (`fuzz/fuzz_targets/token.rs`) can build one.
 pub use rooms::{RoomKey, Visibility};
 
+#[cfg(feature = "redis")]
 use cluster::Cluster;
 use hasher::Hasher;
 use limits::Limits;
@@ -204,6 +206,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // a database problem stops start-up before anything listens.
     let rooms: Arc<dyn Rooms> = match &config.redis_url {
         // The URL may carry a password: it is not logged.
+        #[cfg(feature = "redis")]
         Some(url) => Cluster::start(
             url,
             config.presence_ttl,
@@ -212,6 +215,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             config.history_len,
         )
         .map_err(StartError::Redis)?,
+        // `Config::load` refuses the key in such a build; a `Config` built by hand is
+        // refused here, never run as one node while it names a Redis.
+        #[cfg(not(feature = "redis"))]
+        Some(_) => return Err(StartError::Redis(
+            "redis_url is set, but this chitchat was built without Redis (cargo feature `redis`)"
+                .into(),
+        )),
         None => {
             let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
                 .map_err(StartError::Store)?;

@@ -260,6 +260,7 @@ fn go_config_json_with_redis_url_starts_one_node_and_warns_naming_redis_url() {
 /// `redis_url` also takes `host:port` (db 0): a node whose Redis cannot be reached still
 /// starts, says so, and answers `/healthz` with 503 and code 605 (tests/cluster.rs covers a
 /// real Redis).
+#[cfg(feature = "redis")]
 #[test]
 fn redis_url_as_host_and_port_is_used_and_an_unreachable_redis_makes_healthz_503() {
     let scratch = Scratch::new("redis-url");
@@ -276,6 +277,23 @@ fn redis_url_as_host_and_port_is_used_and_an_unreachable_redis_makes_healthz_503
     assert_eq!(
         response.json(),
         json!({"status": false, "error": {"code": 605, "error": "Backend error: Storage unavailable"}})
+    );
+}
+
+/// A server built without the `redis` feature never runs one node while its config names a
+/// Redis: `redis_url` stops start-up with exit code 2, naming the file and the key.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_url_exits_2_in_a_build_without_redis() {
+    let scratch = Scratch::new("redis-url-no-redis");
+    let mut config = quiet_config();
+    config["redis_url"] = json!("redis://127.0.0.1:6379/0");
+    let config = scratch.config("config.json", &config);
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", &config],
+        &[],
+        &[&config, "redis_url", "without Redis"],
     );
 }
 
