@@ -18,8 +18,9 @@
 //!   by id and title, disk first then memory; `catalog`: what a valid room is).
 //! - [`event`]: chat events on the wire; `error`: every error a client can see (code,
 //!   message, HTTP status, JSON body); [`path`]: `/chats/<id-or-title>/...`, parsed once.
-//! - `http`: the REST API, the page, `/healthz` and `/metrics` on tiny_http worker threads
-//!   (`http/tokens.rs`: the token endpoints and the token check).
+//! - `http`: the REST API, the page, `/healthz` and `/metrics`, answered on the HTTP
+//!   workers (`workers`: as many threads as requests in hand, plus two spares;
+//!   `http/tokens.rs`: the token endpoints and the token check).
 //! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
 //! - [`token`]: JWTs (HS256 only), a key per room, signed through `hs256` (jsonwebtoken's
 //!   crypto provider, HMAC-SHA256 and nothing else); `hasher`: bcrypt on low-priority
@@ -33,8 +34,8 @@
 //! - `clock`: RFC 3339 times; `web`: the page; `sync`: taking locks.
 //!
 //! # One REST request: `POST /chats`
-//! 1. A tiny_http thread reads the request; an HTTP worker takes it in `http::serve`;
-//!    `http::route` names it `Route::CreateRoom`.
+//! 1. A tiny_http thread reads the request; an HTTP worker (`workers`) takes it and calls
+//!    `http::answer`; `http::route` names it `Route::CreateRoom`.
 //! 2. `http::create_room`: the client's `rooms_per_minute`, then `read_json` (the body
 //!    through a byte cap) into a `RoomInput`.
 //! 3. `RoomMap::create` (`rooms/map.rs`): `RoomInput::new_room` validates; `hash_for`
@@ -96,6 +97,7 @@ mod store;
 mod sync;
 pub mod token;
 mod web;
+mod workers;
 mod ws;
 
 use std::fmt;
@@ -117,19 +119,20 @@ use limits::Limits;
 use metrics::Metrics;
 use rooms::{RoomMap, Rooms};
 use store::StoreError;
+use workers::Workers;
 use ws::WsServer;
 
-/// HTTP worker threads for everything but bcrypt. A token request's worker waits, with no
-/// lock held, while a `hasher` thread runs bcrypt (tens of milliseconds), so [`start`] adds
-/// one worker per bcrypt job that may wait (`bcrypt_queue_len`) and per hashing thread:
-/// with 16 workers and a queue of 64, a flood of wrong passwords left every worker waiting
-/// on bcrypt and a `GET /chats/1` waited seconds behind them (the `guess` bench scenario).
-/// Past the queue, token requests are refused at once (604) and take no worker for long.
+/// The HTTP workers' ceiling, for everything but bcrypt. A token request's worker waits,
+/// with no lock held, while a `hasher` thread runs bcrypt (tens of milliseconds), so
+/// [`start`] allows one more worker per bcrypt job that may wait (`bcrypt_queue_len`) and
+/// per hashing thread: with 16 workers and a queue of 64, a flood of wrong passwords left
+/// every worker waiting on bcrypt and a `GET /chats/1` waited seconds behind them (the
+/// `guess` bench scenario). Past the queue, token requests are refused at once (604) and
+/// take no worker for long. Workers are started as requests need them and end when idle
+/// (`workers`): at rest only `workers::SPARE` wait.
 const HTTP_WORKERS: usize = 16;
 /// The most workers added for bcrypt, whatever `bcrypt_queue_len` says (0 is unbounded).
 const MAX_BCRYPT_WORKERS: usize = 256;
-/// An HTTP worker's stack: JSON bodies are capped, and bcrypt runs elsewhere.
-const HTTP_WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Everything the request handlers and sockets share, built once in [`start`].
 pub struct State {
@@ -185,8 +188,7 @@ impl std::error::Error for StartError {}
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     http_addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
-    http_workers: Vec<JoinHandle<()>>,
+    http_workers: Workers,
     ws: Arc<WsServer>,
     ws_accept: JoinHandle<()>,
     state: Arc<State>,
@@ -296,27 +298,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         secret,
         config,
     });
-    let http = Arc::new(http);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let bcrypt_waiters = match state.config.bcrypt_queue_len {
         0 => MAX_BCRYPT_WORKERS,
         len => len.min(MAX_BCRYPT_WORKERS),
     } + cores;
-    let http_workers = (0..HTTP_WORKERS + bcrypt_waiters)
-        .map(|_| {
-            let (http, state) = (Arc::clone(&http), Arc::clone(&state));
-            std::thread::Builder::new()
-                .name("http-worker".into())
-                .stack_size(HTTP_WORKER_STACK_BYTES)
-                .spawn(move || http::serve(&http, &state))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StartError::Thread)?;
+    let http_workers = Workers::start(
+        Arc::new(http),
+        Arc::clone(&state),
+        HTTP_WORKERS + bcrypt_waiters,
+    )
+    .map_err(StartError::Thread)?;
     let (ws, ws_accept) =
         WsServer::start(Arc::clone(&state), ws_listener).map_err(StartError::Thread)?;
     Ok(Running {
         http_addr,
-        http,
         http_workers,
         ws,
         ws_accept,
@@ -338,13 +334,8 @@ impl Running {
     /// Stops accepting, closes every WebSocket with 1001, waits for the HTTP workers, and
     /// writes out the history still queued for the database.
     pub fn shutdown(self) {
-        for _ in &self.http_workers {
-            self.http.unblock();
-        }
         self.ws.shutdown();
-        for worker in self.http_workers {
-            let _ = worker.join();
-        }
+        self.http_workers.shutdown();
         let _ = self.ws_accept.join();
         self.state.rooms.close();
     }
