@@ -255,6 +255,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
     let limits = Limits::new(&config, Arc::clone(&metrics));
+    // One thread answers and drains the connections both listeners refuse.
+    let refuser = tiny_http::Refuser::start().map_err(StartError::Thread)?;
     let refusal = |kind| error::ApiError::new(kind).to_raw_http();
     let http_options = tiny_http::ServerOptions {
         read_timeout: Some(config.read_timeout),
@@ -264,7 +266,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         // SPEC, Limits: past `max_http_connections`, or `max_http_connections_per_ip` from
         // one peer, a new connection gets 503, code 601, at once from tiny_http's accept
         // thread, not a queued pool thread; 0 turns either off.
-        connection_limit: connection_limit(&config, &limits),
+        connection_limit: connection_limit(&config, &limits, &refuser),
         // SPEC, Limits: 414 / 431 / 408 with the JSON error body, and close.
         request_limits: tiny_http::RequestLimits {
             max_request_line: limits::MAX_REQUEST_LINE_BYTES,
@@ -310,7 +312,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     )
     .map_err(StartError::Thread)?;
     let (ws, ws_accept) =
-        WsServer::start(Arc::clone(&state), ws_listener).map_err(StartError::Thread)?;
+        WsServer::start(Arc::clone(&state), ws_listener, refuser).map_err(StartError::Thread)?;
     Ok(Running {
         http_addr,
         http_workers,
@@ -343,7 +345,11 @@ impl Running {
 
 /// tiny_http's limit on open connections: `max_http_connections` in all, and
 /// `max_http_connections_per_ip` per peer; `None` when both are off.
-fn connection_limit(config: &Config, limits: &Limits) -> Option<tiny_http::ConnectionLimit> {
+fn connection_limit(
+    config: &Config,
+    limits: &Limits,
+    refuser: &tiny_http::Refuser,
+) -> Option<tiny_http::ConnectionLimit> {
     let per_peer = limits.http_peers();
     if config.max_http_connections == 0 && per_peer.is_none() {
         return None;
@@ -355,6 +361,7 @@ fn connection_limit(config: &Config, limits: &Limits) -> Option<tiny_http::Conne
         },
         refusal: error::ApiError::new(error::ErrorKind::TooManyConnections).to_raw_http(),
         per_peer: per_peer.map(|peers| Arc::new(peers) as Arc<dyn tiny_http::PeerLimit>),
+        refuser: Some(refuser.clone()),
     })
 }
 
