@@ -18,10 +18,16 @@ build:
 # Everything CI checks: formatting, lints, unit and integration tests, then the browser
 # end-to-end test (which installs Chromium and its npm client when they are missing).
 # tests/cluster.rs runs redis-server processes of its own (never the system service).
+# The one-node build without Redis (`--no-default-features`) is linted and tested too, and
+# so is the vendored tiny_http: our patches' unit tests and upstream's tests/ (PATCHES.md,
+# "Tests", says why one doctest is skipped).
 test: redis-server
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --no-default-features -- -D warnings
 	cargo test
+	cargo test --no-default-features
+	cargo test --locked --manifest-path vendor/tiny_http/Cargo.toml --target-dir target/tiny_http -- --skip Request::as_reader
 	bash tests/browser/run.sh
 
 # The several-nodes scenario (benches/load/cluster.rs) runs a redis-server of its own.

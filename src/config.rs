@@ -2,9 +2,13 @@
 //!
 //! Owns every tunable of the server and how it is read. The file uses snake_case keys; the Go
 //! version's keys (`Address`, `ReadTimeout`, `WriteTimeout`, `Static`) are accepted as
-//! aliases so an old deployment keeps starting (`RedisURL` is `redis_url`). Anything else stops start-up: an unknown key, a value of the wrong kind or an
-//! unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits with
-//! code 2. Nothing falls back silently (the Go version tried `../config.json`).
+//! aliases so an old deployment keeps starting. Its `RedisURL`, which the Go version never
+//! used (its repository ships `"RedisURL": "127.0.0.1:6379"`), is accepted and ignored with
+//! a warning that names `redis_url`, so a Go config.json starts a one-node server unchanged
+//! (SPEC, Running). Anything else stops start-up: an unknown key, a value of the wrong kind
+//! or an unreadable file is a [`ConfigError`] naming the file and the key, and `main` exits
+//! with code 2. Nothing falls back silently (the Go version tried `../config.json`); so a
+//! server built without the `redis` feature refuses `redis_url` rather than ignore it.
 //!
 //! Relative paths (`db_path`, `log_file`, `static_dir`) are relative to the working
 //! directory the server is started in. With no file at all ([`Config::from_env`]: `main`
@@ -118,8 +122,10 @@ pub struct Config {
     /// full a token or password request is answered 503 (604) with `Retry-After: 1`.
     /// 0: no bound.
     pub bcrypt_queue_len: usize,
-    /// Several nodes (`redis_url`, `redis://host:port/db`): rooms, history, presence and the
-    /// fan-out go through this Redis, and `db_path` is not used.
+    /// Several nodes (`redis_url`, `redis://host:port/db`, or `host:port` for db 0, kept
+    /// as `redis://host:port/0`): rooms, history, presence and the fan-out go through this
+    /// Redis, and `db_path` is not used. Always `None` in a build without the `redis`
+    /// feature (the key is refused).
     pub redis_url: Option<String>,
     /// With Redis: how long a node that stopped keeps its members (`presence_ttl_s`).
     pub presence_ttl: Duration,
@@ -229,8 +235,12 @@ impl Config {
         let map: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| fail(None, format!("not a JSON object: {e}")))?;
         let mut config = Config::default();
-        let warnings = Vec::new();
+        let mut warnings = Vec::new();
         for (key, value) in &map {
+            if key == "RedisURL" {
+                warnings.push(format!("{source}: key `RedisURL` (from the Go version, which never used it) is ignored; to run several nodes, set `redis_url` (\"redis://host:port/db\" or \"host:port\")"));
+                continue;
+            }
             config
                 .set(key, value)
                 .map_err(|problem| fail(Some(key), problem))?;
@@ -291,7 +301,7 @@ impl Config {
             "msgs_burst" => self.msgs_burst = whole(value)?,
             "flood_close_after" => self.flood_close_after = whole(value)?,
             "bcrypt_queue_len" => self.bcrypt_queue_len = whole(value)?,
-            "redis_url" | "RedisURL" => self.redis_url = optional(value, redis_url)?,
+            "redis_url" => self.redis_url = optional(value, redis_url)?,
             "presence_ttl_s" => self.presence_ttl = seconds(value)?,
             _ => return Err("unknown key".into()),
         }
@@ -404,18 +414,49 @@ fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
         .collect()
 }
 
-/// `redis://[:password@]host[:port][/db]`, or a Unix socket (`unix://` or `redis+unix://`).
-/// TLS (`rediss://`) is not built in: it would bring a TLS stack for one optional feature.
+/// `redis://[:password@]host[:port][/db]`, a Unix socket (`unix://` or `redis+unix://`), or
+/// `host:port`, which is taken as `redis://host:port/0` (SPEC, Several nodes). TLS
+/// (`rediss://`) is not built in: it would bring a TLS stack for one optional feature.
+#[cfg(feature = "redis")]
 fn redis_url(value: &Value) -> Result<String, String> {
     let url = string(value)?;
     if url.starts_with("rediss://") {
         return Err("rediss:// (TLS) is not supported; use redis:// on a private network".into());
     }
     let schemes = ["redis://", "unix://", "redis+unix://"];
-    if !schemes.iter().any(|s| url.starts_with(s)) {
-        return Err(format!("expected redis://host:port/db, got {url:?}"));
+    if schemes.iter().any(|s| url.starts_with(s)) {
+        return Ok(url);
     }
-    Ok(url)
+    if is_host_and_port(&url) {
+        Ok(format!("redis://{url}/0"))
+    } else {
+        Err(format!(
+            "expected redis://host:port/db or host:port, got {url:?}"
+        ))
+    }
+}
+
+/// A server built without the `redis` feature runs one node only: a configured Redis is an
+/// error, not something to ignore (the operator would believe the nodes share a chat).
+#[cfg(not(feature = "redis"))]
+fn redis_url(value: &Value) -> Result<String, String> {
+    string(value)?;
+    Err("this chitchat was built without Redis (cargo feature `redis`): remove the key to run one node, or build with the default features".into())
+}
+
+/// `host:port` with a port number and a host without a scheme, path or user part:
+/// `127.0.0.1:6379`, `redis.internal:6379`, `[::1]:6379`.
+#[cfg(feature = "redis")]
+fn is_host_and_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || ".-_".contains(c);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.chars().all(plain),
+    };
+    host_ok && port.parse::<u16>().is_ok()
 }
 
 /// The shortest `admin_key`: it opens every room, and a wrong one costs a guesser nothing
@@ -492,7 +533,7 @@ mod tests {
     #[test]
     fn go_keys_are_aliases() {
         let (config, warnings) = load(
-            r#"{"Address":"0.0.0.0:9000","ReadTimeout":5,"WriteTimeout":7,"Static":"public","RedisURL":"redis://x"}"#,
+            r#"{"Address":"0.0.0.0:9000","ReadTimeout":5,"WriteTimeout":7,"Static":"public"}"#,
             &[],
         )
         .unwrap();
@@ -500,10 +541,24 @@ mod tests {
         assert_eq!(config.read_timeout, Duration::from_secs(5));
         assert_eq!(config.write_timeout, Duration::from_secs(7));
         assert_eq!(config.static_dir, Some(PathBuf::from("public")));
-        assert_eq!(config.redis_url.as_deref(), Some("redis://x"));
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
+    /// The Go repository's config.json carries `"RedisURL": "127.0.0.1:6379"`, a key the
+    /// Go version never read: ignored, whatever its value, with a warning naming the key
+    /// that does run several nodes.
+    #[test]
+    fn go_redis_url_is_ignored_with_a_warning_naming_redis_url() {
+        for value in [r#""127.0.0.1:6379""#, r#""redis://x""#, "7", "null"] {
+            let (config, warnings) = load(&format!(r#"{{"RedisURL":{value}}}"#), &[]).unwrap();
+            assert_eq!(config.redis_url, None, "{value}");
+            assert_eq!(warnings.len(), 1, "{value}");
+            assert!(warnings[0].contains("`RedisURL`"), "{}", warnings[0]);
+            assert!(warnings[0].contains("`redis_url`"), "{}", warnings[0]);
+        }
+    }
+
+    #[cfg(feature = "redis")]
     #[test]
     fn redis_url_and_presence_ttl_are_read_and_checked() {
         let (config, _) = load("{}", &[]).unwrap();
@@ -522,14 +577,44 @@ mod tests {
         );
         assert_eq!(config.presence_ttl, Duration::from_secs(2));
         for (json, key) in [
-            (r#"{"redis_url":"127.0.0.1:6379"}"#, "redis_url"),
+            (r#"{"redis_url":"127.0.0.1"}"#, "redis_url"),
+            (r#"{"redis_url":"127.0.0.1:port"}"#, "redis_url"),
+            (r#"{"redis_url":"user@host:6379"}"#, "redis_url"),
+            (r#"{"redis_url":"http://host:6379"}"#, "redis_url"),
             (r#"{"redis_url":"rediss://host:6380"}"#, "redis_url"),
-            (r#"{"RedisURL":7}"#, "RedisURL"),
+            (r#"{"redis_url":7}"#, "redis_url"),
             (r#"{"presence_ttl_s":0}"#, "presence_ttl_s"),
         ] {
             let err = load(json, &[]).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{json}");
         }
+    }
+
+    /// SPEC, Several nodes: `redis_url` also takes `host:port`, for db 0.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_url_takes_host_and_port_for_db_0() {
+        for (given, kept) in [
+            ("127.0.0.1:6379", "redis://127.0.0.1:6379/0"),
+            ("redis.internal:6380", "redis://redis.internal:6380/0"),
+            ("[::1]:6379", "redis://[::1]:6379/0"),
+            ("redis://h:1/2", "redis://h:1/2"),
+        ] {
+            let (config, _) = load(&format!(r#"{{"redis_url":"{given}"}}"#), &[]).unwrap();
+            assert_eq!(config.redis_url.as_deref(), Some(kept), "{given}");
+        }
+    }
+
+    /// Without the `redis` feature a configured Redis stops start-up (exit 2) instead of
+    /// being ignored; `null` is still "one node".
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_url_is_refused_by_a_build_without_redis() {
+        let err = load(r#"{"redis_url":"redis://127.0.0.1:6379/0"}"#, &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("redis_url"));
+        assert!(err.problem.contains("without Redis"), "{}", err.problem);
+        let (config, _) = load(r#"{"redis_url":null}"#, &[]).unwrap();
+        assert_eq!(config.redis_url, None);
     }
 
     #[test]

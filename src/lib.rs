@@ -18,13 +18,15 @@
 //!   by id and title, disk first then memory; `catalog`: what a valid room is).
 //! - [`event`]: chat events on the wire; `error`: every error a client can see (code,
 //!   message, HTTP status, JSON body); [`path`]: `/chats/<id-or-title>/...`, parsed once.
-//! - `http`: the REST API, the page, `/healthz` and `/metrics` on tiny_http worker threads
-//!   (`http/tokens.rs`: the token endpoints and the token check).
+//! - `http`: the REST API, the page, `/healthz` and `/metrics`, answered on the HTTP
+//!   workers (`workers`: as many threads as requests in hand, plus two spares;
+//!   `http/tokens.rs`: the token endpoints and the token check).
 //! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
-//! - [`token`]: JWTs (HS256 only): room tokens and owner tokens, a key per room and kind;
-//!   `access`: who may do what to a room (owner token or `admin_key` to change it, hidden
-//!   rooms not found by id, each join checked against the room as it is now); `hasher`:
-//!   bcrypt on low-priority threads, its queue bounded (`bcrypt_queue_len`).
+//! - [`token`]: JWTs (HS256 only): room tokens and owner tokens, a key per room and kind,
+//!   signed through `hs256` (jsonwebtoken's crypto provider, HMAC-SHA256 and nothing
+//!   else); `access`: who may do what to a room (owner token or `admin_key` to change it,
+//!   hidden rooms not found by id, each join checked against the room as it is now);
+//!   `hasher`: bcrypt on low-priority threads, its queue bounded (`bcrypt_queue_len`).
 //! - `origin`: which pages may change anything (`Origin`, `allowed_origins`); `visible`:
 //!   the characters a title or name may not hold.
 //! - [`config`]: defaults, `config.json` (with the Go version's key aliases), environment.
@@ -36,8 +38,8 @@
 //! - `clock`: RFC 3339 times; `web`: the page; `sync`: taking locks.
 //!
 //! # One REST request: `POST /chats`
-//! 1. A tiny_http thread reads the request; an HTTP worker takes it in `http::serve`;
-//!    `http::route` names it `Route::CreateRoom`.
+//! 1. A tiny_http thread reads the request; an HTTP worker (`workers`) takes it and calls
+//!    `http::answer`; `http::route` names it `Route::CreateRoom`.
 //! 2. `http::create_room`: the client's `rooms_per_minute`, then `read_json` (the body
 //!    through a byte cap) into a `RoomInput`.
 //! 3. `RoomMap::create` (`rooms/map.rs`): `RoomInput::new_room` validates; `hash_for`
@@ -83,11 +85,13 @@
 
 mod access;
 mod clock;
+#[cfg(feature = "redis")]
 mod cluster;
 pub mod config;
 mod error;
 pub mod event;
 mod hasher;
+mod hs256;
 mod http;
 mod limits;
 mod metrics;
@@ -100,6 +104,7 @@ mod sync;
 pub mod token;
 mod visible;
 mod web;
+mod workers;
 mod ws;
 
 use std::fmt;
@@ -114,25 +119,27 @@ pub use net::AddrRange;
 /// (`fuzz/fuzz_targets/token.rs`) can build one.
 pub use rooms::{RoomKey, Visibility};
 
+#[cfg(feature = "redis")]
 use cluster::Cluster;
 use hasher::Hasher;
 use limits::Limits;
 use metrics::Metrics;
 use rooms::{Bounds, RoomMap, Rooms};
 use store::StoreError;
+use workers::Workers;
 use ws::WsServer;
 
-/// HTTP worker threads for everything but bcrypt. A token request's worker waits, with no
-/// lock held, while a `hasher` thread runs bcrypt (tens of milliseconds), so [`start`] adds
-/// one worker per bcrypt job that may wait (`bcrypt_queue_len`) and per hashing thread:
-/// with 16 workers and a queue of 64, a flood of wrong passwords left every worker waiting
-/// on bcrypt and a `GET /chats/1` waited seconds behind them (the `guess` bench scenario).
-/// Past the queue, token requests are refused at once (604) and take no worker for long.
+/// The HTTP workers' ceiling, for everything but bcrypt. A token request's worker waits,
+/// with no lock held, while a `hasher` thread runs bcrypt (tens of milliseconds), so
+/// [`start`] allows one more worker per bcrypt job that may wait (`bcrypt_queue_len`) and
+/// per hashing thread: with 16 workers and a queue of 64, a flood of wrong passwords left
+/// every worker waiting on bcrypt and a `GET /chats/1` waited seconds behind them (the
+/// `guess` bench scenario). Past the queue, token requests are refused at once (604) and
+/// take no worker for long. Workers are started as requests need them and end when idle
+/// (`workers`): at rest only `workers::SPARE` wait.
 const HTTP_WORKERS: usize = 16;
 /// The most workers added for bcrypt, whatever `bcrypt_queue_len` says (0 is unbounded).
 const MAX_BCRYPT_WORKERS: usize = 256;
-/// An HTTP worker's stack: JSON bodies are capped, and bcrypt runs elsewhere.
-const HTTP_WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Everything the request handlers and sockets share, built once in [`start`].
 pub struct State {
@@ -190,8 +197,7 @@ impl std::error::Error for StartError {}
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     http_addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
-    http_workers: Vec<JoinHandle<()>>,
+    http_workers: Workers,
     ws: Arc<WsServer>,
     ws_accept: JoinHandle<()>,
     state: Arc<State>,
@@ -216,8 +222,16 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     };
     let rooms: Arc<dyn Rooms> = match &config.redis_url {
         // The URL may carry a password: it is not logged.
+        #[cfg(feature = "redis")]
         Some(url) => Cluster::start(url, config.presence_ttl, hasher.clone(), bounds)
             .map_err(StartError::Redis)?,
+        // `Config::load` refuses the key in such a build; a `Config` built by hand is
+        // refused here, never run as one node while it names a Redis.
+        #[cfg(not(feature = "redis"))]
+        Some(_) => return Err(StartError::Redis(
+            "redis_url is set, but this chitchat was built without Redis (cargo feature `redis`)"
+                .into(),
+        )),
         None => {
             let (store, saved) = store::open(config.db_path.as_deref(), config.history_len)
                 .map_err(StartError::Store)?;
@@ -243,6 +257,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| bind_error(&config.address, e.to_string()))?;
     let limits = Limits::new(&config, Arc::clone(&metrics));
+    // One thread answers and drains the connections both listeners refuse.
+    let refuser = tiny_http::Refuser::start().map_err(StartError::Thread)?;
     let refusal = |kind| error::ApiError::new(kind).to_raw_http();
     let http_options = tiny_http::ServerOptions {
         read_timeout: Some(config.read_timeout),
@@ -252,7 +268,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         // SPEC, Limits: past `max_http_connections`, or `max_http_connections_per_ip` from
         // one peer, a new connection gets 503, code 601, at once from tiny_http's accept
         // thread, not a queued pool thread; 0 turns either off.
-        connection_limit: connection_limit(&config, &limits),
+        connection_limit: connection_limit(&config, &limits, &refuser),
         // SPEC, Limits: 414 / 431 / 408 with the JSON error body, and close.
         request_limits: tiny_http::RequestLimits {
             max_request_line: limits::MAX_REQUEST_LINE_BYTES,
@@ -287,27 +303,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         secret,
         config,
     });
-    let http = Arc::new(http);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let bcrypt_waiters = match state.config.bcrypt_queue_len {
         0 => MAX_BCRYPT_WORKERS,
         len => len.min(MAX_BCRYPT_WORKERS),
     } + cores;
-    let http_workers = (0..HTTP_WORKERS + bcrypt_waiters)
-        .map(|_| {
-            let (http, state) = (Arc::clone(&http), Arc::clone(&state));
-            std::thread::Builder::new()
-                .name("http-worker".into())
-                .stack_size(HTTP_WORKER_STACK_BYTES)
-                .spawn(move || http::serve(&http, &state))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StartError::Thread)?;
+    let http_workers = Workers::start(
+        Arc::new(http),
+        Arc::clone(&state),
+        HTTP_WORKERS + bcrypt_waiters,
+    )
+    .map_err(StartError::Thread)?;
     let (ws, ws_accept) =
-        WsServer::start(Arc::clone(&state), ws_listener).map_err(StartError::Thread)?;
+        WsServer::start(Arc::clone(&state), ws_listener, refuser).map_err(StartError::Thread)?;
     Ok(Running {
         http_addr,
-        http,
         http_workers,
         ws,
         ws_accept,
@@ -329,13 +339,8 @@ impl Running {
     /// Stops accepting, closes every WebSocket with 1001, waits for the HTTP workers, and
     /// writes out the history still queued for the database.
     pub fn shutdown(self) {
-        for _ in &self.http_workers {
-            self.http.unblock();
-        }
         self.ws.shutdown();
-        for worker in self.http_workers {
-            let _ = worker.join();
-        }
+        self.http_workers.shutdown();
         let _ = self.ws_accept.join();
         self.state.rooms.close();
     }
@@ -343,7 +348,11 @@ impl Running {
 
 /// tiny_http's limit on open connections: `max_http_connections` in all, and
 /// `max_http_connections_per_ip` per peer; `None` when both are off.
-fn connection_limit(config: &Config, limits: &Limits) -> Option<tiny_http::ConnectionLimit> {
+fn connection_limit(
+    config: &Config,
+    limits: &Limits,
+    refuser: &tiny_http::Refuser,
+) -> Option<tiny_http::ConnectionLimit> {
     let per_peer = limits.http_peers();
     if config.max_http_connections == 0 && per_peer.is_none() {
         return None;
@@ -355,6 +364,7 @@ fn connection_limit(config: &Config, limits: &Limits) -> Option<tiny_http::Conne
         },
         refusal: error::ApiError::new(error::ErrorKind::TooManyConnections).to_raw_http(),
         per_peer: per_peer.map(|peers| Arc::new(peers) as Arc<dyn tiny_http::PeerLimit>),
+        refuser: Some(refuser.clone()),
     })
 }
 

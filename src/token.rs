@@ -68,6 +68,7 @@ fn expiry(ttl: Duration) -> u64 {
 }
 
 fn sign(claims: &impl Serialize, key: &[u8]) -> Option<String> {
+    crate::hs256::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -130,6 +131,7 @@ fn decode<T: DeserializeOwned>(token: &str, key: Option<&[u8]>) -> Result<T, Api
         return Err(ApiError::new(ErrorKind::UnauthorizedSigningMethod));
     }
     let key = key.ok_or_else(invalid)?;
+    crate::hs256::install();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp"]);

@@ -6,6 +6,9 @@
 //! otherwise, never the system service, and kills it when dropped. Nodes run in-process
 //! (`chitchat::start`), except where a node must die by SIGKILL: that one is the real binary.
 //! Nothing sleeps to synchronise: tests wait for the condition they need, with a deadline.
+//! Built only with the `redis` feature (the default).
+
+#![cfg(feature = "redis")]
 
 mod common;
 mod prometheus;

@@ -226,14 +226,47 @@ fn go_config_keys_are_accepted_as_aliases() {
     assert_healthy(http);
 }
 
-/// `RedisURL` (Go) is `redis_url`: a node whose Redis cannot be reached still starts, says
-/// so, and answers `/healthz` with 503 and code 605 (tests/cluster.rs covers a real Redis).
+/// The Go version's config.json (its keys, and the `RedisURL` it ships but never used) starts
+/// a one-node server unchanged (SPEC, Running): `RedisURL` is ignored with a warning naming
+/// `redis_url`, and the rooms live in SQLite. Only the address differs, to get a free port.
 #[test]
-fn redis_url_alias_is_used_and_an_unreachable_redis_makes_healthz_503() {
+fn go_config_json_with_redis_url_starts_one_node_and_warns_naming_redis_url() {
+    let scratch = Scratch::new("go-config");
+    std::fs::create_dir_all(scratch.path("public")).expect("create public/");
+    let config = json!({
+        "Address": "127.0.0.1:0",
+        "ReadTimeout": 10,
+        "WriteTimeout": 600,
+        "Static": "public",
+        "RedisURL": "127.0.0.1:6379",
+    });
+    let mut server = Binary::spawn_with_config(&scratch, &config, &[("WS_PORT", "0")]);
+    let (http, _) = server.ready();
+    let warning = server.wait_for_line("a warning about RedisURL", |l| {
+        l.text.contains("WARN") && l.text.contains("RedisURL")
+    });
+    assert!(
+        warning.text.contains("`redis_url`"),
+        "the warning does not name redis_url: {}",
+        warning.text
+    );
+    assert_healthy(http);
+    assert!(
+        scratch.path("chitchat.db").exists(),
+        "no chitchat.db: not one node"
+    );
+}
+
+/// `redis_url` also takes `host:port` (db 0): a node whose Redis cannot be reached still
+/// starts, says so, and answers `/healthz` with 503 and code 605 (tests/cluster.rs covers a
+/// real Redis).
+#[cfg(feature = "redis")]
+#[test]
+fn redis_url_as_host_and_port_is_used_and_an_unreachable_redis_makes_healthz_503() {
     let scratch = Scratch::new("redis-url");
     let mut config = quiet_config();
     // Port 1 on the loopback: nothing listens there, so the connection is refused at once.
-    config["RedisURL"] = json!("redis://127.0.0.1:1");
+    config["redis_url"] = json!("127.0.0.1:1");
     let mut server = Binary::spawn_with_config(&scratch, &config, &[]);
     let (http, _) = server.ready();
     server.wait_for_line("a warning that Redis is unreachable", |l| {
@@ -244,6 +277,23 @@ fn redis_url_alias_is_used_and_an_unreachable_redis_makes_healthz_503() {
     assert_eq!(
         response.json(),
         json!({"status": false, "error": {"code": 605, "error": "Backend error: Storage unavailable"}})
+    );
+}
+
+/// A server built without the `redis` feature never runs one node while its config names a
+/// Redis: `redis_url` stops start-up with exit code 2, naming the file and the key.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_url_exits_2_in_a_build_without_redis() {
+    let scratch = Scratch::new("redis-url-no-redis");
+    let mut config = quiet_config();
+    config["redis_url"] = json!("redis://127.0.0.1:6379/0");
+    let config = scratch.config("config.json", &config);
+    assert_exits_2_naming(
+        &scratch,
+        &["--config", &config],
+        &[],
+        &[&config, "redis_url", "without Redis"],
     );
 }
 

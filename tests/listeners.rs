@@ -227,6 +227,16 @@ fn thread_count(server: &Chitchat) -> usize {
         .expect("a Threads: line")
 }
 
+/// The server's `http-worker` threads now, from `/proc`.
+fn http_workers(server: &Chitchat) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .expect("read the server's /proc tasks");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "http-worker")
+        .count()
+}
+
 /// A raw HTTP response split into status, headers and body.
 fn parse_raw_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
     let raw = std::str::from_utf8(raw).expect("a UTF-8 response");
@@ -424,4 +434,40 @@ fn max_http_connections_of_0_serves_every_connection() {
         Some((200, json!({"status": true})))
     );
     drop(held);
+}
+
+/// The HTTP workers grow with the requests in hand and shrink back when idle (`workers`):
+/// at rest 2 `http-worker` threads wait, where 82 waited before; 12 requests whose bodies
+/// trickle hold 12 workers at once and a `GET /healthz` beside them is still answered at
+/// once; once they are done, the workers beyond the 2 spares end after 5 s idle.
+#[test]
+fn http_workers_grow_with_requests_in_hand_and_shrink_back_when_idle() {
+    let server = Chitchat::start("workers", &config(json!({"body_timeout_s": 60})), None);
+    poll(&server, "2 workers waiting at rest", || {
+        (http_workers(&server) == 2).then_some(())
+    });
+    let held: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.http).expect("connect");
+            // One byte of a 2,000-byte body (tiny_http reads bodies up to 1 KiB itself before
+            // handing the request over): its worker waits in `read_json` for the rest.
+            stream
+                .write_all(b"POST /chats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{")
+                .expect("send the head");
+            stream
+        })
+        .collect();
+    poll(
+        &server,
+        "a worker per request in hand, and one spare",
+        || (http_workers(&server) >= 13).then_some(()),
+    );
+    assert_eq!(
+        try_healthz(server.http),
+        Some((200, json!({"status": true})))
+    );
+    drop(held);
+    poll(&server, "the workers beyond the spares to end", || {
+        (http_workers(&server) == 2).then_some(())
+    });
 }

@@ -157,33 +157,32 @@ impl From<ApiError> for Reply {
     }
 }
 
-/// Serves requests from `server` until it is unblocked. Run by each HTTP worker thread.
-pub fn serve(server: &Server, state: &Arc<State>) {
-    while let Ok(mut request) = server.recv() {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request
-            .url()
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let reply = match catch_unwind(AssertUnwindSafe(|| handle(server, state, &mut request))) {
-            Ok(Ok(reply) | Err(reply)) => reply,
-            Err(_) => {
-                log::error!("{method} {path}: handler panicked");
-                Reply::from(ApiError::new(ErrorKind::Internal))
-            }
-        };
-        let status = reply.status;
-        // Counted before it is written, so a client that has read it sees it counted.
-        state.metrics.http_response(status);
-        respond(request, reply);
-        log::debug!(
-            "{method} {path} {status} {}ms",
-            started.elapsed().as_millis()
-        );
-    }
+/// Answers one request from `server`, whatever happens in its handler. Run by an HTTP
+/// worker thread (`workers`) for each request it takes.
+pub fn answer(server: &Server, state: &Arc<State>, mut request: Request) {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let reply = match catch_unwind(AssertUnwindSafe(|| handle(server, state, &mut request))) {
+        Ok(Ok(reply) | Err(reply)) => reply,
+        Err(_) => {
+            log::error!("{method} {path}: handler panicked");
+            Reply::from(ApiError::new(ErrorKind::Internal))
+        }
+    };
+    let status = reply.status;
+    // Counted before it is written, so a client that has read it sees it counted.
+    state.metrics.http_response(status);
+    respond(request, reply);
+    log::debug!(
+        "{method} {path} {status} {}ms",
+        started.elapsed().as_millis()
+    );
 }
 
 /// Runs the endpoint for one request. Any `Err` becomes a JSON error reply here.

@@ -44,13 +44,19 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use bell::Bell;
 pub use catalog::{
-    hash_for, Info, RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS,
-    TITLE_CHARS,
+    RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
 };
 pub use map::RoomMap;
-pub use room::{Joined, Member, Refusal, Room};
-pub use view::{RoomKey, RoomView, UserView, Visibility};
-pub use waker::Waker;
+pub use room::{Joined, Refusal, Room};
+pub use view::{RoomKey, RoomView, Visibility};
+// What only the several-nodes backend (`cluster`, the `redis` feature) takes from here.
+#[cfg(feature = "redis")]
+pub use {
+    catalog::{hash_for, Info},
+    room::Member,
+    view::UserView,
+    waker::Waker,
+};
 
 use crate::error::ApiError;
 use crate::path::RoomRef;

@@ -6,13 +6,22 @@
 //! sends) are appended to `unsent` whole frames at a time, and the session loop writes
 //! `unsent` out with [`Duplex::send_some`] as the socket takes it. So frames never
 //! interleave, and a client that does not read stalls only its own buffer.
+//!
+//! Every frame is encoded by tungstenite: a text frame's header by `FrameHeader::format`,
+//! its payload appended after it, straight from the room's shared `Arc<str>` (a `Frame`
+//! would own a copy of it); control frames by `Frame::format`. A hand-written header
+//! encoder stood here before, with no measurement behind it. Measured with the ignored
+//! test `tungstenite_encodes_text_frames_as_fast` (a 120-byte event a million times,
+//! release build): 3 ns a frame by hand, 6.5 ns through tungstenite. The 3.5 ns is paid
+//! once per member per message, beside the `write(2)` of that member's socket, which
+//! costs microseconds: the hand-written encoder did not pay for itself, so none is kept.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::frame::{Frame, Utf8Bytes};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader, Utf8Bytes};
 use tungstenite::protocol::CloseFrame;
 
 use super::head::HeadCheck;
@@ -147,21 +156,14 @@ impl Duplex {
     }
 }
 
-/// Appends an unmasked, final text frame to `out`.
+/// Appends an unmasked, final text frame to `out`: tungstenite's header, then the payload.
 fn encode_text_frame(payload: &[u8], out: &mut Vec<u8>) {
-    const FIN_TEXT: u8 = 0x81;
-    out.push(FIN_TEXT);
-    match u16::try_from(payload.len()) {
-        Ok(len @ 0..=125) => out.push(len as u8),
-        Ok(len) => {
-            out.push(126);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-        Err(_) => {
-            out.push(127);
-            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-    }
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    // Writing to a Vec cannot fail; a usize always fits in a u64.
+    let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
 }
 
@@ -199,6 +201,44 @@ mod tests {
         out.clear();
         encode_text_frame(&vec![b'x'; 70_000], &mut out);
         assert_eq!(&out[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    /// Not a pass/fail check of speed (the machine's load decides that), but the figure
+    /// the module doc cites: `cargo test --release --lib frame -- --ignored --nocapture`
+    /// prints tungstenite's encoder against the hand-written one it replaced.
+    #[test]
+    #[ignore]
+    fn tungstenite_encodes_text_frames_as_fast() {
+        fn by_hand(payload: &[u8], out: &mut Vec<u8>) {
+            out.push(0x81);
+            match u16::try_from(payload.len()) {
+                Ok(len @ 0..=125) => out.push(len as u8),
+                Ok(len) => {
+                    out.push(126);
+                    out.extend_from_slice(&len.to_be_bytes());
+                }
+                Err(_) => {
+                    out.push(127);
+                    out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+                }
+            }
+            out.extend_from_slice(payload);
+        }
+        let payload = [b'x'; 120];
+        let mut out = Vec::with_capacity(256);
+        let mut time = |encode: fn(&[u8], &mut Vec<u8>)| {
+            let started = Instant::now();
+            for _ in 0..1_000_000 {
+                out.clear();
+                encode(std::hint::black_box(&payload), &mut out);
+                std::hint::black_box(&out);
+            }
+            started.elapsed()
+        };
+        for _ in 0..3 {
+            let (ours, theirs) = (time(by_hand), time(encode_text_frame));
+            println!("1e6 frames: by hand {ours:?}, tungstenite {theirs:?}");
+        }
     }
 
     #[test]

@@ -17,20 +17,16 @@
 //! # Connections past the limits (601)
 //! A connection past `max_connections`, or past `max_connections_per_ip` from a client
 //! that is its own peer, is refused by the accept loop itself, before any thread is
-//! started for it: [`Refuser::refuse`] writes the whole 503 answer at once (a fresh
-//! socket's send buffer always takes it), half-closes, and hands the socket to the one
-//! refuser thread, which reads and discards what the client still sends until it closes
-//! (or [`CLOSE_GRACE`] passes), so that the client reads the answer instead of a reset.
-//! The refuser holds at most [`MAX_LINGERING`] sockets; past that a refused socket is
-//! closed at once. Behind a trusted proxy the client's address is known only from the
-//! request's `X-Forwarded-For`, so there the per-address count is taken in [`admit`], by
-//! the handshake thread, and refused like any other handshake.
+//! started for it, through the same `tiny_http::Refuser` as the REST listener's connection
+//! limit (one thread for both, started in `start`): it writes the whole 503 answer at once,
+//! half-closes, and drains what the client still sends until it closes (at most 1 s, at
+//! most 64 sockets at once, a few reads each per pass), so that the client reads the
+//! answer instead of a reset. Behind a trusted proxy the client's address is known only
+//! from the request's `X-Forwarded-For`, so there the per-address count is taken in
+//! [`admit`], by the handshake thread, and refused like any other handshake.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use tungstenite::error::Error as WsError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -38,7 +34,7 @@ use tungstenite::http::{header, HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, WebSocket};
 
-use super::frame::{linger, Duplex, CLOSE_GRACE};
+use super::frame::{linger, Duplex};
 use super::head::{HeadCheck, HeadRefusal};
 use crate::access;
 use crate::error::{ApiError, ErrorKind};
@@ -52,15 +48,6 @@ use crate::State;
 /// tungstenite's read buffer, allocated up front for every socket: small, since chat
 /// frames are small and idle sockets are many. A larger frame grows it as needed.
 const READ_BUFFER_BYTES: usize = 1024;
-/// Refused sockets the refuser thread waits on at once.
-pub const MAX_LINGERING: usize = 256;
-/// Refused sockets waiting for the refuser thread to take them.
-const REFUSED_BACKLOG: usize = 64;
-/// How often the refuser reads its sockets. Its work is discarding input, not delivery.
-const LINGER_TICK: Duration = Duration::from_millis(50);
-/// The refuser thread's stack: one 512-byte scratch buffer.
-const REFUSER_STACK_BYTES: usize = 64 * 1024;
-
 /// Who a socket is, once its handshake has been accepted.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -221,87 +208,6 @@ fn refusal(error: &ApiError) -> ErrorResponse {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-/// Answers connections refused before their handshake, off the accept loop: see the module
-/// docs. Its thread ends once the accept loop has dropped this and its sockets are done.
-pub struct Refuser {
-    queue: Sender<TcpStream>,
-}
-
-impl Refuser {
-    /// Starts the refuser thread.
-    pub fn start() -> io::Result<Refuser> {
-        let (queue, refused) = crossbeam_channel::bounded(REFUSED_BACKLOG);
-        std::thread::Builder::new()
-            .name("ws-refuser".into())
-            .stack_size(REFUSER_STACK_BYTES)
-            .spawn(move || run_refuser(&refused))?;
-        Ok(Refuser { queue })
-    }
-
-    /// Answers `socket` with `error` and leaves it to the refuser thread. Never blocks: it
-    /// runs on the accept loop.
-    pub fn refuse(&self, socket: TcpStream, error: &ApiError) {
-        let answered = socket.set_nonblocking(true).is_ok()
-            && (&socket).write_all(&error.to_raw_http()).is_ok()
-            && socket.shutdown(Shutdown::Write).is_ok();
-        // A refuser that is full, or a socket that took no answer: closed now.
-        if answered {
-            let _ = self.queue.try_send(socket);
-        }
-    }
-}
-
-/// The refuser thread: reads and discards what each refused socket sends until it closes
-/// or its grace runs out.
-fn run_refuser(refused: &Receiver<TcpStream>) {
-    let mut lingering: Vec<(TcpStream, Instant)> = Vec::new();
-    let mut accepting = true;
-    let mut scratch = [0u8; 512];
-    let mut last_read = Instant::now();
-    loop {
-        let next = if lingering.is_empty() {
-            refused.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else if accepting && lingering.len() < MAX_LINGERING {
-            refused.recv_timeout(LINGER_TICK)
-        } else {
-            std::thread::sleep(LINGER_TICK);
-            Err(RecvTimeoutError::Timeout)
-        };
-        match next {
-            Ok(socket) => lingering.push((socket, Instant::now() + CLOSE_GRACE)),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if lingering.is_empty() => return,
-            Err(RecvTimeoutError::Disconnected) => accepting = false,
-        }
-        while lingering.len() < MAX_LINGERING {
-            match refused.try_recv() {
-                Ok(socket) => lingering.push((socket, Instant::now() + CLOSE_GRACE)),
-                Err(_) => break,
-            }
-        }
-        // One pass over the sockets per tick, however many arrive in between.
-        let now = Instant::now();
-        if now.duration_since(last_read) >= LINGER_TICK {
-            last_read = now;
-            lingering
-                .retain_mut(|(socket, until)| now < *until && still_open(socket, &mut scratch));
-        }
-    }
-}
-
-/// Discards what a non-blocking socket has to read; false once the client has closed it.
-fn still_open(mut socket: &TcpStream, scratch: &mut [u8]) -> bool {
-    loop {
-        match socket.read(scratch) {
-            Ok(0) => return false,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Adds the echoed subprotocol to an accepting response.

@@ -3,8 +3,7 @@
 //! Layout of `ws/`, in reading order:
 //! - this file: the accept loop, a thread per socket, and the registry of live sockets
 //!   (for shutdown);
-//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON, and
-//!   the refuser that answers connections past the limits without a thread each;
+//! - `handshake`: the whole handshake: room, token, protocol echo, refusals as JSON;
 //! - `session`: one socket's chat on its own thread (join / send / leave, heartbeats);
 //! - `ending`: how a socket's chat ended: its close code and how `/metrics` counts it;
 //! - `frame`: encoding server frames, and the buffered non-blocking writer;
@@ -19,7 +18,9 @@
 //! for a peer that is not a trusted proxy) before anything else happens to it; the count
 //! is a `limits::ConnectionGuard` that moves with the socket, from the handshake thread to
 //! the session thread, and is released when the socket's last thread ends, however it
-//! ends. A connection past a limit gets its 503 from the accept loop (`handshake::Refuser`).
+//! ends. A connection past a limit gets its 503 from the accept loop, through the
+//! `tiny_http::Refuser` the REST listener's connection limit uses too (one thread drains
+//! the refused connections of both listeners; `vendor/tiny_http/PATCHES.md`, patch 6).
 
 mod ending;
 mod frame;
@@ -41,7 +42,6 @@ use crate::metrics::CloseReason;
 use crate::rooms::Bell;
 use crate::sync::lock;
 use crate::State;
-use handshake::Refuser;
 use session::Session;
 
 /// The stack of a socket's threads (handshake, then session). A stack is virtual memory:
@@ -67,9 +67,11 @@ pub struct WsServer {
 
 impl WsServer {
     /// Starts accepting on `listener`: returns the server and its accept thread.
+    /// Connections past the limits are answered through `refuser`.
     pub fn start(
         state: Arc<State>,
         listener: TcpListener,
+        refuser: tiny_http::Refuser,
     ) -> io::Result<(Arc<WsServer>, JoinHandle<()>)> {
         let server = Arc::new(WsServer {
             addr: listener.local_addr()?,
@@ -79,7 +81,6 @@ impl WsServer {
             next_id: AtomicU64::new(1),
         });
         let accepting = Arc::clone(&server);
-        let refuser = Refuser::start()?;
         let handle = std::thread::Builder::new()
             .name("ws-accept".into())
             .spawn(move || accepting.accept_loop(&listener, &state, &refuser))?;
@@ -99,7 +100,7 @@ impl WsServer {
         self: &Arc<Self>,
         listener: &TcpListener,
         state: &Arc<State>,
-        refuser: &Refuser,
+        refuser: &tiny_http::Refuser,
     ) {
         let mut backoff = tiny_http::AcceptBackoff::new("WebSocket listener", module_path!());
         for stream in listener.incoming() {
@@ -111,7 +112,7 @@ impl WsServer {
                     backoff.succeeded();
                     match admit(state, &stream) {
                         Ok(connection) => self.spawn_session(stream, state, connection),
-                        Err(error) => refuser.refuse(stream, &error),
+                        Err(error) => refuser.refuse(stream, &error.to_raw_http()),
                     }
                 }
                 Err(e) => {

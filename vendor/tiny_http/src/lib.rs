@@ -121,7 +121,7 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 pub use util::{
-    AcceptBackoff, ConnectionLimit, PeerLimit, PeerSlot, RequestLimits, RequestRefusals,
+    AcceptBackoff, ConnectionLimit, PeerLimit, PeerSlot, Refuser, RequestLimits, RequestRefusals,
 };
 
 mod client;
@@ -376,7 +376,7 @@ impl Server {
         let messages = MessagesQueue::with_capacity(8);
 
         let counters = Arc::new(Counters::default());
-        let refuser = connection_limit.map(util::Refuser::start).transpose()?;
+        let refuser = connection_limit.map(util::Limiter::new).transpose()?;
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
         let inside_counters = counters.clone();

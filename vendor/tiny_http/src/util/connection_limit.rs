@@ -9,11 +9,17 @@
 //!
 //! A refused connection is closed gracefully, so the client reads the refusal instead of a
 //! reset: the response is written and the write side shut down (the client sees the end of
-//! the response), then one [`Refuser`] thread reads and discards whatever the client still
+//! the response), then the [`Refuser`]'s thread reads and discards whatever the client still
 //! sends until it closes its side, at most [`LINGER`]. Closing a socket with unread input
 //! would send a reset, and a reset can destroy the response before the client reads it.
 //! That thread holds at most [`MAX_LINGERING`] connections; past that a refused connection
-//! is closed without lingering.
+//! is closed without lingering. It reads each one at most [`READS_PER_POLL`] times per
+//! pass, so a client that keeps sending cannot hold it.
+//!
+//! The [`Refuser`] is public, and cloning it shares its one thread: an application's other
+//! listeners (ChitChat's WebSocket listener) refuse their connections through the same
+//! thread, with the same bounds, by passing it to [`ConnectionLimit::refuser`] and keeping
+//! a clone.
 //!
 //! A [`PeerLimit`] (`ConnectionLimit::per_peer`) lets the application refuse a connection
 //! by its peer's address, the same way: it is asked for a slot on the accept thread, and
@@ -22,7 +28,7 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -54,6 +60,9 @@ pub struct ConnectionLimit {
     /// A limit per peer address, kept by the application; a connection it refuses gets
     /// `refusal` too, and is not counted in `Server::connection_refusals`.
     pub per_peer: Option<Arc<dyn PeerLimit>>,
+    /// The thread that drains refused connections, shared with the application's other
+    /// listeners; `None`: the server starts one of its own.
+    pub refuser: Option<Refuser>,
 }
 
 /// What a [`PeerLimit`] hands out for each connection it lets in; dropped when the
@@ -95,22 +104,56 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Refuses connections past a [`ConnectionLimit`]: writes the refusal from the calling
-/// (accept) thread, then lets its own thread drain and close the connection.
-pub(crate) struct Refuser {
-    limit: ConnectionLimit,
+/// Answers refused connections and drains them on one thread of its own (ChitChat patch):
+/// see the module docs. Clones share the thread, which ends once every clone is dropped and
+/// the last lingering connection is closed.
+#[derive(Debug, Clone)]
+pub struct Refuser {
     lingering: SyncSender<Connection>,
 }
 
 impl Refuser {
-    /// Starts the draining thread; it ends once the `Refuser` is dropped and the last
-    /// lingering connection is closed.
-    pub(crate) fn start(limit: ConnectionLimit) -> std::io::Result<Refuser> {
+    /// Starts the draining thread.
+    pub fn start() -> std::io::Result<Refuser> {
         let (lingering, receiver) = mpsc::sync_channel(MAX_LINGERING);
         thread::Builder::new()
             .name("tiny_http refusals".into())
             .spawn(move || drain_refused(receiver))?;
-        Ok(Refuser { limit, lingering })
+        Ok(Refuser { lingering })
+    }
+
+    /// Answers `socket` with `answer` (a whole HTTP response, `Connection: close`) and
+    /// closes it gracefully, without waiting on the client: it runs on an accept thread.
+    pub fn refuse(&self, socket: TcpStream, answer: &[u8]) {
+        self.refuse_connection(Connection::from(socket), answer);
+    }
+
+    fn refuse_connection(&self, mut connection: Connection, answer: &[u8]) {
+        // Non-blocking, so a client cannot stall the accept thread. A new socket's send
+        // buffer is empty, so a refusal of a few hundred bytes is written whole at once.
+        if connection.set_nonblocking(true).is_err() || connection.write_all(answer).is_err() {
+            return;
+        }
+        let _ = connection.shutdown(Shutdown::Write);
+        // Full: the connection is closed now, without draining, and may be reset.
+        let _ = self.lingering.try_send(connection);
+    }
+}
+
+/// A server's [`ConnectionLimit`] with the [`Refuser`] that answers for it.
+pub(crate) struct Limiter {
+    limit: ConnectionLimit,
+    refuser: Refuser,
+}
+
+impl Limiter {
+    /// Uses the limit's refuser, or starts one.
+    pub(crate) fn new(mut limit: ConnectionLimit) -> std::io::Result<Limiter> {
+        let refuser = match limit.refuser.take() {
+            Some(refuser) => refuser,
+            None => Refuser::start()?,
+        };
+        Ok(Limiter { limit, refuser })
     }
 
     /// Whether a new connection, with `open` connections open, is past the limit.
@@ -127,18 +170,10 @@ impl Refuser {
         }
     }
 
-    /// Answers `connection` with the refusal and closes it, without waiting on the client.
-    pub(crate) fn refuse(&self, mut connection: Connection) {
-        // Non-blocking, so a client cannot stall the accept thread. A new socket's send
-        // buffer is empty, so a refusal of a few hundred bytes is written whole at once.
-        if connection.set_nonblocking(true).is_err()
-            || connection.write_all(&self.limit.refusal).is_err()
-        {
-            return;
-        }
-        let _ = connection.shutdown(Shutdown::Write);
-        // Full: the connection is closed now, without draining, and may be reset.
-        let _ = self.lingering.try_send(connection);
+    /// Answers `connection` with the limit's refusal and closes it.
+    pub(crate) fn refuse(&self, connection: Connection) {
+        self.refuser
+            .refuse_connection(connection, &self.limit.refusal);
     }
 }
 
@@ -213,6 +248,40 @@ mod tests {
         }
     }
 
+    /// A connection accepted by the test and handed to `refuser`; returns the client side.
+    fn refused_client(refuser: &super::Refuser, answer: &[u8]) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        refuser.refuse(accepted, answer);
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client
+    }
+
+    /// ChitChat's WebSocket listener refuses through the same `Refuser` (a clone) as the
+    /// REST listener's limit, and a client that keeps sending to its refused socket cannot
+    /// hold the draining thread: another refused socket is still closed after `LINGER`.
+    /// (ChitChat's own copy of this thread read each socket until it had nothing more,
+    /// so a client sending without pause kept it in one socket for good.)
+    #[test]
+    fn a_shared_refuser_is_not_held_by_a_client_that_keeps_sending() {
+        let refuser = super::Refuser::start().unwrap();
+        let mut flooding = refused_client(&refuser.clone(), REFUSAL);
+        let flood = std::thread::spawn(move || {
+            let chunk = [b'x'; 4096];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && flooding.write_all(&chunk).is_ok() {}
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        let mut other = refused_client(&refuser, b"HTTP/1.1 503 X\r\n\r\n");
+        let mut answer = Vec::new();
+        other.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"HTTP/1.1 503 X\r\n\r\n");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        flood.join().unwrap();
+    }
+
     #[test]
     fn connections_past_the_limit_get_the_refusal_and_are_counted() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -222,6 +291,7 @@ mod tests {
                 max: 1,
                 refusal: REFUSAL.to_vec(),
                 per_peer: None,
+                refuser: None,
             }),
             ..ServerOptions::default()
         };

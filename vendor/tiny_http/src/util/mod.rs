@@ -1,6 +1,6 @@
 pub use self::accept_backoff::AcceptBackoff;
-pub use self::connection_limit::{ConnectionLimit, PeerLimit, PeerSlot};
-pub(crate) use self::connection_limit::{OpenConnection, Refuser};
+pub use self::connection_limit::{ConnectionLimit, PeerLimit, PeerSlot, Refuser};
+pub(crate) use self::connection_limit::{Limiter, OpenConnection};
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
