@@ -339,17 +339,8 @@ impl Rooms for Cluster {
         color: &str,
         since: Option<u64>,
     ) -> Result<Joined, Refusal> {
-        let member = room.locked(|state, after| {
-            state.check_name(session, name)?;
-            state.make_space(session, after)?;
-            let member = Member {
-                username: name.to_owned(),
-                color: color.to_owned(),
-                last_activity: now_rfc3339(),
-            };
-            state.take_name(session, member.clone(), false);
-            Ok::<_, Refusal>(member)
-        })?;
+        let member =
+            room.locked(|state, after| state.take_name(session, name, color, false, after))?;
         let join_text = event_text(
             room.id,
             EventType::Join,

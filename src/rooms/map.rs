@@ -33,7 +33,7 @@ use crate::sync::{lock, read, write};
 
 use super::bell::Bell;
 use super::catalog::{hash_for, not_found, Info, RoomInput};
-use super::room::{Joined, Member, Refusal, Room};
+use super::room::{Joined, Refusal, Room};
 use super::view::{RoomKey, RoomView, Visibility};
 use super::waker::Waker;
 use super::{Bounds, Counts, Page, Rooms};
@@ -327,13 +327,7 @@ impl Rooms for RoomMap {
         since: Option<u64>,
     ) -> Result<Joined, Refusal> {
         room.locked(|state, after| {
-            state.check_name(session, name)?;
-            state.make_space(session, after)?;
-            let member = Member {
-                username: name.to_owned(),
-                color: color.to_owned(),
-                last_activity: now_rfc3339(),
-            };
+            let member = state.take_name(session, name, color, true, after)?;
             let text = state.event(
                 EventType::Join,
                 &member,
@@ -341,7 +335,6 @@ impl Rooms for RoomMap {
                 &member.last_activity,
                 None,
             );
-            state.take_name(session, member, true);
             state.broadcast(&text, after);
             Ok(Joined {
                 replay: state.replay(since.unwrap_or(0)),

@@ -283,7 +283,7 @@ impl RoomState {
 
     /// 202 unless `name` is free in the room (case-insensitively) and socket `session`
     /// holds no name yet; 201 if the socket is not attached (any more).
-    pub fn check_name(&self, session: u64, name: &str) -> Result<(), ApiError> {
+    fn check_name(&self, session: u64, name: &str) -> Result<(), ApiError> {
         let socket = self.sockets.get(&session).ok_or_else(user_not_found)?;
         let lower = name.to_lowercase();
         let taken = socket.member.is_some()
@@ -298,13 +298,30 @@ impl RoomState {
         Ok(())
     }
 
-    /// Gives socket `session` the name `member`; it receives the room's events from now on
+    /// Gives socket `session` the name `name` (202 if it is taken or the socket holds one,
+    /// 201 if the socket is gone), once every channel has room for its join (else Busy,
+    /// see [`RoomState::make_space`]). The socket receives the room's events from now on
     /// when `receiving` (else from [`RoomState::deliver`]'s `joined`).
-    pub fn take_name(&mut self, session: u64, member: Member, receiving: bool) {
+    pub fn take_name(
+        &mut self,
+        session: u64,
+        name: &str,
+        color: &str,
+        receiving: bool,
+        after: &mut After,
+    ) -> Result<Member, Refusal> {
+        self.check_name(session, name)?;
+        self.make_space(session, after)?;
+        let member = Member {
+            username: name.to_owned(),
+            color: color.to_owned(),
+            last_activity: now_rfc3339(),
+        };
         if let Some(socket) = self.sockets.get_mut(&session) {
-            socket.member = Some(member);
+            socket.member = Some(member.clone());
             socket.receiving = receiving;
         }
+        Ok(member)
     }
 
     /// Takes socket `session`'s name away (201 if it has none): it receives nothing more,
@@ -510,14 +527,11 @@ mod tests {
     ) -> (Receiver<Arc<str>>, Arc<Bell>) {
         let (outbox, inbox) = crossbeam_channel::unbounded();
         let bell = Arc::new(Bell::new().unwrap());
-        let member = Member {
-            username: name.into(),
-            color: "red".into(),
-            last_activity: String::new(),
-        };
-        room.locked(|state, _| {
+        room.locked(|state, after| {
             state.attach(session, outbox, Arc::clone(&bell)).unwrap();
-            state.take_name(session, member, receiving);
+            state
+                .take_name(session, name, "red", receiving, after)
+                .unwrap();
         });
         (inbox, bell)
     }
