@@ -20,7 +20,8 @@
 //!   message, HTTP status, JSON body); [`path`]: `/chats/<id-or-title>/...`, parsed once.
 //! - `http`: the REST API, the page, `/healthz` and `/metrics`, answered on the HTTP
 //!   workers (`workers`: as many threads as requests in hand, plus two spares;
-//!   `http/tokens.rs`: the token endpoints and the token check).
+//!   `http/rooms.rs`: the room endpoints; `http/tokens.rs`: the token endpoints and the
+//!   token check).
 //! - `ws`: the WebSocket listener, the handshake, and a thread per socket (`session`).
 //! - [`token`]: JWTs (HS256 only): room tokens and owner tokens, a key per room and kind,
 //!   signed through `hs256` (jsonwebtoken's crypto provider, HMAC-SHA256 and nothing
@@ -40,7 +41,7 @@
 //! # One REST request: `POST /chats`
 //! 1. A tiny_http thread reads the request; an HTTP worker (`workers`) takes it and calls
 //!    `http::answer`; `http::route` names it `Route::CreateRoom`.
-//! 2. `http::create_room`: the client's `rooms_per_minute`, then `read_json` (the body
+//! 2. `http::rooms::create_room`: the client's `rooms_per_minute`, then `read_json` (the body
 //!    through a byte cap) into a `RoomInput`.
 //! 3. `RoomMap::create` (`rooms/map.rs`): `RoomInput::new_room` validates; `hash_for`
 //!    runs bcrypt on a `hasher` thread, no lock held.

@@ -21,9 +21,11 @@
 //! other gets the 404 of an unknown path, whatever the method. Every response is counted
 //! by status as it is sent.
 //!
-//! Layout: this file routes, replies and reads bodies, and holds the room, message, page
-//! and operator endpoints; `tokens` holds the token endpoints and the token check.
+//! Layout: this file routes, replies and reads bodies, and holds the page and operator
+//! endpoints; `rooms` holds the room and message endpoints; `tokens` the token endpoints
+//! and the token check.
 
+mod rooms;
 mod tokens;
 
 use std::io::Read;
@@ -38,18 +40,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::access;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::AddressSlot;
 use crate::metrics::{self, Limit, Readings};
 use crate::net::any_contains;
 use crate::origin;
-use crate::path::{self, percent_decode, query_param, RoomRef};
-use crate::rooms::{Page, RoomInput, RoomKey, RoomView};
-use crate::token;
+use crate::path::{self, percent_decode, RoomRef};
 use crate::web;
 use crate::State;
-use tokens::{bearer, issue_token, renew_token, require_token};
+use rooms::{create_room, delete_room, get_room, list_rooms, messages, update_room};
+use tokens::{issue_token, renew_token};
 
 /// What a request asks for, once its method and path are understood.
 #[derive(Debug, PartialEq, Eq)]
@@ -337,166 +337,6 @@ fn page(state: &State, request: &Request) -> Result<Reply, ApiError> {
             ("Cache-Control", "no-store".into()),
         ],
     })
-}
-
-/// A room created counts toward `rooms_per_minute`; a request refused for any reason (a
-/// bad title, a full bcrypt queue) does not.
-/// The most rooms one page of `GET /chats?limit=` may hold.
-const MAX_PAGE: usize = 1000;
-
-/// `GET /chats`, every listed room, or one page of them: `?limit=L&after=ID`.
-fn list_rooms(state: &State, query: Option<&str>) -> Result<Reply, ApiError> {
-    let page = Page {
-        after: query_number(query, "after")?.unwrap_or(0),
-        limit: query_limit(query, MAX_PAGE)?,
-    };
-    Ok(Reply::json(200, &state.rooms.list(page)?))
-}
-
-/// The query parameter `name` as a whole number, if given; 400 (105, `field` = `name`) if
-/// it is not one.
-fn query_number(query: Option<&str>, name: &'static str) -> Result<Option<u64>, ApiError> {
-    query
-        .and_then(|q| query_param(q, name))
-        .map(|value| {
-            value
-                .parse::<u64>()
-                .map_err(|_| ApiError::field(ErrorKind::RoomInvalidContent, name))
-        })
-        .transpose()
-}
-
-/// The query parameter `limit`, if given: 1 to `most`, else 400 (105, `field` = `limit`).
-fn query_limit(query: Option<&str>, most: usize) -> Result<Option<usize>, ApiError> {
-    query_number(query, "limit")?
-        .map(|limit| {
-            usize::try_from(limit)
-                .ok()
-                .filter(|l| (1..=most).contains(l))
-                .ok_or_else(|| ApiError::field(ErrorKind::RoomInvalidContent, "limit"))
-        })
-        .transpose()
-}
-
-fn create_room(state: &State, request: &mut Request, client: IpAddr) -> Result<Reply, ApiError> {
-    let attempt = state.limits.room_creation(client, Instant::now())?;
-    let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
-    let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
-    let room = state.rooms.create(input).inspect_err(|e| {
-        if e.kind == ErrorKind::TooManyRooms {
-            state.metrics.refused(Limit::MaxRooms);
-        }
-    })?;
-    attempt.keep();
-    log::info!(
-        "room {} created ({:?}) from {client}",
-        room.id,
-        room.visibility
-    );
-    let location = format!("/chats/{}", room.id);
-    let key = RoomKey {
-        id: room.id,
-        visibility: room.visibility,
-        password_hash: None,
-        created_at: room.created_at.clone(),
-    };
-    let owner_token = token::issue_owner(&state.secret, &key, state.config.owner_token_ttl)
-        .ok_or_else(|| ApiError::new(ErrorKind::Internal))?;
-    let created = Created {
-        room: &room,
-        owner_token,
-    };
-    Ok(Reply::json(201, &created).with_header("Location", location))
-}
-
-/// The answer to `POST /chats`: the room, and the token that lets its creator change and
-/// delete it (SPEC, Who may change a room).
-#[derive(Serialize)]
-struct Created<'a> {
-    #[serde(flatten)]
-    room: &'a RoomView,
-    owner_token: String,
-}
-
-/// Users of a private room are shown only to a valid token holder; a token that is
-/// presented must be valid, even where none is needed.
-/// Users of a private room are shown only to a valid token holder (a room token, its
-/// owner token or the admin key); a token that is presented must be valid, even where none
-/// is needed. A hidden room asked for by id needs one to be found at all (`access::find`).
-fn get_room(state: &State, request: &Request, room: &RoomRef) -> Result<Reply, ApiError> {
-    let token = bearer(request);
-    let key = access::find(state, room, token.as_deref())?;
-    let with_users = match token {
-        Some(token) if key.visibility.needs_token() => {
-            let opens = access::is_admin(state, &token)
-                || token::verify_owner(&state.secret, &key, &token).is_ok();
-            opens || token::verify(&state.secret, &key, &token).map(|_| true)?
-        }
-        _ => !key.visibility.needs_token(),
-    };
-    Ok(Reply::json(200, &state.rooms.view(key.id, with_users)?))
-}
-
-/// Needs the room's owner token or the admin key (`access::may_change`), checked before
-/// the body is read; the change is logged with what changed, never a password's value.
-fn update_room(
-    state: &State,
-    request: &mut Request,
-    room: &RoomRef,
-    client: IpAddr,
-) -> Result<Reply, ApiError> {
-    let token = bearer(request);
-    let key = access::find(state, room, token.as_deref())?;
-    let changer = access::may_change(state, &key, token.as_deref())?;
-    let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
-    let changed = input.changed_fields();
-    let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
-    let room = state.rooms.update(key.id, input)?;
-    log::info!(
-        "room {} changed by {changer} from {client}: {changed}",
-        room.id
-    );
-    Ok(Reply::json(200, &room))
-}
-
-/// Needs the room's owner token or the admin key, as for PUT; logged.
-fn delete_room(
-    state: &State,
-    request: &Request,
-    room: &RoomRef,
-    client: IpAddr,
-) -> Result<Reply, ApiError> {
-    let token = bearer(request);
-    let key = access::find(state, room, token.as_deref())?;
-    let changer = access::may_change(state, &key, token.as_deref())?;
-    state.rooms.delete(key.id)?;
-    log::info!("room {} deleted by {changer} from {client}", key.id);
-    Ok(Reply::json(200, &json!({"status": true})))
-}
-
-/// `GET /chats/<room>/messages[?since=N][&limit=L]`: the kept messages, oldest first; a
-/// private or hidden room needs its token, as for PUT.
-fn messages(
-    state: &State,
-    request: &Request,
-    room: &RoomRef,
-    query: Option<&str>,
-) -> Result<Reply, ApiError> {
-    let key = access::find(state, room, bearer(request).as_deref())?;
-    require_token(state, request, &key)?;
-    let kept = state.config.history_len;
-    let since = query_number(query, "since")?.unwrap_or(0);
-    let limit = query_limit(query, kept)?.unwrap_or(kept);
-    let events = state.rooms.messages(key.id, since, limit)?;
-    let mut body = String::from("[");
-    for (i, event) in events.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(event);
-    }
-    body.push_str("]\n");
-    Ok(Reply::json_text(200, body))
 }
 
 /// A `bcrypt_per_ip` slot for a request from `client` that will run bcrypt if `needed`
