@@ -12,6 +12,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering::SeqCst};
+use std::sync::OnceLock;
 
 use rustix::event::{eventfd, EventfdFlags};
 
@@ -30,6 +31,17 @@ pub struct Bell {
     closing: AtomicU8,
     /// The eventfd the socket's thread polls beside its socket.
     fd: OwnedFd,
+    /// Writes the socket's events in its sleeping thread's stead (see [`Drain`]).
+    drain: OnceLock<Box<dyn Drain>>,
+}
+
+/// Whoever can move a socket's waiting events to the socket itself, while its thread
+/// sleeps: `ws::frame::Courier`. A wake then costs one write instead of waking the thread.
+pub trait Drain: Send + Sync {
+    /// Moves what waits in the socket's channel to the socket without blocking; `false` if
+    /// it could not move all of it (the thread writes, or the socket is full), and the
+    /// thread must be woken.
+    fn drain(&self) -> bool;
 }
 
 impl Bell {
@@ -41,6 +53,7 @@ impl Bell {
             stalled: AtomicBool::new(false),
             closing: AtomicU8::new(0),
             fd,
+            drain: OnceLock::new(),
         })
     }
 
@@ -65,8 +78,20 @@ impl Bell {
         self.asleep.load(SeqCst)
     }
 
-    /// Wakes the thread if it sleeps: one eventfd write, never under a room's lock.
+    /// Lets `drain` write the socket's events while its thread sleeps. Once per bell.
+    pub fn set_drain(&self, drain: Box<dyn Drain>) {
+        let _ = self.drain.set(drain);
+    }
+
+    /// Wakes the thread if it sleeps: its events are written for it if they can be (no
+    /// wake-up at all), else one eventfd write. Never under a room's lock.
     pub fn wake(&self) {
+        if !self.asleep.load(SeqCst) {
+            return;
+        }
+        if self.drain.get().is_some_and(|drain| drain.drain()) {
+            return;
+        }
         if self.asleep.swap(false, SeqCst) {
             self.ring();
         }

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-pub use bell::Bell;
+pub use bell::{Bell, Drain};
 pub use catalog::{
     RoomInput, MAX_DESCRIPTION_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, TITLE_CHARS,
 };
@@ -165,7 +165,36 @@ pub struct Membership {
     room: Arc<Room>,
     session: u64,
     /// The socket's end of its channel: the room's events, in the room's order.
-    inbox: Receiver<Arc<str>>,
+    inbox: Arc<Inbox>,
+}
+
+/// A socket's end of its channel, shared by its thread and, while that thread sleeps, the
+/// writer the room's waker uses instead of waking it (`ws::frame::Courier`). Whoever takes
+/// holds the socket's outgoing buffer, so events leave in the channel's order.
+pub struct Inbox {
+    events: Receiver<Arc<str>>,
+    room: Arc<Room>,
+}
+
+impl Inbox {
+    /// Hands at most `max` of the events waiting in the channel to `each`, in order;
+    /// returns how many. When speakers wait (for this channel, perhaps), they are rung:
+    /// there may be room now.
+    pub fn take(&self, max: usize, mut each: impl FnMut(&str)) -> usize {
+        let taken = self
+            .events
+            .try_iter()
+            .take(max)
+            .map(|text| each(&text))
+            .count();
+        // Pairs with `RoomState::make_space`: either the speaker sees this channel's new
+        // room, or this sees that it waits.
+        fence(SeqCst);
+        if taken > 0 && self.room.has_waiting() {
+            self.room.retry_waiting();
+        }
+        taken
+    }
 }
 
 /// Connects socket `session`, woken through `bell`, to room `id` (101 if the room is
@@ -178,6 +207,10 @@ pub fn attach(
 ) -> Result<Membership, ApiError> {
     let (outbox, inbox) = crossbeam_channel::unbounded();
     let room = rooms.attach(id, session, outbox, Arc::clone(bell))?;
+    let inbox = Arc::new(Inbox {
+        events: inbox,
+        room: Arc::clone(&room),
+    });
     Ok(Membership {
         rooms: Arc::clone(rooms),
         room,
@@ -209,27 +242,20 @@ impl Membership {
     }
 
     /// Hands at most `max` of the events waiting in the socket's channel to `each`, in
-    /// order; returns how many. When speakers wait (for this channel, perhaps), they are
-    /// rung: there may be room now.
-    pub fn take(&self, max: usize, mut each: impl FnMut(&str)) -> usize {
-        let taken = self
-            .inbox
-            .try_iter()
-            .take(max)
-            .map(|text| each(&text))
-            .count();
-        // Pairs with `RoomState::make_space`: either the speaker sees this channel's new
-        // room, or this sees that it waits.
-        fence(SeqCst);
-        if taken > 0 && self.room.has_waiting() {
-            self.room.retry_waiting();
-        }
-        taken
+    /// order; returns how many (see [`Inbox::take`]).
+    pub fn take(&self, max: usize, each: impl FnMut(&str)) -> usize {
+        self.inbox.take(max, each)
+    }
+
+    /// The socket's end of its channel, for the writer that takes from it while the
+    /// socket's thread sleeps.
+    pub fn inbox(&self) -> Arc<Inbox> {
+        Arc::clone(&self.inbox)
     }
 
     /// Whether events wait in the socket's channel.
     pub fn has_news(&self) -> bool {
-        !self.inbox.is_empty()
+        !self.inbox.events.is_empty()
     }
 
     /// Tells the room this socket's client stopped reading, so that speakers waiting for

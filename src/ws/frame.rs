@@ -3,9 +3,20 @@
 //!
 //! A tungstenite `WebSocket` runs on a [`Duplex`]: reads come straight from the socket;
 //! writes (the handshake response, tungstenite's pong replies, and everything the session
-//! sends) are appended to `unsent` whole frames at a time, and the session loop writes
-//! `unsent` out with [`Duplex::send_some`] as the socket takes it. So frames never
-//! interleave, and a client that does not read stalls only its own buffer.
+//! sends) are appended to the socket's [`Outgoing`] buffer whole frames at a time, and
+//! written out as the socket takes them. So frames never interleave, and a client that
+//! does not read stalls only its own buffer.
+//!
+//! # Written through while the socket's thread sleeps
+//! The buffer sits behind a mutex of its own, so that one other thread may write it:
+//! the [`Courier`], which the room's waker calls instead of ringing a sleeping socket's
+//! bell (`rooms::Drain`). It takes what waits in the socket's channel and writes it, under
+//! that mutex, in the channel's order, when the buffer is empty (the socket is not behind)
+//! and the thread is asleep; what the socket does not take stays in the buffer and the
+//! bell is rung, so the thread waits for the socket to drain and sees it stall. A
+//! delivery to a sleeping member is then one `write(2)` on the waker's thread instead of
+//! waking the member's thread for each message (issue 22: half of a delivery's CPU went
+//! to those wake-ups and switches).
 //!
 //! Every frame is encoded by tungstenite: a text frame's header by `FrameHeader::format`,
 //! its payload appended after it, straight from the room's shared `Arc<str>` (a `Frame`
@@ -18,6 +29,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -25,6 +37,8 @@ use tungstenite::protocol::frame::{Frame, FrameHeader, Utf8Bytes};
 use tungstenite::protocol::CloseFrame;
 
 use super::head::HeadCheck;
+use crate::metrics::Metrics;
+use crate::rooms;
 
 /// How long a closing socket is given to take its close frame and say goodbye.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -35,17 +49,57 @@ const KEEP_UNSENT_BYTES: usize = 512;
 
 /// The stream a session's `WebSocket` runs on. See the module docs.
 pub struct Duplex {
-    /// The client's socket.
-    pub socket: TcpStream,
-    /// Whole frames not yet taken by the socket.
-    pub unsent: Vec<u8>,
+    /// The client's socket, shared with its [`Courier`].
+    pub socket: Arc<TcpStream>,
+    /// What is written to the socket, shared with its [`Courier`].
+    out: Arc<Mutex<Outgoing>>,
     /// During the handshake the socket is blocking and writes go straight to it.
     pub direct: bool,
     /// During the handshake, reads keep to the head's caps and deadline (see
     /// `head::HeadCheck`).
     pub head: Option<HeadCheck>,
-    /// Set once the close frame is queued: nothing may follow it.
+}
+
+/// Whole frames not yet taken by the socket, and whether its goodbye has begun.
+#[derive(Default)]
+pub struct Outgoing {
+    unsent: Vec<u8>,
+    /// Set once the close frame is queued or the socket is being shut: nothing may
+    /// follow, and the courier keeps away.
     closed: bool,
+}
+
+impl Outgoing {
+    /// Appends an unmasked, final text frame (server frames are never masked).
+    pub fn push_text(&mut self, payload: &[u8]) {
+        if !self.closed {
+            encode_text_frame(payload, &mut self.unsent);
+        }
+    }
+
+    /// Frees a large, empty buffer: called when the socket goes idle, not after every
+    /// write, so a busy socket does not allocate a buffer per burst.
+    fn shrink_when_idle(&mut self) {
+        if self.unsent.is_empty() && self.unsent.capacity() > KEEP_UNSENT_BYTES {
+            self.unsent = Vec::new();
+        }
+    }
+
+    /// Writes as much as `socket` takes without blocking.
+    fn send_some(&mut self, mut socket: &TcpStream) -> io::Result<Sent> {
+        while !self.unsent.is_empty() {
+            match socket.write(&self.unsent) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Sent::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Sent::All)
+    }
 }
 
 /// What [`Duplex::send_some`] left behind.
@@ -61,7 +115,7 @@ impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.head {
             Some(head) => head.read(&self.socket, buf),
-            None => self.socket.read(buf),
+            None => (&*self.socket).read(buf),
         }
     }
 }
@@ -69,10 +123,11 @@ impl Read for Duplex {
 impl Write for Duplex {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.direct {
-            return self.socket.write(buf);
+            return (&*self.socket).write(buf);
         }
-        if !self.closed {
-            self.unsent.extend_from_slice(buf);
+        let mut out = self.out();
+        if !out.closed {
+            out.unsent.extend_from_slice(buf);
         }
         Ok(buf.len())
     }
@@ -86,25 +141,28 @@ impl Duplex {
     /// A duplex for a new connection, writing straight through until the handshake is done.
     pub fn new(socket: TcpStream) -> Duplex {
         Duplex {
-            socket,
-            unsent: Vec::new(),
+            socket: Arc::new(socket),
+            out: Arc::default(),
             direct: true,
             head: None,
-            closed: false,
         }
+    }
+
+    /// The outgoing buffer, locked: held only for memory work and non-blocking writes.
+    pub fn out(&self) -> MutexGuard<'_, Outgoing> {
+        crate::sync::lock(&self.out)
     }
 
     /// Appends an unmasked, final text frame (server frames are never masked).
     pub fn push_text(&mut self, payload: &[u8]) {
-        if !self.closed {
-            encode_text_frame(payload, &mut self.unsent);
-        }
+        self.out().push_text(payload);
     }
 
     /// Appends a control frame (a ping).
     pub fn push_control(&mut self, frame: Frame) {
-        if !self.closed {
-            let _ = frame.format(&mut self.unsent);
+        let mut out = self.out();
+        if !out.closed {
+            let _ = frame.format(&mut out.unsent);
         }
     }
 
@@ -115,56 +173,103 @@ impl Duplex {
             reason: Utf8Bytes::from_static(""),
         };
         self.push_control(Frame::close(Some(close)));
-        self.closed = true;
+        self.out().closed = true;
     }
 
-    /// Writes as much of `unsent` as the socket takes without blocking.
+    /// Writes as much of the buffer as the socket takes without blocking.
     pub fn send_some(&mut self) -> io::Result<Sent> {
-        while !self.unsent.is_empty() {
-            match self.socket.write(&self.unsent) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.unsent.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Sent::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Sent::All)
+        let socket = Arc::clone(&self.socket);
+        self.out().send_some(&socket)
     }
 
-    /// Frees a large, empty buffer: called when the socket goes idle, not after every
-    /// write, so a busy socket does not allocate a buffer per burst.
+    /// Bytes not yet taken by the socket.
+    pub fn unsent_len(&self) -> usize {
+        self.out().unsent.len()
+    }
+
+    /// Frees a large, empty buffer (see [`Outgoing::shrink_when_idle`]).
     pub fn shrink_when_idle(&mut self) {
-        if self.unsent.is_empty() && self.unsent.capacity() > KEEP_UNSENT_BYTES {
-            self.unsent = Vec::new();
+        self.out().shrink_when_idle();
+    }
+
+    /// The writer a room's waker may use while this socket's thread sleeps (see the
+    /// module docs), taking from `inbox`.
+    pub fn courier(&self, inbox: Arc<rooms::Inbox>, metrics: Arc<Metrics>) -> Courier {
+        Courier {
+            socket: Arc::clone(&self.socket),
+            out: Arc::clone(&self.out),
+            inbox,
+            metrics,
         }
     }
 
     /// Writes what is unsent on the now blocking socket, within [`CLOSE_GRACE`], then
-    /// half-closes and lingers (see [`linger`]). Used once, for the goodbye.
+    /// half-closes and lingers (see [`linger`]). Used once, for the goodbye; the courier
+    /// keeps away from here on.
     pub fn send_rest_and_close(&mut self) {
-        let socket = &self.socket;
+        let mut out = self.out();
+        out.closed = true;
+        let socket = &*self.socket;
         let sent = socket.set_nonblocking(false).is_ok()
             && socket.set_write_timeout(Some(CLOSE_GRACE)).is_ok()
-            && (&self.socket).write_all(&self.unsent).is_ok();
+            && (&*self.socket).write_all(&out.unsent).is_ok();
+        drop(out);
         if sent {
             let _ = self.socket.shutdown(std::net::Shutdown::Write);
             linger(&self.socket);
         }
     }
+
+    /// Shuts the socket at once (nobody is there to read a close frame); the courier keeps
+    /// away.
+    pub fn shut(&mut self) {
+        self.out().closed = true;
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Writes a sleeping socket's events for the room's waker (see the module docs).
+pub struct Courier {
+    socket: Arc<TcpStream>,
+    out: Arc<Mutex<Outgoing>>,
+    inbox: Arc<rooms::Inbox>,
+    metrics: Arc<Metrics>,
+}
+
+impl rooms::Drain for Courier {
+    fn drain(&self) -> bool {
+        // The socket's own thread holds it: it is awake and will see the channel itself.
+        let Ok(mut out) = self.out.try_lock() else {
+            return false;
+        };
+        // Closing, or behind (its thread waits for the socket): the thread decides.
+        if out.closed || !out.unsent.is_empty() {
+            return false;
+        }
+        let taken = self
+            .inbox
+            .take(usize::MAX, |text| out.push_text(text.as_bytes()));
+        self.metrics.events_delivered(taken);
+        let all = matches!(out.send_some(&self.socket), Ok(Sent::All));
+        // The thread sleeps on: nobody else frees a buffer a burst left large.
+        out.shrink_when_idle();
+        all
+    }
 }
 
 /// Appends an unmasked, final text frame to `out`: tungstenite's header, then the payload.
 fn encode_text_frame(payload: &[u8], out: &mut Vec<u8>) {
-    let header = FrameHeader {
+    // Writing to a Vec cannot fail; a usize always fits in a u64.
+    let _ = text_header().format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// The header of an unmasked, final text frame.
+fn text_header() -> FrameHeader {
+    FrameHeader {
         opcode: OpCode::Data(Data::Text),
         ..FrameHeader::default()
-    };
-    // Writing to a Vec cannot fail; a usize always fits in a u64.
-    let _ = header.format(payload.len() as u64, out);
-    out.extend_from_slice(payload);
+    }
 }
 
 /// Reads and discards whatever the client still sends, until it closes or [`CLOSE_GRACE`]
@@ -249,9 +354,9 @@ mod tests {
         duplex.direct = false;
         duplex.push_text(b"a");
         duplex.push_close(CloseCode::Away);
-        let closed_len = duplex.unsent.len();
+        let closed_len = duplex.unsent_len();
         duplex.push_text(b"b");
         let _ = duplex.write(b"pong");
-        assert_eq!(duplex.unsent.len(), closed_len);
+        assert_eq!(duplex.unsent_len(), closed_len);
     }
 }

@@ -179,9 +179,7 @@ impl Session {
                 duplex.push_close(code);
                 duplex.send_rest_and_close();
             }
-            None => {
-                let _ = duplex.socket.shutdown(std::net::Shutdown::Both);
-            }
+            None => duplex.shut(),
         }
     }
 }
@@ -196,16 +194,14 @@ impl Chat {
             config.pong_timeout,
             config.write_timeout,
         );
-        if self
-            .session
-            .ws
-            .get_ref()
-            .socket
-            .set_nonblocking(true)
-            .is_err()
-        {
+        let duplex = self.session.ws.get_ref();
+        if duplex.socket.set_nonblocking(true).is_err() {
             return Ending::Gone;
         }
+        // From here on the room's waker may write this socket's events while it sleeps.
+        let metrics = Arc::clone(&self.session.state.metrics);
+        let courier = duplex.courier(self.membership.inbox(), metrics);
+        self.session.bell.set_drain(Box::new(courier));
         let mut last_heard = Instant::now();
         let mut last_ping = Instant::now();
         let mut close_deadline = None;
@@ -304,10 +300,14 @@ impl Chat {
                     Ok(Sent::Blocked) | Err(_) => return,
                 }
             }
-            let duplex = self.session.ws.get_mut();
+            // Taken and encoded under the buffer's lock: the courier takes from the same
+            // channel, so whoever holds it writes the next events.
+            let duplex = self.session.ws.get_ref();
+            let mut out = duplex.out();
             let taken = self
                 .membership
-                .take(TAKE_BATCH, |text| duplex.push_text(text.as_bytes()));
+                .take(TAKE_BATCH, |text| out.push_text(text.as_bytes()));
+            drop(out);
             self.session.state.metrics.events_delivered(taken);
             if taken < TAKE_BATCH {
                 return;
@@ -316,7 +316,7 @@ impl Chat {
     }
 
     fn unsent_bytes(&self) -> usize {
-        self.session.ws.get_ref().unsent.len()
+        self.session.ws.get_ref().unsent_len()
     }
 
     /// Sleeps until the socket is readable (when `listen`) or writable (when `unsent`), the
