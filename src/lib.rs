@@ -60,15 +60,17 @@
 //! 3. `RoomState::broadcast` (`rooms/room.rs`): a `try_send` of the shared `Arc<str>` to
 //!    each member's channel; members asleep are noted. The message is kept in the history.
 //! 4. The lock released, the speaker's thread hands the noted members to the `room-waker`
-//!    thread (`rooms::waker`), which rings their bells (one eventfd write each), and queues
-//!    the message for the store's writer thread.
-//! 5. Each member's thread wakes on its bell, takes the events from its channel
-//!    (`Membership::take`), encodes them into its buffer and writes them to its socket
-//!    (`ws::frame`).
+//!    thread (`rooms::waker`) and queues the message for the store's writer thread.
+//! 5. For each sleeping member the waker calls its bell (`Bell::wake`): its courier
+//!    (`ws::frame::Courier`) takes the events from the member's channel and writes them to
+//!    the member's socket, one write, the member's thread left asleep; only if the socket
+//!    does not take them all is the thread rung (one eventfd write), to write the rest
+//!    itself (`Chat::move_events`). A member whose thread is awake writes them itself.
 //!
-//! Threads crossed: the speaker's, which puts the event in every member's channel; the
-//! waker, which only rings (ARCHITECTURE.md: why it pays for itself); then each member's.
-//! Lock: the room's, once.
+//! Threads crossed: the speaker's, which puts the event in every member's channel; then the
+//! waker, which writes to the sleeping members' sockets (ARCHITECTURE.md: why it pays for
+//! itself), or a member's own thread when it is awake or its socket is full. Locks: the
+//! room's, once; each member's outgoing buffer, once.
 //!
 //! # With several nodes
 //! Step 2 only checks the name and the channels' room; then the speaker's thread runs one

@@ -10,7 +10,8 @@
 //! takes them from its channel and writes them to its socket (`ws::session`). Members
 //! asleep are noted while the lock is held and woken once it is released ([`After`]):
 //! waking is a system call, and nothing slow happens under this lock. A chat message's
-//! members are rung by the waker thread (`waker`: why), a join's or leave's at once.
+//! members are woken by the waker thread (`waker`: why), a join's or leave's at once; a
+//! sleeping member is woken by having its events written for it (`Bell::wake`).
 //!
 //! # The bound, and who waits
 //! Each channel holds at most `send_queue_len` events that a member has not taken yet.

@@ -1,6 +1,8 @@
-//! The waker thread: rings the bells of the members a chat message was handed to, after
-//! the room's lock is released, so that the speaker's thread goes back to its own socket
-//! at once. Joins and leaves are rung by the thread that made them: they come in storms,
+//! The waker thread: wakes the members a chat message was handed to, after the room's
+//! lock is released, so that the speaker's thread goes back to its own socket at once.
+//! Waking a sleeping member first lets its courier write its events to its socket
+//! (`Bell::wake`, `ws::frame::Courier`): one write on this thread, the member's thread left
+//! asleep. Joins and leaves are woken by the thread that made them: they come in storms,
 //! and waking the room paces the storm.
 //!
 //! Why a third thread on a message's path: rung by the speaker's thread itself, 500

@@ -16,7 +16,9 @@
 //! - a client that stops reading stalls only its own buffer and then its channel, and the
 //!   room closes it (1008) rather than wait for it;
 //! - the bell is armed only while the thread sleeps, so a busy socket (a speaker, or a
-//!   member still writing) costs its room no system call per event;
+//!   member still writing) costs its room no system call per event; and while it sleeps,
+//!   the room's waker writes its events for it (`frame::Courier`), waking it only when the
+//!   socket is full;
 //! - an idle socket costs one parked thread, an eventfd, an empty channel and a few
 //!   small buffers.
 //!
