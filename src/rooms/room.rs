@@ -266,9 +266,8 @@ impl RoomState {
     /// and nothing attaches after this.
     pub fn close_all(&mut self, reason: CloseReason, after: &mut After) {
         self.closed = true;
-        for socket in std::mem::take(&mut self.sockets).into_values() {
-            after.close.push((socket.bell, reason));
-        }
+        self.close_each(reason, after);
+        self.sockets.clear();
         after.retry.append(&mut self.waiting);
     }
 
