@@ -44,13 +44,29 @@ use crate::sync::lock;
 use crate::State;
 use session::Session;
 
-/// The stack of a socket's threads (handshake, then session). A stack is virtual memory:
-/// only the pages a thread touches cost RSS (12 KiB for a session, 16 KiB for a
-/// handshake, which parses the request with a 124-header array on the stack). It is large
-/// on purpose: glibc keeps exited threads' stacks for reuse up to 40 MiB of *size*, with
-/// their touched pages, so after a wave of connections 512 KiB stacks leave at most 80
-/// stacks (about 1.3 MiB of RSS) cached where 128 KiB ones left 320 (5 MiB).
-const STACK_BYTES: usize = 512 * 1024;
+/// The stack of a socket's chat thread. A stack is virtual memory: only the pages a thread
+/// touches cost RSS, and they stay touched while it lives. A session in a public room
+/// touches three pages (about 10 KiB at its deepest, a join), once `Session` travels to its
+/// thread boxed: moved by value through std's thread start it cost 2.4 KiB more, and every
+/// idle socket kept a fourth page (`make bench`, scenario scale: 21.4 -> 20.0 KiB per
+/// socket). A socket with a token checks it again at attach and join, and the JWT decoding
+/// takes it to five pages. It is large on
+/// purpose: glibc keeps exited threads' stacks for reuse up to 40 MiB of *size*, with their
+/// touched pages, so after a wave of leaves 512 KiB stacks leave at most 80 stacks (about
+/// 1 MiB of RSS) cached where 128 KiB ones left 320 (5 MiB).
+const SESSION_STACK_BYTES: usize = 512 * 1024;
+/// The stack of a socket's handshake thread, which parses the request with a 124-header
+/// array on the stack and touches five pages. Its size keeps glibc from handing an exited
+/// handshake's stack, touched pages and all, to a new session: a cached stack is reused
+/// only by a thread asking for between a quarter of its size and all of it (sizes with
+/// their guard page), and a session asks for less than a quarter of this. At 2 MiB + 4 KiB
+/// it did not: two thirds of the sessions of a join storm ran on handshake stacks and kept
+/// a page more each.
+const HANDSHAKE_STACK_BYTES: usize = 4 * SESSION_STACK_BYTES + 64 * 1024;
+const _: () =
+    assert!(HANDSHAKE_STACK_BYTES + GUARD_BYTES > 4 * (SESSION_STACK_BYTES + GUARD_BYTES));
+/// The guard page glibc adds to each thread's stack.
+const GUARD_BYTES: usize = 4096;
 /// How long shutdown waits for sockets to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -144,9 +160,11 @@ impl WsServer {
         // handshake's deep stack is not kept by every idle socket.
         let handshake = move || match handshake::accept(&state, stream, &mut connection) {
             Some((ws, admission)) => {
-                let session = Session::new(state, id, admission, bell, ws);
+                // Boxed: the thread's start moves its closure by value several times, and
+                // each copy is stack that every idle socket keeps (see SESSION_STACK_BYTES).
+                let session = Box::new(Session::new(state, id, admission, bell, ws));
                 let ended = Arc::clone(&server);
-                server.spawn(id, "ws-session", move || {
+                server.spawn(id, "ws-session", SESSION_STACK_BYTES, move || {
                     session.run();
                     drop(connection);
                     ended.forget(id);
@@ -154,16 +172,22 @@ impl WsServer {
             }
             None => server.forget(id),
         };
-        self.spawn(id, "ws-handshake", handshake);
+        self.spawn(id, "ws-handshake", HANDSHAKE_STACK_BYTES, handshake);
     }
 
     /// Starts `work` for socket `id` on a thread of its own. A socket whose thread cannot
     /// start, or panics, is dropped and forgotten.
-    fn spawn(self: &Arc<Self>, id: u64, name: &str, work: impl FnOnce() + Send + 'static) {
+    fn spawn(
+        self: &Arc<Self>,
+        id: u64,
+        name: &str,
+        stack_bytes: usize,
+        work: impl FnOnce() + Send + 'static,
+    ) {
         let server = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name(name.into())
-            .stack_size(STACK_BYTES)
+            .stack_size(stack_bytes)
             .spawn(move || {
                 if guarded(id, work).is_none() {
                     server.forget(id);
