@@ -486,6 +486,17 @@ mod tests {
     }
 
     #[test]
+    fn the_wal_is_folded_in_every_128_pages() {
+        let db = TempDb::new("checkpoint");
+        let mut connection = Connection::open(&db.0).unwrap();
+        prepare(&mut connection, MIGRATIONS, 50).unwrap();
+        let pages: u32 = connection
+            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+            .unwrap();
+        assert_eq!(pages, 128);
+    }
+
+    #[test]
     fn migrations_run_forward_from_the_version_a_file_has_and_keep_its_data() {
         let mut connection = Connection::open_in_memory().unwrap();
         let tx = connection.transaction().unwrap();
