@@ -121,24 +121,25 @@ fn decoy(id: u64) -> RoomKey {
     }
 }
 
-/// The name a socket admitted with `token` must join room `room_id` with now: `None` for
-/// a public room (any name), the token's name for a private or hidden one. Checked against
-/// the room as it is at this join, not at the handshake: 403 if the token expired
-/// meanwhile; 104 if it no longer opens the room (a new password, or the room made
-/// private after a socket without a token connected), for the socket to be closed.
+/// The name a socket admitted with `pass` (its token, checked at the handshake) must join
+/// room `room_id` with now: `None` for a public room (any name), the token's name for a
+/// private or hidden one. Checked against the room as it is at this join, not at the
+/// handshake: 403 if the token expired meanwhile; 104 if it no longer opens the room (a
+/// new password, or the room made private after a socket without a token connected), for
+/// the socket to be closed.
 pub fn join_as(
     state: &State,
     room_id: u64,
-    token: Option<&str>,
+    pass: Option<&token::Pass>,
 ) -> Result<Option<String>, ApiError> {
     let key = state.rooms.key(&RoomRef::Id(room_id))?;
     if !key.visibility.needs_token() {
         return Ok(None);
     }
     let changed = || ApiError::new(ErrorKind::RoomUnauthorized);
-    let token = token.ok_or_else(changed)?;
-    match token::verify(&state.secret, &key, token) {
-        Ok(claims) => Ok(Some(claims.username)),
+    let pass = pass.ok_or_else(changed)?;
+    match pass.still_opens(&key) {
+        Ok(name) => Ok(Some(name.to_owned())),
         // It opened the room at the handshake: 403 now means it expired.
         Err(error) if error.kind == ErrorKind::InvalidToken => Err(error),
         Err(_) => Err(changed()),

@@ -110,6 +110,46 @@ pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiEr
     Ok(claims)
 }
 
+/// A room token checked once, at a socket's handshake: what a socket keeps so that later
+/// checks (at attach and at each `join`, `access::join_as`) need no JWT decoding. Decoding
+/// is the deepest call a socket's thread makes: it took a socket with a token to five
+/// stack pages where one without stays at three (`ws::SESSION_STACK_BYTES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub username: String,
+    room_id: u64,
+    exp: u64,
+    /// The room's bcrypt hash when the token was checked: part of its key, so the token
+    /// opens the room exactly as long as the room keeps this hash.
+    password_hash: String,
+}
+
+impl Pass {
+    /// Checks `token` for `room` as [`verify`] does, keeping what later checks need.
+    pub fn check(secret: &str, room: &RoomKey, token: &str) -> Result<Pass, ApiError> {
+        let claims = verify(secret, room, token)?;
+        Ok(Pass {
+            username: claims.username,
+            room_id: room.id,
+            exp: claims.exp,
+            password_hash: room.password_hash.clone().unwrap_or_default(),
+        })
+    }
+
+    /// What [`verify`] would answer now for this token and `room` as it is now: 401 if the
+    /// room's key changed (a new password, or another room), then 403 once it expired.
+    pub fn still_opens(&self, room: &RoomKey) -> Result<&str, ApiError> {
+        if room.id != self.room_id || room.password_hash.as_deref() != Some(&self.password_hash) {
+            return Err(ApiError::new(ErrorKind::InvalidSignature));
+        }
+        // As the JWT library checks `exp`, with no leeway: valid up to and including `exp`.
+        if self.exp < expiry(Duration::ZERO) {
+            return Err(ApiError::new(ErrorKind::InvalidToken));
+        }
+        Ok(&self.username)
+    }
+}
+
 /// Checks an owner token for `room`, with the same answers as [`verify`] (a room token is
 /// a bad signature here); one without `owner: true` is malformed (403).
 pub fn verify_owner(secret: &str, room: &RoomKey, token: &str) -> Result<OwnerClaims, ApiError> {
@@ -252,6 +292,36 @@ mod tests {
         assert_eq!(
             verify("other", &room(2, "h"), &token).unwrap_err().code(),
             401
+        );
+    }
+
+    /// A pass, checked once, answers later as verifying its token again would: the same
+    /// room opens, a new password or another room is 401, an expired token 403.
+    #[test]
+    fn a_pass_answers_as_verifying_its_token_again_would() {
+        let token = issue("s", &room(2, "h"), "ann", Duration::from_secs(60)).unwrap();
+        let pass = Pass::check("s", &room(2, "h"), &token).unwrap();
+        for now in [room(2, "h"), room(2, "new hash"), room(3, "h")] {
+            let again = verify("s", &now, &token).map(|claims| claims.username);
+            let kept = pass.still_opens(&now).map(str::to_owned);
+            assert_eq!(kept.map_err(|e| e.code()), again.map_err(|e| e.code()));
+        }
+        let key = room_secret("s", &room(2, "h")).unwrap();
+        let expired = Claims {
+            username: "ann".into(),
+            room_id: 2,
+            exp: expiry(Duration::ZERO) - 10,
+        };
+        let old = sign(&expired, &key).unwrap();
+        assert_eq!(verify("s", &room(2, "h"), &old).unwrap_err().code(), 403);
+        let pass = Pass {
+            exp: expired.exp,
+            ..pass
+        };
+        assert_eq!(pass.still_opens(&room(2, "h")).unwrap_err().code(), 403);
+        assert_eq!(
+            Pass::check("s", &room(2, "h"), &old).unwrap_err().code(),
+            403
         );
     }
 

@@ -56,9 +56,10 @@ const READ_BUFFER_BYTES: usize = 256;
 pub struct Admission {
     /// The room the socket chats in.
     pub room_id: u64,
-    /// The token the handshake presented, if any: each `join` checks it again against the
-    /// room as it is then (`access::join_as`), and takes the name from it.
-    pub token: Option<String>,
+    /// The token the handshake presented, if it opened the room then: each `join` checks
+    /// it again against the room as it is then (`access::join_as`), and takes the name from
+    /// it.
+    pub pass: Option<token::Pass>,
 }
 
 /// Runs the handshake on a new, blocking connection, counted by `connection`; `Some` if it
@@ -179,19 +180,23 @@ fn admit(
     );
     // A hidden room asked for by id without a valid token is not there (`access::find`).
     let key = access::find(state, &room, presented.as_deref())?;
-    if key.visibility.needs_token() {
-        let token = presented
-            .as_deref()
-            .ok_or_else(|| ApiError::new(ErrorKind::InvalidToken))?;
-        token::verify(&state.secret, &key, token)?;
-    }
+    let pass = presented
+        .as_deref()
+        .map(|token| token::Pass::check(&state.secret, &key, token));
+    // A public room lets anyone in: a token that does not open it is only not kept.
+    let pass = match pass {
+        Some(Ok(pass)) => Some(pass),
+        Some(Err(error)) if key.visibility.needs_token() => return Err(error),
+        None if key.visibility.needs_token() => return Err(ApiError::new(ErrorKind::InvalidToken)),
+        _ => None,
+    };
     let protocol = offered
         .and_then(token::first_protocol)
         .and_then(|p| HeaderValue::from_str(p).ok());
     Ok((
         Admission {
             room_id: key.id,
-            token: presented,
+            pass,
         },
         protocol,
     ))

@@ -139,8 +139,8 @@ impl Session {
                 // A password or visibility change between the handshake and this attach
                 // found no socket here to close: look at the room once more, now that a
                 // change from here on does reach it.
-                let token = self.admission.token.as_deref();
-                let access = access::join_as(&self.state, self.admission.room_id, token);
+                let pass = self.admission.pass.as_ref();
+                let access = access::join_as(&self.state, self.admission.room_id, pass);
                 if access.is_err_and(|e| e.kind == ErrorKind::RoomUnauthorized) {
                     self.bell.close(CloseReason::AccessChanged);
                 }
@@ -444,8 +444,8 @@ impl Chat {
                 // an expired token is refused (403); one that no longer opens the room
                 // closes the socket (104, then 1008), as a password change would have.
                 let state = &self.session.state;
-                let token = self.session.admission.token.as_deref();
-                let token_user = match access::join_as(state, room_id, token) {
+                let pass = self.session.admission.pass.as_ref();
+                let token_user = match access::join_as(state, room_id, pass) {
                     Ok(user) => user,
                     Err(e) if e.kind == ErrorKind::RoomUnauthorized => {
                         self.session.bell.close(CloseReason::AccessChanged);
