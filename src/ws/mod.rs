@@ -61,7 +61,8 @@ const SESSION_STACK_BYTES: usize = 512 * 1024;
 /// only by a thread asking for between a quarter of its size and all of it (sizes with
 /// their guard page), and a session asks for less than a quarter of this. At 2 MiB + 4 KiB
 /// it did not: two thirds of the sessions of a join storm ran on handshake stacks and kept
-/// a page more each.
+/// a page more each. The size is address space, not memory: a handshake in flight costs the
+/// pages it touches, as before (scenario 13's slow heads: +1 MiB of RSS).
 const HANDSHAKE_STACK_BYTES: usize = 4 * SESSION_STACK_BYTES + 64 * 1024;
 const _: () =
     assert!(HANDSHAKE_STACK_BYTES + GUARD_BYTES > 4 * (SESSION_STACK_BYTES + GUARD_BYTES));
