@@ -187,6 +187,16 @@ mod tests {
         );
     }
 
+    /// Found by the `client_event` fuzz target (its artifact: a join whose name is U+FFFD
+    /// replacement characters with a DEL among them): a name holding a control character
+    /// is refused as a look-alike, 202 naming `name`, after the length check's 303.
+    #[test]
+    fn a_name_with_a_control_character_is_a_look_alike() {
+        let frame = "{\"event_type\":\"join\",\"name\":\"\u{FFFD}\u{FFFD}\u{7F}\u{FFFD}n.\"}";
+        let error = ClientEvent::parse(frame).unwrap_err();
+        assert_eq!((error.code(), error.field), (202, Some("name")));
+    }
+
     #[test]
     fn send_needs_a_message_and_ignores_the_claimed_name() {
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Fuzz target: `ClientEvent::parse`, the one parser every WebSocket text frame goes through.
 //!
 //! Invariants beyond "no panic": the same text always parses the same way; every error is
-//! code 303 naming one of the frame's fields or none; a refusal of text that is not JSON
+//! code 303 naming one of the frame's fields or none, except a join name that shows nothing
+//! where it holds something (SPEC, Rooms: 202, field `name`); a refusal of text that is not JSON
 //! names no field; an accepted event obeys the limits the session relies on (trimmed,
 //! non-empty, at most 32 characters), and what the server then broadcasts (a
 //! `ServerEvent`, its replay form, the join and leave texts) is valid JSON carrying the same
@@ -30,8 +31,15 @@ fuzz_target!(|data: &[u8]| {
     let is_json = serde_json::from_str::<IgnoredAny>(&text).is_ok();
     let json = serde_json::from_str::<Value>(&text).ok();
     match parsed {
+        Err(error) if error.code() == 202 => {
+            assert_eq!(error.field, Some("name"), "a 202 is about the name: {error}");
+            let object = json.as_ref().and_then(Value::as_object);
+            let name = object.and_then(|o| o.get("name")).and_then(Value::as_str);
+            assert_eq!(object.and_then(|o| o.get("event_type")), Some(&Value::from("join")));
+            assert!(name.is_some_and(|n| !n.trim().is_empty()), "a 202 name holds something");
+        }
         Err(error) => {
-            assert_eq!(error.code(), 303, "every frame error is 303: {error}");
+            assert_eq!(error.code(), 303, "every other frame error is 303: {error}");
             assert_eq!(error.status(), 400);
             if let Some(field) = error.field {
                 assert!(FIELDS.contains(&field), "unexpected field {field}");
