@@ -147,6 +147,29 @@ fn a_head_over_32_kib_is_answered_431_with_code_105() {
     assert_eq!((over.status, over.json()), (431, invalid_content()));
 }
 
+/// A `HEAD` refused for its head gets the same status and headers and no body (RFC 9110,
+/// 9.3.2): the body of a 414 or 431 sent to it was found by the `http_request` fuzz target.
+#[test]
+fn a_head_request_refused_for_its_head_gets_no_body() {
+    let server = TestServer::start();
+    let too_many_lines = headers_of(101, 20);
+    let long_line = request_line_of(8 * 1024 + 1);
+    for (request, status) in [(too_many_lines, "431"), (long_line, "414")] {
+        let request = [b"HEAD".as_slice(), &request[3..]].concat();
+        let mut stream = TcpStream::connect(server.http_addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let _ = stream.write_all(&request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("Content-Length: 76"), "{head}");
+        assert_eq!(body, "", "{status}: nothing after the head");
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
 /// The WebSocket listener answers the same 414 and 431, with the same body; before, it
 /// answered 400 (305).
 #[test]

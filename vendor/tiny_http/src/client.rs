@@ -43,6 +43,10 @@ pub struct ClientConnection {
     // ChitChat patch: what a request may cost, and where refusals are counted
     limits: Arc<RequestLimits>,
     counters: Arc<Counters>,
+
+    // ChitChat patch: whether the request being read asks `HEAD`, so that a refusal of it
+    // sends no body (RFC 9110, 9.3.2)
+    asked_head: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -96,6 +100,7 @@ impl ClientConnection {
             secure,
             limits,
             counters,
+            asked_head: false,
         }
     }
 
@@ -146,6 +151,9 @@ impl ClientConnection {
 
             // room for `max_len` bytes and the CR of the CRLF
             if buf.len() > max_len {
+                // Only the request line has a cap, and its method is at its start (the
+                // line is trimmed before it is parsed).
+                self.asked_head = buf.trim_ascii_start().starts_with(b"HEAD ");
                 return Err(ReadError::RequestLineTooLong);
             }
 
@@ -166,6 +174,7 @@ impl ClientConnection {
             return Err(ReadError::Expired);
         }
         stream.set_deadline(limits.head_timeout.map(|timeout| Instant::now() + timeout));
+        self.asked_head = false;
         let mut head_left = limits.max_head_bytes;
         let read = self.read_head(&limits, &mut head_left);
         // Only a head of which some part arrived is answered 408; an idle connection is
@@ -194,6 +203,7 @@ impl ClientConnection {
                     line.as_str().trim(), // TODO: remove this conversion
                 )?
             };
+            self.asked_head = method == Method::Head;
 
             // getting all headers
             let headers = {
@@ -384,6 +394,12 @@ impl ClientConnection {
             Refusal::BodyTimeout => (&self.limits.timed_out, &self.counters.body_timeouts),
         };
         counter.fetch_add(1, Relaxed);
+        // A `HEAD` is answered with the head alone: its `Content-Length` says what a `GET`
+        // would have carried.
+        let response = match response.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) if self.asked_head => &response[..end + 4],
+            _ => response,
+        };
         let mut writer = self.sink.next().unwrap();
         let written = writer.write_all(response).and_then(|()| writer.flush());
         // Written once every earlier response is: this writer waited for its turn.
