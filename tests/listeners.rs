@@ -290,8 +290,10 @@ fn rest_and_websocket_listeners_come_back_after_descriptors_run_out() {
     );
     assert!(!server.logged("panicked"), "log:\n{}", server.log_text());
     drop(idle);
+    // Until the server has seen every idle connection close, the address's connection
+    // count may still be full: a 503 (601) is "not yet", anything else is the answer.
     let health = poll(&server, "GET /healthz to answer again", || {
-        try_healthz(server.http)
+        try_healthz(server.http).filter(|(status, _)| *status != 503)
     });
     assert_eq!(health, (200, json!({"status": true})));
     poll(&server, "a WebSocket handshake to succeed again", || {
