@@ -403,12 +403,17 @@ fn whole(value: &Value) -> Result<usize, String> {
 /// A list of addresses and CIDR ranges: `["10.0.0.0/8", "::1"]`.
 fn ranges(value: &Value) -> Result<Vec<AddrRange>, String> {
     let expected = "expected a list of addresses or CIDR ranges, such as [\"10.0.0.0/8\", \"::1\"]";
+    list(value, expected, AddrRange::parse)
+}
+
+/// A list of strings, each read by `parse`; `expected` names what the list should hold.
+fn list<T>(value: &Value, expected: &str, parse: fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
     let items = value.as_array().ok_or(expected)?;
     items
         .iter()
         .map(|item| {
             item.as_str()
-                .and_then(AddrRange::parse)
+                .and_then(parse)
                 .ok_or_else(|| format!("{expected}; {item} is not one"))
         })
         .collect()
@@ -475,15 +480,7 @@ fn admin_key(key: String) -> Result<String, String> {
 /// A list of origins: `["https://chat.example.org", "http://localhost:3000"]`.
 fn origins(value: &Value) -> Result<Vec<String>, String> {
     let expected = "expected a list of origins, such as [\"https://chat.example.org\"]";
-    let items = value.as_array().ok_or(expected)?;
-    items
-        .iter()
-        .map(|item| {
-            item.as_str()
-                .and_then(crate::origin::normalize)
-                .ok_or_else(|| format!("{expected}; {item} is not one"))
-        })
-        .collect()
+    list(value, expected, crate::origin::normalize)
 }
 
 fn level(value: &Value) -> Result<LevelFilter, String> {

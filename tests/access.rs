@@ -57,6 +57,15 @@ fn a_password_change_closes_every_socket_with_104_then_1008() {
     ws_with_token(&server, 2, &fresh).join("ann");
 }
 
+/// A public room lets anyone in: a token presented to it that opens nothing (not a token
+/// at all here) is not kept and refuses nothing, at the handshake or at the join.
+#[test]
+fn a_public_room_ignores_a_token_that_opens_nothing() {
+    let server = TestServer::start();
+    let mut ann = ws_with_token(&server, 1, "not.a.token");
+    assert_eq!(ann.join("ann")["name"], "ann");
+}
+
 /// A socket opened on a public room and never joined is closed when the room is made
 /// private: it cannot join afterwards under any name and be replayed the history.
 #[test]

@@ -104,8 +104,6 @@ struct Created<'a> {
     owner_token: String,
 }
 
-/// Users of a private room are shown only to a valid token holder; a token that is
-/// presented must be valid, even where none is needed.
 /// Users of a private room are shown only to a valid token holder (a room token, its
 /// owner token or the admin key); a token that is presented must be valid, even where none
 /// is needed. A hidden room asked for by id needs one to be found at all (`access::find`).
@@ -135,9 +133,7 @@ pub(super) fn update_room(
     room: &RoomRef,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
-    let token = bearer(request);
-    let key = access::find(state, room, token.as_deref())?;
-    let changer = access::may_change(state, &key, token.as_deref())?;
+    let (key, changer) = changer_of(state, request, room)?;
     let input: RoomInput = read_json(state, request, ErrorKind::RoomInvalidJson)?;
     let changed = input.changed_fields();
     let _bcrypt = bcrypt_slot(state, client, input.password.is_some())?;
@@ -156,12 +152,24 @@ pub(super) fn delete_room(
     room: &RoomRef,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
-    let token = bearer(request);
-    let key = access::find(state, room, token.as_deref())?;
-    let changer = access::may_change(state, &key, token.as_deref())?;
+    let (key, changer) = changer_of(state, request, room)?;
     state.rooms.delete(key.id)?;
     log::info!("room {} deleted by {changer} from {client}", key.id);
     Ok(Reply::json(200, &json!({"status": true})))
+}
+
+/// The room `request` names and who may change it: its owner or the operator, by the
+/// request's bearer token (`access::may_change`); a hidden room is found only with a token
+/// that opens it (`access::find`).
+fn changer_of(
+    state: &State,
+    request: &Request,
+    room: &RoomRef,
+) -> Result<(RoomKey, access::Changer), ApiError> {
+    let token = bearer(request);
+    let key = access::find(state, room, token.as_deref())?;
+    let changer = access::may_change(state, &key, token.as_deref())?;
+    Ok((key, changer))
 }
 
 /// `GET /chats/<room>/messages[?since=N][&limit=L]`: the kept messages, oldest first; a
