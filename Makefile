@@ -1,5 +1,5 @@
 # ChitChat: `make run` to try it, `make test` before every commit, `make bench` for figures.
-.PHONY: run build test bench redis-server fuzz soak docs-check
+.PHONY: run build test bench redis-server fuzz soak docs-check text-order
 
 # apt-get needs root: sudo when we are not root.
 AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -64,3 +64,11 @@ soak:
 # websocat, sqlite3, redis-server and nginx. About two minutes. Not part of `make test`.
 docs-check: build redis-server
 	python3 docs/check.py
+
+# Writes link/text-order.txt, the layout of the release binary's code that build.rs hands
+# to the linker: the functions a server runs at start and in a first visit, found with
+# valgrind's callgrind on a release build with a link map (target/text-order/). Run it
+# again after a dependency or a release profile setting changes (HACKING.md, "The layout
+# of the binary's code"). A few minutes. Not part of `make test`.
+text-order:
+	python3 link/text_order.py
