@@ -57,7 +57,7 @@
 //! 2. `RoomMap::send` (`rooms/map.rs`), under the room's lock (`Room::locked`): the name
 //!    this socket joined with, never the frame's; room in every member's channel
 //!    (`RoomState::make_space`); the next message id; the event serialised once.
-//! 3. `RoomState::broadcast` (`rooms/room.rs`): a `try_send` of the shared `Arc<str>` to
+//! 3. `RoomState::broadcast` (`rooms/room.rs`): a `try_send` of the shared `Arc<String>` to
 //!    each member's channel; members asleep are noted. The message is kept in the history.
 //! 4. The lock released, the speaker's thread hands the noted members to the `room-waker`
 //!    thread (`rooms::waker`) and queues the message for the store's writer thread.

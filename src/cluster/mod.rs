@@ -208,7 +208,7 @@ impl Rooms for Cluster {
         self.view_of(&info, with_users)
     }
 
-    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
+    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<String>>, ApiError> {
         self.find(&RoomRef::Id(id))?;
         let kept = self.link.history(id, since)?;
         let skip = kept.len().saturating_sub(limit);
@@ -297,7 +297,7 @@ impl Rooms for Cluster {
         &self,
         id: u64,
         session: u64,
-        outbox: Sender<Arc<str>>,
+        outbox: Sender<Arc<String>>,
         bell: Arc<Bell>,
     ) -> Result<Arc<Room>, ApiError> {
         if !self.link.is_up() {
@@ -446,7 +446,7 @@ impl Listener for Cluster {
             return;
         }
         if let Some(room) = room {
-            let text: Arc<str> = text.into();
+            let text = Arc::new(text.to_owned());
             let joined = origin.filter(|_| kind == Kind::Join);
             room.locked(|state, after| {
                 state.deliver(&text, joined, after);

@@ -162,7 +162,7 @@ impl RoomMap {
     }
 
     /// A room for the index, with this map's queue and history sizes.
-    fn entry(&self, info: Info, history: Vec<(u64, Arc<str>)>, last_message_id: u64) -> Entry {
+    fn entry(&self, info: Info, history: Vec<(u64, Arc<String>)>, last_message_id: u64) -> Entry {
         let room = Room::new(
             info.id,
             history,
@@ -220,7 +220,7 @@ impl Rooms for RoomMap {
         Ok(info.view(with_users.then(|| room.locked(|state, _| state.users()))))
     }
 
-    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError> {
+    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<String>>, ApiError> {
         let (_, room) = self.lookup(id)?;
         Ok(room.locked(|state, _| state.messages(since, limit)))
     }
@@ -308,7 +308,7 @@ impl Rooms for RoomMap {
         &self,
         id: u64,
         session: u64,
-        outbox: Sender<Arc<str>>,
+        outbox: Sender<Arc<String>>,
         bell: Arc<Bell>,
     ) -> Result<Arc<Room>, ApiError> {
         let (_, room) = self.lookup(id)?;
@@ -511,7 +511,7 @@ mod tests {
                 },
                 last_message_id: 41,
             }],
-            history: [(5, vec![(40, Arc::from("{\"id\":40}"))])].into(),
+            history: [(5, vec![(40, Arc::new(String::from("{\"id\":40}")))])].into(),
         };
         let hasher = Hasher::start(4, 0, Arc::default()).unwrap();
         let rooms = RoomMap::restore(Arc::new(NoStore), saved, hasher, BOUNDS).unwrap();
@@ -522,7 +522,7 @@ mod tests {
         );
         assert_eq!(
             rooms.messages(5, 0, 10).unwrap(),
-            [Arc::from("{\"id\":40}")]
+            [Arc::new(String::from("{\"id\":40}"))]
         );
         assert_eq!(rooms.key(&RoomRef::Id(1)).unwrap_err().code(), 101);
         assert_eq!(rooms.create(input("new", "public", None)).unwrap().id, 9);

@@ -114,7 +114,7 @@ pub trait Rooms: Send + Sync {
     fn view(&self, id: u64, with_users: bool) -> Result<RoomView, ApiError>;
     /// Room `id`'s kept messages with an id above `since`, oldest first, at most `limit`
     /// (the newest), as broadcast.
-    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<str>>, ApiError>;
+    fn messages(&self, id: u64, since: u64, limit: usize) -> Result<Vec<Arc<String>>, ApiError>;
     /// Validates `input`, hashes its password (before any lock) and saves a new room. Its
     /// id is never one used before (SPEC, Rooms); past `max_rooms`, 606.
     fn create(&self, input: RoomInput) -> Result<RoomView, ApiError>;
@@ -129,7 +129,7 @@ pub trait Rooms: Send + Sync {
         &self,
         id: u64,
         session: u64,
-        outbox: Sender<Arc<str>>,
+        outbox: Sender<Arc<String>>,
         bell: Arc<Bell>,
     ) -> Result<Arc<Room>, ApiError>;
     /// Takes `name` for socket `session` and broadcasts its join; the socket receives the
@@ -172,7 +172,7 @@ pub struct Membership {
 /// writer the room's waker uses instead of waking it (`ws::frame::Courier`). Whoever takes
 /// holds the socket's outgoing buffer, so events leave in the channel's order.
 pub struct Inbox {
-    events: Receiver<Arc<str>>,
+    events: Receiver<Arc<String>>,
     room: Arc<Room>,
 }
 

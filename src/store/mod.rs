@@ -57,7 +57,7 @@ pub struct Saved {
     /// Every room, by id.
     pub rooms: Vec<SavedRoom>,
     /// Each room's last `history_len` `send` events with their ids, oldest first.
-    pub history: HashMap<u64, Vec<(u64, Arc<str>)>>,
+    pub history: HashMap<u64, Vec<(u64, Arc<String>)>>,
 }
 
 /// Why the database could not be used. The message names the file.
@@ -86,7 +86,7 @@ pub trait Store: Send + Sync {
     fn delete_room(&self, id: u64) -> Result<(), StoreError>;
     /// Queues message `msg_id` of room `room_id` (a broadcast `send` event) for the saved
     /// history. Never blocks and never fails: the fan-out does not wait for the self.
-    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<str>);
+    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<String>);
     /// Writes out what is queued. Called once, at shutdown.
     fn close(&self);
     /// An error about this store, for a problem its caller found in what was loaded.
@@ -112,7 +112,7 @@ impl Store for NoStore {
     fn delete_room(&self, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
-    fn append_message(&self, _: u64, _: u64, _: &Arc<str>) {}
+    fn append_message(&self, _: u64, _: u64, _: &Arc<String>) {}
     fn close(&self) {}
     fn error(&self, problem: String) -> StoreError {
         StoreError {

@@ -203,7 +203,7 @@ pub(super) fn load(connection: &Connection) -> rusqlite::Result<Saved> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut history: HashMap<u64, Vec<(u64, Arc<str>)>> = HashMap::new();
+    let mut history: HashMap<u64, Vec<(u64, Arc<String>)>> = HashMap::new();
     let mut statement = connection
         .prepare("SELECT room_id, msg_id, event FROM messages ORDER BY room_id, msg_id")?;
     let mut rows = statement.query([])?;

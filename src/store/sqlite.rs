@@ -149,7 +149,7 @@ enum RoomChange {
 /// What the writer thread is asked to do with messages.
 enum Command {
     /// Save a room's `send` event: room id, message id, event.
-    Append(u64, u64, Arc<str>),
+    Append(u64, u64, Arc<String>),
     /// Write what came before, then stop.
     Stop,
 }
@@ -206,7 +206,7 @@ impl Store for Sqlite {
 
     /// If the disk falls so far behind that the queue is full, the message is left out of
     /// the saved history, with one warning per episode.
-    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<str>) {
+    fn append_message(&self, room_id: u64, msg_id: u64, event: &Arc<String>) {
         // The bound is kept by hand on a list channel, which allocates as it fills: a
         // bounded channel of this size allocated 2 MiB up front, a third of the idle RSS.
         if self.queue.len() >= MESSAGE_QUEUE_LEN {
@@ -289,7 +289,7 @@ struct Inbox {
 /// into the main file and ends.
 fn run_writer(mut connection: Connection, inbox: &Inbox, history_len: usize, health: &Health) {
     let path = &health.path;
-    let mut batch: Vec<(u64, u64, Arc<str>)> = Vec::new();
+    let mut batch: Vec<(u64, u64, Arc<String>)> = Vec::new();
     let mut stop = false;
     while !stop {
         while let Ok(change) = inbox.changes.try_recv() {
@@ -394,7 +394,7 @@ fn probe(connection: &Connection, path: &Path) -> Result<(), String> {
 
 fn write_messages(
     connection: &mut Connection,
-    batch: &[(u64, u64, Arc<str>)],
+    batch: &[(u64, u64, Arc<String>)],
     history_len: usize,
 ) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -536,7 +536,7 @@ mod tests {
         let saved = load(&connection).unwrap();
         let history: Vec<(u64, &str)> = saved.history[&7]
             .iter()
-            .map(|(id, e)| (*id, &**e))
+            .map(|(id, e)| (*id, e.as_str()))
             .collect();
         assert_eq!(
             history,
@@ -562,7 +562,7 @@ mod tests {
         // A late write of an older counter must not move it back.
         store.save_room(&room(3, "three renamed"), 4).unwrap();
         for (id, text) in [(1, "a"), (2, "b"), (3, "c")] {
-            store.append_message(3, id, &Arc::from(text));
+            store.append_message(3, id, &Arc::new(String::from(text)));
         }
         store.close();
         drop(store);
@@ -580,7 +580,7 @@ mod tests {
         );
         let history: Vec<(u64, &str)> = saved.history[&3]
             .iter()
-            .map(|(id, e)| (*id, &**e))
+            .map(|(id, e)| (*id, e.as_str()))
             .collect();
         assert_eq!(history, [(2, "b"), (3, "c")]);
     }
@@ -590,12 +590,12 @@ mod tests {
         let db = TempDb::new("delete");
         let (store, _) = open(Some(&db.0), 10).unwrap();
         store.save_room(&room(2, "two"), 3).unwrap();
-        store.append_message(2, 1, &Arc::from("before"));
+        store.append_message(2, 1, &Arc::new(String::from("before")));
         store.close();
         drop(store);
         let (store, _) = open(Some(&db.0), 10).unwrap();
         store.delete_room(2).unwrap();
-        store.append_message(2, 2, &Arc::from("after the delete"));
+        store.append_message(2, 2, &Arc::new(String::from("after the delete")));
         store.close();
         drop(store);
         let (store, saved) = open(Some(&db.0), 10).unwrap();
@@ -611,7 +611,7 @@ mod tests {
         let (store, _) = open(Some(&db.0), 10).unwrap();
         store.save_room(&room(2, "two"), 3).unwrap();
         for (id, text) in [(1, "1"), (2, "2"), (3, "3"), (4, "4")] {
-            store.append_message(2, id, &Arc::from(text));
+            store.append_message(2, id, &Arc::new(String::from(text)));
         }
         store.close();
         drop(store);
@@ -619,7 +619,7 @@ mod tests {
         store.close();
         let history: Vec<(u64, &str)> = saved.history[&2]
             .iter()
-            .map(|(id, e)| (*id, &**e))
+            .map(|(id, e)| (*id, e.as_str()))
             .collect();
         assert_eq!(history, [(4, "4")]);
         assert_eq!(saved.rooms[0].last_message_id, 4);
