@@ -51,8 +51,9 @@ pub struct Duplex {
     /// During the handshake the socket is blocking and writes go straight to it.
     pub direct: bool,
     /// During the handshake, reads keep to the head's caps and deadline (see
-    /// `head::HeadCheck`).
-    pub head: Option<HeadCheck>,
+    /// `head::HeadCheck`). Boxed: a socket keeps its `Duplex` for life, and 64 bytes of it
+    /// would serve only the handshake.
+    pub head: Option<Box<HeadCheck>>,
 }
 
 /// Whole frames not yet taken by the socket, and whether its goodbye has begun.

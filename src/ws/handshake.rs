@@ -58,8 +58,8 @@ pub struct Admission {
     pub room_id: u64,
     /// The token the handshake presented, if it opened the room then: each `join` checks
     /// it again against the room as it is then (`access::join_as`), and takes the name from
-    /// it.
-    pub pass: Option<token::Pass>,
+    /// it. Boxed: a socket keeps its admission for life, and most have no token.
+    pub pass: Option<Box<token::Pass>>,
 }
 
 /// Runs the handshake on a new, blocking connection, counted by `connection`; `Some` if it
@@ -76,7 +76,10 @@ pub fn accept(
     let _ = raw.set_read_timeout(Some(read_timeout));
     let peer = raw.peer_addr().ok()?.ip();
     let mut duplex = Duplex::new(socket);
-    duplex.head = Some(HeadCheck::new(state.config.head_timeout, read_timeout));
+    duplex.head = Some(Box::new(HeadCheck::new(
+        state.config.head_timeout,
+        read_timeout,
+    )));
     let mut admitted = None;
     // tungstenite's callback signature fixes the (large) error type.
     #[allow(clippy::result_large_err)]
@@ -185,7 +188,7 @@ fn admit(
         .map(|token| token::Pass::check(&state.secret, &key, token));
     // A public room lets anyone in: a token that does not open it is only not kept.
     let pass = match pass {
-        Some(Ok(pass)) => Some(pass),
+        Some(Ok(pass)) => Some(Box::new(pass)),
         Some(Err(error)) if key.visibility.needs_token() => return Err(error),
         None if key.visibility.needs_token() => return Err(ApiError::new(ErrorKind::InvalidToken)),
         _ => None,

@@ -139,7 +139,7 @@ impl Session {
                 // A password or visibility change between the handshake and this attach
                 // found no socket here to close: look at the room once more, now that a
                 // change from here on does reach it.
-                let pass = self.admission.pass.as_ref();
+                let pass = self.admission.pass.as_deref();
                 let access = access::join_as(&self.state, self.admission.room_id, pass);
                 if access.is_err_and(|e| e.kind == ErrorKind::RoomUnauthorized) {
                     self.bell.close(CloseReason::AccessChanged);
@@ -444,7 +444,7 @@ impl Chat {
                 // an expired token is refused (403); one that no longer opens the room
                 // closes the socket (104, then 1008), as a password change would have.
                 let state = &self.session.state;
-                let pass = self.session.admission.pass.as_ref();
+                let pass = self.session.admission.pass.as_deref();
                 let token_user = match access::join_as(state, room_id, pass) {
                     Ok(user) => user,
                     Err(e) if e.kind == ErrorKind::RoomUnauthorized => {
