@@ -764,26 +764,41 @@ fn static_path_with_dot_dot_is_not_found() {
     }
 }
 
-/// The value of `name` in the environment the running process `pid` started with.
+/// The value of `name` in the environment the running process `pid` started with. glibc,
+/// reading `GLIBC_TUNABLES`, ends each tunable's value it takes with a NUL in place, so
+/// the entries that follow it and name a `glibc.` tunable are joined back with `:`.
 fn environment_of(pid: u32, name: &str) -> Option<String> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read /proc/PID/environ");
-    environ.split(|b| *b == 0).find_map(|entry| {
-        let entry = String::from_utf8_lossy(entry);
-        entry.strip_prefix(&format!("{name}=")).map(str::to_owned)
-    })
+    let entries: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect();
+    let at = entries
+        .iter()
+        .position(|e| e.starts_with(&format!("{name}=")))?;
+    let mut value = entries[at][name.len() + 1..].to_owned();
+    for tunable in entries[at + 1..]
+        .iter()
+        .take_while(|e| e.starts_with("glibc."))
+    {
+        value = format!("{value}:{tunable}");
+    }
+    Some(value)
 }
 
-/// The server runs with glibc's per-thread malloc caches off (it re-executes itself with
-/// `GLIBC_TUNABLES` set), which more than halves what an idle socket costs at scale
-/// (issue 13); it keeps its process id, so a service manager sees one process.
+/// The server runs with glibc's per-thread malloc caches off and one arena per core (it
+/// re-executes itself with `GLIBC_TUNABLES` set), which more than halves what an idle
+/// socket costs at scale (issues 13 and 22); it keeps its process id, so a service manager
+/// sees one process.
 #[test]
 fn the_server_runs_with_the_malloc_tunables_it_needs() {
     let scratch = Scratch::new("tunables");
     let mut server = Binary::spawn_with_config(&scratch, &quiet_config(), &[]);
     server.ready();
+    let cores = std::thread::available_parallelism().unwrap();
     assert_eq!(
         environment_of(server.pid(), "GLIBC_TUNABLES").as_deref(),
-        Some("glibc.malloc.tcache_count=0")
+        Some(format!("glibc.malloc.tcache_count=0:glibc.malloc.arena_max={cores}").as_str())
     );
     server.signal("TERM");
     assert_eq!(server.wait_exit().status.code(), Some(0));
