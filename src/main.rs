@@ -11,11 +11,14 @@
 //! 17.3 KiB with `glibc.malloc.tcache_count=0`, 27.9 KiB with `arena_max=2` alone, and the
 //! fan-out scenarios kept 0 missing and their p99s. glibc also gives threads up to 8 arenas
 //! per core, each with free space of its own between live chunks after a storm; one arena
-//! per core (`arena_max`, the cores this process may use) took a socket from 16.2 to
-//! 16.0 KiB, with REST's requests/s unchanged (one arena in all: 13 % fewer). glibc reads
-//! its tunables only when a process starts, so the server re-executes itself once with
-//! these settings, unless the operator set `GLIBC_TUNABLES` already (theirs is kept as it
-//! is).
+//! per core (`arena_max`, the cores this process may use, at least 2) took a socket from
+//! 16.2 to 16.0 KiB on 2 cores, with REST's requests/s unchanged. One arena in all cost
+//! REST 13 % on 2 cores; on half a core (the small host scenario, where the cores this
+//! process may use are 1) it measured 2 to 8 % more CPU per delivery than glibc's default
+//! in one pair of runs and the same in another, and 2 arenas the same as the default,
+//! hence the floor. glibc reads its tunables only when a process starts, so the server
+//! re-executes itself once with these settings, unless the operator set `GLIBC_TUNABLES`
+//! already (theirs is kept as it is).
 //!
 //! # No forged log lines
 //! Log lines carry text from clients: names, titles, paths. Every line goes through one
@@ -50,8 +53,10 @@ usage: chitchat [--config PATH]   run the server (default ./config.json; if that
 
 /// The glibc malloc tunables the server runs with (see the module docs).
 fn malloc_tunables() -> String {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    format!("glibc.malloc.tcache_count=0:glibc.malloc.arena_max={cores}")
+    let arenas = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .max(2);
+    format!("glibc.malloc.tcache_count=0:glibc.malloc.arena_max={arenas}")
 }
 
 /// The configuration file read when no `--config` is given.
