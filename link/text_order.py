@@ -49,8 +49,9 @@ def main():
     sections = read_map(MAP)
     with tempfile.TemporaryDirectory() as work:
         started, visited = run_server(work)
-        at_start = functions(sections, started)
-        in_visit = [f for f in functions(sections, visited) if f not in set(at_start)]
+        # Sorted by name within each part, so that the file changes only where the code did.
+        at_start = sorted(functions(sections, started))
+        in_visit = sorted(set(functions(sections, visited)) - set(at_start))
     write_order(sections, at_start, in_visit)
 
 
@@ -199,9 +200,9 @@ def read_map(path):
 
 
 def functions(sections, dump_path):
-    """The binary's sections that a callgrind dump executed in, each once."""
+    """The binary's sections that a callgrind dump executed in."""
     starts = [address for address, _, _ in sections]
-    found = {}
+    found = set()
     in_binary = False
     with open(dump_path) as f:
         for line in f:
@@ -211,8 +212,8 @@ def functions(sections, dump_path):
                 address = int(line.split(maxsplit=1)[0], 16)
                 i = bisect.bisect_right(starts, address) - 1
                 if i >= 0 and address < sections[i][0] + sections[i][1]:
-                    found.setdefault(sections[i][2], None)
-    return list(found)
+                    found.add(sections[i][2])
+    return found
 
 
 def write_order(sections, at_start, in_visit):
