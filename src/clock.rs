@@ -2,7 +2,10 @@
 //!
 //! Room times and event times are set by the server in UTC with milliseconds. Formatting a
 //! UTC time takes one small calendar conversion, so it is written here rather than pulling
-//! in a date crate.
+//! in a date crate. The digits are written one by one rather than through `format!`: a
+//! join stamps its member deep in its socket thread's stack, and `core::fmt`'s frames
+//! there reached 8 bytes into a third page of every socket's stack (ws/mod.rs says what a
+//! page of stack costs).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,19 +14,31 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// `time` as an RFC 3339 UTC string with milliseconds; times before 1970 clamp to the epoch.
+/// `time` as an RFC 3339 UTC string with milliseconds; times before 1970 clamp to the
+/// epoch, and years run to 9999.
 pub fn rfc3339(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (days, secs_of_day) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60,
-        since_epoch.subsec_millis()
-    )
+    let fields = [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (secs_of_day / 3600, 2, ':'),
+        (secs_of_day / 60 % 60, 2, ':'),
+        (secs_of_day % 60, 2, '.'),
+        (u64::from(since_epoch.subsec_millis()), 3, 'Z'),
+    ];
+    let mut text = String::with_capacity(24);
+    for (value, width, after) in fields {
+        for place in (0..width).rev() {
+            let digit = (value / 10u64.pow(place) % 10) as u8;
+            text.push(char::from(b'0' + digit));
+        }
+        text.push(after);
+    }
+    text
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -58,5 +73,7 @@ mod tests {
         assert_eq!(rfc3339(leap_day), "2000-02-29T00:00:00.123Z");
         let later = UNIX_EPOCH + Duration::from_secs(1_795_879_168);
         assert_eq!(rfc3339(later), "2026-11-28T15:19:28.000Z");
+        let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+        assert_eq!(rfc3339(last), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -47,7 +47,10 @@ struct RawClientEvent {
 
 impl ClientEvent {
     /// Parses and checks one text frame. Errors are code 303, with `field` when one field
-    /// is at fault.
+    /// is at fault. Never inlined: serde's 968 bytes of frame would otherwise sit under a
+    /// join's whole call into its room, and take every socket's stack to a third page
+    /// (`ws::SESSION_STACK_BYTES`).
+    #[inline(never)]
     pub fn parse(text: &str) -> Result<ClientEvent, ApiError> {
         let raw: RawClientEvent =
             serde_json::from_str(text).map_err(|_| ApiError::new(ErrorKind::InvalidJson))?;

@@ -798,7 +798,13 @@ fn the_server_runs_with_the_malloc_tunables_it_needs() {
     let arenas = std::thread::available_parallelism().unwrap().get().max(2);
     assert_eq!(
         environment_of(server.pid(), "GLIBC_TUNABLES").as_deref(),
-        Some(format!("glibc.malloc.tcache_count=0:glibc.malloc.arena_max={arenas}").as_str())
+        Some(
+            format!(
+                "glibc.malloc.tcache_count=0:glibc.malloc.arena_max={arenas}:\
+                 glibc.rtld.nns=1:glibc.rtld.optional_static_tls=0"
+            )
+            .as_str()
+        )
     );
     server.signal("TERM");
     assert_eq!(server.wait_exit().status.code(), Some(0));

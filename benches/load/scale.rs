@@ -47,8 +47,10 @@ pub const JOINS_PER_S: u32 = 200;
 /// How long the sockets stay silent after the storm, unless `--scale-idle-seconds` says
 /// otherwise.
 pub const IDLE_SECONDS: f64 = 60.0;
-/// Targets: server RSS per socket after the storm, and host memory per socket, KiB.
-const TARGET_RSS_KIB: f64 = 16.0;
+/// Targets: server RSS per socket after the storm, and host memory per socket, KiB. Issue
+/// 22 asked for 16; a session's stack is two pages now (11.9 to 12.0 KiB a socket), and
+/// 13 is there so that a third page (about 16) shows as a miss.
+const TARGET_RSS_KIB: f64 = 13.0;
 const TARGET_HOST_KIB: f64 = 40.0;
 /// Descriptors each process needs besides two per socket (listeners, logs, pipes, HTTP).
 const SPARE_DESCRIPTORS: u64 = 200;

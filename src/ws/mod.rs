@@ -45,12 +45,14 @@ use crate::State;
 use session::Session;
 
 /// The stack of a socket's chat thread. A stack is virtual memory: only the pages a thread
-/// touches cost RSS, and they stay touched while it lives. A session touches three pages
-/// (about 10 KiB at its deepest, a join), once `Session` travels to its thread boxed:
+/// touches cost RSS, and they stay touched while it lives. A session touches two pages
+/// (glibc's thread block and TLS at the top, then its frames down to a join's or a send's
+/// deepest call, under 8 KiB from the top), once `Session` travels to its thread boxed:
 /// moved by value through std's thread start it cost 2.4 KiB more, and every idle socket
-/// kept a fourth page (`make bench`, scenario scale: 21.4 -> 20.0 KiB per socket). A socket
+/// kept another page (`make bench`, scenario scale: 21.4 -> 20.0 KiB per socket). A socket
 /// with a token too: it keeps the token's checked claims (`token::Pass`), where decoding
-/// the JWT again at each join took it to five pages. It is large on purpose: glibc keeps
+/// the JWT again at each join took it to five pages. The third page went with glibc's room
+/// for `dlopen`'s TLS (`main.rs`) and two deep frames (`clock`, `ClientEvent::parse`). It is large on purpose: glibc keeps
 /// exited threads' stacks for reuse up to 40 MiB of *size*, with their touched pages, so
 /// after a wave of leaves 512 KiB stacks leave at most 80 stacks (about 1 MiB of RSS)
 /// cached where 128 KiB ones left 320 (5 MiB).
