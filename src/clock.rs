@@ -76,4 +76,24 @@ mod tests {
         let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
         assert_eq!(rfc3339(last), "9999-12-31T23:59:59.999Z");
     }
+
+    /// The digits written one by one say what `format!` would, over the whole range.
+    #[test]
+    fn writes_what_format_would() {
+        let mut millis: u64 = 0;
+        while millis <= 253_402_300_799_999 {
+            let time = UNIX_EPOCH + Duration::from_millis(millis);
+            let (secs, ms) = (millis / 1000, millis % 1000);
+            let (days, of_day) = (secs / 86_400, secs % 86_400);
+            let (year, month, day) = civil_from_days(days);
+            let expected = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                of_day / 3600,
+                of_day / 60 % 60,
+                of_day % 60
+            );
+            assert_eq!(rfc3339(time), expected);
+            millis = millis * 11 / 10 + 7_777_777;
+        }
+    }
 }
