@@ -65,8 +65,8 @@ usage: chitchat [--config PATH]   run the server (default ./config.json; if that
        chitchat --version        print `chitchat <version>` and exit
        chitchat --help           print this and exit";
 
-/// The glibc malloc tunables the server runs with (see the module docs).
-fn malloc_tunables() -> String {
+/// The glibc tunables the server runs with: malloc's and the stack's (see the module docs).
+fn glibc_tunables() -> String {
     let arenas = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .max(2);
@@ -93,7 +93,7 @@ enum Command {
 fn main() -> ExitCode {
     let exec_failed = std::env::var_os("GLIBC_TUNABLES")
         .is_none()
-        .then(restart_with_frugal_malloc);
+        .then(restart_with_tunables);
     let config_path = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(path)) => path,
         Ok(Command::Help) => {
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         log::log!(level, "{message}");
     }
     if let Some(e) = exec_failed {
-        let tunables = malloc_tunables();
+        let tunables = glibc_tunables();
         log::warn!("cannot restart with {tunables}: {e}; idle sockets cost more memory");
     }
     // Registered before start, so a signal arriving during start-up is not lost.
@@ -166,13 +166,13 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Replaces this process with itself, same arguments, with [`malloc_tunables`] set. Only
+/// Replaces this process with itself, same arguments, with [`glibc_tunables`] set. Only
 /// returns if that fails, with the reason.
-fn restart_with_frugal_malloc() -> std::io::Error {
+fn restart_with_tunables() -> std::io::Error {
     match std::env::current_exe() {
         Ok(exe) => std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
-            .env("GLIBC_TUNABLES", malloc_tunables())
+            .env("GLIBC_TUNABLES", glibc_tunables())
             .exec(),
         Err(e) => e,
     }

@@ -112,8 +112,8 @@ pub fn verify(secret: &str, room: &RoomKey, token: &str) -> Result<Claims, ApiEr
 
 /// A room token checked once, at a socket's handshake: what a socket keeps so that later
 /// checks (at attach and at each `join`, `access::join_as`) need no JWT decoding. Decoding
-/// is the deepest call a socket's thread makes: it took a socket with a token to five
-/// stack pages where one without stays at three (`ws::SESSION_STACK_BYTES`).
+/// is the deepest call a socket's thread would make: it took a socket with a token to five
+/// stack pages, where a session now keeps to two (`ws::SESSION_STACK_BYTES`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub username: String,

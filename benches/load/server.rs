@@ -155,7 +155,9 @@ impl Server {
                     eprintln!(
                         "bench: {name}: the server does not know `{key}`: started without it"
                     );
-                    config.as_object_mut().map(|keys| keys.remove(&key));
+                    if let Some(keys) = config.as_object_mut() {
+                        keys.remove(&key);
+                    }
                 }
                 (launched, _) => return launched,
             }

@@ -5,8 +5,8 @@
 //! # Fan-out: a channel per member, filled under the room's lock
 //! A socket attached to a room gives it the sending end of its channel. An event is
 //! serialised once, and [`RoomState::broadcast`] hands every member a shared copy (an
-//! `Arc<String>`, one thin pointer) with `try_send`, under the room's lock: one lock, so every
-//! member's channel receives the room's events in one order. Each member's own thread
+//! `Arc<String>`, one thin pointer) with `try_send`, under the room's lock: one lock, so
+//! every member's channel receives the room's events in one order. Each member's own thread
 //! takes them from its channel and writes them to its socket (`ws::session`). Members
 //! asleep are noted while the lock is held and woken once it is released ([`After`]):
 //! waking is a system call, and nothing slow happens under this lock. A chat message's

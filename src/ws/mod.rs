@@ -50,12 +50,13 @@ use session::Session;
 /// deepest call, under 8 KiB from the top), once `Session` travels to its thread boxed:
 /// moved by value through std's thread start it cost 2.4 KiB more, and every idle socket
 /// kept another page (`make bench`, scenario scale: 21.4 -> 20.0 KiB per socket). A socket
-/// with a token too: it keeps the token's checked claims (`token::Pass`), where decoding
-/// the JWT again at each join took it to five pages. The third page went with glibc's room
-/// for `dlopen`'s TLS (`main.rs`) and two deep frames (`clock`, `ClientEvent::parse`). It is large on purpose: glibc keeps
-/// exited threads' stacks for reuse up to 40 MiB of *size*, with their touched pages, so
-/// after a wave of leaves 512 KiB stacks leave at most 80 stacks (about 1 MiB of RSS)
-/// cached where 128 KiB ones left 320 (5 MiB).
+/// with a token keeps the token's checked claims (`token::Pass`): decoding the JWT again
+/// at each join took it to five pages. The third page went with glibc's room for
+/// `dlopen`'s TLS (`main.rs`) and two deep frames (`clock`, `ClientEvent::parse`).
+///
+/// The stack is large on purpose: glibc keeps exited threads' stacks for reuse up to
+/// 40 MiB of *size*, with their touched pages, so after a wave of leaves 512 KiB stacks
+/// leave at most 80 stacks (about 1 MiB of RSS) cached where 128 KiB ones left 320 (5 MiB).
 const SESSION_STACK_BYTES: usize = 512 * 1024;
 /// The stack of a socket's handshake thread, which parses the request with a 124-header
 /// array on the stack and touches five pages. Its size keeps glibc from handing an exited
