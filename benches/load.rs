@@ -9,7 +9,8 @@
 //!   message that lets every receiver detect loss, duplicates and reordering;
 //! - `load/http.rs`: a keep-alive HTTP/1.1 client, and the `wrk` runner;
 //! - one file per scenario, numbered as in the issues: `rest.rs` (1), `fanout.rs` (2;
-//!   `relay.rs` runs its 500 x 200 through websocat's broadcast relay for comparison),
+//!   `relay.rs` runs its 500 x 200 through websocat's broadcast relay and through
+//!   `floor.rs`, this binary as the barest blocking broadcaster, for comparison),
 //!   `idle.rs` (3), `churn.rs` (4), `tokens.rs` (5), `footprint.rs` (6), `slowdisk.rs`
 //!   (7: a fan-out while rooms are created on a disk whose flushes take 30 ms),
 //!   `overload.rs` (8: the heaviest fan-out, five times, with the cores full),
@@ -47,7 +48,8 @@
 //! every request; 20 also shows the per-address limit), `--glibc-tunables STRING` (`GLIBC_TUNABLES` in every server's environment, e.g.
 //! `glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2`), `--prelude CMD` (a command
 //! that ran before this one, listed in the report; repeatable). `--bench`, which `cargo
-//! bench` adds, is ignored.
+//! bench` adds, is ignored. `--floor-relay ADDR`, alone, makes this binary the floor
+//! yardstick instead (`load/floor.rs`); the fan-out starts it so.
 
 // The modules live in benches/load/ so that cargo sees one bench target, `load`.
 #[path = "load/abuse.rs"]
@@ -58,6 +60,8 @@ mod churn;
 mod cluster;
 #[path = "load/fanout.rs"]
 mod fanout;
+#[path = "load/floor.rs"]
+mod floor;
 #[path = "load/footprint.rs"]
 mod footprint;
 #[path = "load/guess.rs"]
@@ -222,6 +226,17 @@ fn parse_args() -> Res<Args> {
 }
 
 fn main() -> ExitCode {
+    // The floor yardstick is this binary in a child process (see `load/floor.rs`).
+    let mut argv = std::env::args().skip(1);
+    if let (Some("--floor-relay"), Some(addr)) = (argv.next().as_deref(), argv.next()) {
+        return match floor::serve(&addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
@@ -283,11 +298,15 @@ fn main() -> ExitCode {
                 .filter_map(|name| fanout::Shape::parse(name))
                 .collect(),
         };
-        // 500 x 200 also runs through websocat's relay, the yardstick of issue 22.
+        // 500 x 200 also runs through the yardsticks of issue 22: websocat's relay and
+        // the floor.
         let relayed = shapes
             .iter()
             .filter(|shape| (shape.subscribers, shape.rate) == (500, 200))
-            .map(|shape| relay::run(shape, seconds));
+            .flat_map(|shape| {
+                [relay::Yardstick::Websocat, relay::Yardstick::Floor]
+                    .map(|yardstick| relay::run(yardstick, shape, seconds))
+            });
         shapes
             .iter()
             .map(|shape| fanout::run(&options, shape, seconds))
