@@ -38,10 +38,11 @@ pub struct Bell {
 /// Whoever can move a socket's waiting events to the socket itself, while its thread
 /// sleeps: `ws::frame::Courier`. A wake then costs one write instead of waking the thread.
 pub trait Drain: Send + Sync {
-    /// Moves what waits in the socket's channel to the socket without blocking; `false` if
-    /// it could not move all of it (the thread writes, or the socket is full), and the
+    /// Moves what waits in the socket's channel to the socket without blocking, putting
+    /// the frames together in `scratch` (the caller's, reused from wake to wake); `false`
+    /// if it could not move all of it (the thread writes, or the socket is full), and the
     /// thread must be woken.
-    fn drain(&self) -> bool;
+    fn drain(&self, scratch: &mut Vec<u8>) -> bool;
 }
 
 impl Bell {
@@ -84,12 +85,13 @@ impl Bell {
     }
 
     /// Wakes the thread if it sleeps: its events are written for it if they can be (no
-    /// wake-up at all), else one eventfd write. Never under a room's lock.
-    pub fn wake(&self) {
+    /// wake-up at all; `scratch` is lent for their frames, see [`Drain`]), else one eventfd
+    /// write. Never under a room's lock.
+    pub fn wake(&self, scratch: &mut Vec<u8>) {
         if !self.asleep.load(SeqCst) {
             return;
         }
-        if self.drain.get().is_some_and(|drain| drain.drain()) {
+        if self.drain.get().is_some_and(|drain| drain.drain(scratch)) {
             return;
         }
         if self.asleep.swap(false, SeqCst) {
@@ -167,13 +169,13 @@ mod tests {
     #[test]
     fn only_an_armed_bell_is_rung_by_wake_and_only_once() {
         let bell = Bell::new().unwrap();
-        bell.wake();
+        bell.wake(&mut Vec::new());
         assert!(!rung(&bell));
         bell.arm();
-        bell.wake();
+        bell.wake(&mut Vec::new());
         assert!(rung(&bell));
         bell.silence();
-        bell.wake();
+        bell.wake(&mut Vec::new());
         assert!(!rung(&bell), "a second wake before the thread sleeps again");
     }
 

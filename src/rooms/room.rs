@@ -156,8 +156,9 @@ impl After {
         if self.wake_later {
             waker.wake(self.wake);
         } else {
+            let mut scratch = Vec::new();
             for bell in self.wake {
-                bell.wake();
+                bell.wake(&mut scratch);
             }
         }
         for bell in self.retry {
