@@ -396,6 +396,45 @@ fn sockets_that_keep_reading_get_every_event_when_their_channels_are_full() {
     assert_eq!(users, 5, "someone was dropped");
 }
 
+/// A reader whose socket takes little at a time (a small receive buffer) and who reads
+/// nothing while long messages come gets every one of them, whole and in order, once it
+/// reads again: what its socket did not take when the room's waker wrote for its sleeping
+/// thread waits in the socket's own buffer and goes out after, never cut or reordered.
+#[test]
+fn a_reader_whose_socket_fills_gets_every_frame_whole_when_it_reads_again() {
+    const MESSAGES: usize = 20;
+    let server = TestServer::start_with(|c| {
+        c.max_message_bytes = 256 * 1024;
+        c.msgs_per_second = 0;
+    });
+    let mut reader = server.ws_with_receive_buffer("/chats/1/ws", 4096);
+    reader.join("reader");
+    let mut speaker = server.ws("/chats/1/ws");
+    speaker.join("speaker");
+    reader.next_event_where("the speaker's join", |e| {
+        e["event_type"] == "join" && e["name"] == "speaker"
+    });
+    // 4 MB in all: more than loopback lets a sender's kernel buffer hold (its send buffer
+    // starts at 2 x 10 segments of 64 KiB and grows).
+    let long = "x".repeat(200_000);
+    for i in 0..MESSAGES {
+        speaker.say(&format!("{i} {long}"));
+    }
+    let expected: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("speaker: {i} {long}"))
+        .collect();
+    // The speaker hears all of them first: the reader read nothing while they were sent.
+    assert!(read_messages(&mut speaker, MESSAGES) == expected);
+    assert!(
+        read_messages(&mut reader, MESSAGES) == expected,
+        "the reader missed, cut or reordered messages"
+    );
+    let users = server.get("/chats/1").json()["users"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(users, 2, "the reader was dropped");
+}
+
 /// A socket that never reads (so never answers a ping) is dropped after `pong_timeout` and its
 /// leave is broadcast; a socket that keeps reading (tungstenite answers pings as it reads) is
 /// pinged and stays.

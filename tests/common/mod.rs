@@ -167,6 +167,25 @@ impl TestServer {
         ws_connect(self.ws_addr, path)
     }
 
+    /// Opens a WebSocket to `path` on a socket whose receive buffer is set to `bytes` before
+    /// it connects: a client whose kernel takes little at a time, so the server's writes to
+    /// it are cut short.
+    pub fn ws_with_receive_buffer(&self, path: &str, bytes: usize) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(self.ws_addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket
+            .connect(&self.ws_addr.into())
+            .expect("connect to the WebSocket listener");
+        let url = self.ws_url(path);
+        ws_request_over(socket.into(), url.as_str().into_client_request().unwrap())
+            .unwrap_or_else(|e| panic!("WebSocket handshake to {url} failed: {e}"))
+    }
+
     /// The `ws://` URL of `path` on this server.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.ws_addr, path)
@@ -182,6 +201,11 @@ impl TestServer {
 /// did not start in-process (the binary), and for [`TestServer::ws_request`].
 pub fn ws_request_to(addr: SocketAddr, request: Request<()>) -> Result<Client, tungstenite::Error> {
     let stream = TcpStream::connect(addr).expect("connect to the WebSocket listener");
+    ws_request_over(stream, request)
+}
+
+/// Runs the handshake of `request` on a connected `stream`.
+fn ws_request_over(stream: TcpStream, request: Request<()>) -> Result<Client, tungstenite::Error> {
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let (socket, response) =
         tungstenite::client(request, MaybeTlsStream::Plain(stream)).map_err(|e| match e {
