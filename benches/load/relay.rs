@@ -125,8 +125,8 @@ pub fn run(yardstick: Yardstick, shape: &Shape, seconds: f64) -> Table {
         ),
         yardstick.description().to_string(),
     );
-    let started = free_loopback_addr().and_then(|addr| Ok((yardstick.command(addr)?, addr)));
-    match started {
+    let prepared = free_loopback_addr().and_then(|addr| Ok((yardstick.command(addr)?, addr)));
+    match prepared {
         Err(why) => table.note(format!("skipped: {why}")),
         Ok((command, addr)) => {
             if let Err(e) = measure(command, addr, shape, seconds, &mut table) {
