@@ -424,7 +424,10 @@ fn a_reader_whose_socket_fills_gets_every_frame_whole_when_it_reads_again() {
         .map(|i| format!("speaker: {i} {long}"))
         .collect();
     // The speaker hears all of them first: the reader read nothing while they were sent.
-    assert!(read_messages(&mut speaker, MESSAGES) == expected);
+    assert!(
+        read_messages(&mut speaker, MESSAGES) == expected,
+        "the speaker missed, cut or reordered its own messages"
+    );
     assert!(
         read_messages(&mut reader, MESSAGES) == expected,
         "the reader missed, cut or reordered messages"
